@@ -1,0 +1,40 @@
+"""Atomic file writes: a reader sees the old file or the complete new one, never half of one."""
+
+from __future__ import annotations
+
+import json
+import os
+from contextlib import contextmanager
+from typing import IO, Iterator
+
+import numpy as np
+
+
+@contextmanager
+def atomic_open(path: str, mode: str = "w") -> Iterator[IO]:
+    """Write to `path.tmp.<pid>` and move it over `path` only if the block succeeds."""
+    tmp = f"{path}.tmp.{os.getpid()}"
+    encoding = None if "b" in mode else "utf-8"
+    try:
+        with open(tmp, mode, encoding=encoding) as f:
+            yield f
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def write_json(path: str, obj) -> None:
+    with atomic_open(path) as f:
+        json.dump(obj, f, indent=2, ensure_ascii=False)
+        f.write("\n")
+
+
+def write_npy(path: str, array: np.ndarray) -> None:
+    with atomic_open(path, "wb") as f:
+        np.save(f, array)
+
+
+def write_npz(path: str, arrays: dict) -> None:
+    with atomic_open(path, "wb") as f:
+        np.savez(f, **arrays)

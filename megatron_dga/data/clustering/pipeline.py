@@ -1,0 +1,246 @@
+"""The two jobs of `tools/cluster_domains.py`: cluster a corpus, assign a specific set.
+
+Clustering reads the generic documents, embeds them (or takes the embeddings from the
+cache), runs k-means and writes the output folder described in `outputs`. Assignment
+embeds another set the way `clusters.json` says the clusters were made and counts how many
+of its documents fall nearest to each centroid: the histogram importance sampling needs.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from typing import List, Optional, Sequence
+
+import numpy as np
+
+from megatron_dga.data.clustering import describe
+from megatron_dga.data.clustering.atomic import write_json, write_npy, write_npz
+from megatron_dga.data.clustering.cache import EmbeddingCache, cache_key
+from megatron_dga.data.clustering.corpus import Document, load_documents
+from megatron_dga.data.clustering.embedders import Embedder, embedder_from_identity, make_embedder
+from megatron_dga.data.clustering.kmeans import assign, fit_kmeans
+from megatron_dga.data.clustering.outputs import (
+    CENTROIDS_NPY,
+    EMBEDDER_STATE_NPZ,
+    cluster_names,
+    read_clusters_json,
+    remove_stale_outputs,
+    sample_entry,
+    write_cluster_files,
+    write_clusters_json,
+)
+from megatron_dga.data.jsonl import SkipCounter
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ClusterConfig:
+    inputs: List[str]
+    output_dir: str
+    num_clusters: int
+    embedder: str = "minilm"
+    seed: int = 1234
+    json_key: str = "text"
+    cache_dir: Optional[str] = None  # default: <output_dir>/cache
+    batch_size: Optional[int] = None  # default: the embedder's
+    max_docs: Optional[int] = None  # per input file
+    max_chars: Optional[int] = None  # default: the embedder's
+    skip_bad: bool = False
+    niter: int = 25
+    samples_per_cluster: int = 3
+    progress: bool = True
+
+
+@dataclass
+class AssignConfig:
+    inputs: List[str]
+    clusters_dir: str  # output folder of a clustering run (clusters.json, embedder state)
+    centroids: Optional[str] = None  # default: <clusters_dir>/centroids.npy
+    output_dir: Optional[str] = None  # where assign_<name>.json goes; default: clusters_dir
+    name: Optional[str] = None  # default: the input file's name without .jsonl
+    json_key: str = "text"
+    cache_dir: Optional[str] = None  # default: <clusters_dir>/cache
+    batch_size: Optional[int] = None
+    max_docs: Optional[int] = None
+    skip_bad: bool = False
+    progress: bool = True
+
+
+@dataclass
+class _Loaded:
+    docs: List[Document]
+    skipped: SkipCounter = field(default_factory=SkipCounter)
+
+
+def _load(inputs: Sequence[str], cfg, max_chars: int) -> _Loaded:
+    skipped = SkipCounter()
+    docs = load_documents(inputs, cfg.json_key, max_chars, cfg.max_docs, cfg.skip_bad, skipped)
+    if skipped.total:
+        log.warning("skipped %d bad lines: %s", skipped.total, skipped.summary())
+    if not docs:
+        raise ValueError(f"no documents under key {cfg.json_key!r} in {', '.join(inputs)}")
+    return _Loaded(docs, skipped)
+
+
+def embed_with_cache(embedder: Embedder, texts: Sequence[str], cache: EmbeddingCache, fit: bool, progress: bool = True) -> np.ndarray:
+    """Embeddings of `texts`, from the cache when this embedder has embedded them before.
+
+    With `fit`, an embedder that learns from its corpus is fitted on `texts` first (or its
+    fitted state is restored from the cache entry).
+    """
+    key = cache_key(embedder.identity(), texts)
+    hit = cache.load(embedder.name, key)
+    needs_state = fit and embedder.fits_corpus
+    if hit is not None and (hit[1] is not None or not needs_state):
+        vectors, state = hit
+        if needs_state:
+            embedder.load_state(state)
+        log.info("embeddings: %d from cache %s", len(vectors), cache.directory)
+        return vectors
+    start = time.perf_counter()
+    if needs_state:
+        embedder.fit(texts)
+    vectors = embedder.embed(texts, progress=progress)
+    seconds = time.perf_counter() - start
+    log.info("embeddings: %d documents in %.1f s (%.1f docs/s)", len(texts), seconds, len(texts) / max(seconds, 1e-9))
+    cache.store(embedder.name, key, vectors, embedder.state_arrays() if needs_state else None)
+    return vectors
+
+
+def _warn_empty_vectors(vectors: np.ndarray) -> None:
+    empty = int((np.abs(vectors).sum(axis=1) == 0).sum())
+    if empty:
+        # A zero vector is equally far from every centroid; faiss then picks the first one.
+        log.warning("%d documents have no word the embedder knows: zero embedding, put in the first cluster", empty)
+
+
+def cluster_documents(cfg: ClusterConfig) -> dict:
+    """Cluster `cfg.inputs` into `cfg.num_clusters` domains; returns what clusters.json holds."""
+    if cfg.num_clusters < 1:
+        raise ValueError(f"--num-clusters must be at least 1, got {cfg.num_clusters}")
+    embedder = make_embedder(cfg.embedder, cfg.max_chars, cfg.batch_size)
+    loaded = _load(cfg.inputs, cfg, embedder.max_chars)
+    docs, k = loaded.docs, cfg.num_clusters
+    if k > len(docs):
+        raise ValueError(f"--num-clusters {k} is larger than the number of documents ({len(docs)})")
+    log.info("%d documents from %d files", len(docs), len(cfg.inputs))
+
+    os.makedirs(cfg.output_dir, exist_ok=True)
+    cache = EmbeddingCache(cfg.cache_dir or os.path.join(cfg.output_dir, "cache"))
+    texts = [d.text for d in docs]
+    vectors = embed_with_cache(embedder, texts, cache, fit=True, progress=cfg.progress)
+    _warn_empty_vectors(vectors)
+
+    start = time.perf_counter()
+    result = fit_kmeans(vectors, k, cfg.seed, cfg.niter)
+    log.info("k-means: %d clusters in %.1f s", k, time.perf_counter() - start)
+
+    names = cluster_names(k)
+    samples = describe.nearest_documents(result.labels, result.similarity, k, cfg.samples_per_cluster)
+    objects = write_cluster_files(cfg.output_dir, docs, result.labels, names, {i for s in samples for i in s})
+    write_npy(os.path.join(cfg.output_dir, CENTROIDS_NPY), result.centroids)
+    state = embedder.state_arrays()
+    if state is not None:
+        write_npz(os.path.join(cfg.output_dir, EMBEDDER_STATE_NPZ), state)
+
+    sizes = describe.sizes(docs, result.labels, k)
+    terms = describe.top_terms(texts, result.labels, k)
+    sources = describe.sources(docs, result.labels, k)
+    empty = [names[c] for c in range(k) if sizes["documents"][c] == 0]
+    if empty:
+        log.warning("empty clusters (their files are empty): %s", ", ".join(empty))
+    summary = {
+        "embedder": embedder.identity(),
+        "embedder_state": EMBEDDER_STATE_NPZ if state is not None else None,
+        "seed": cfg.seed,
+        "num_clusters": k,
+        "kmeans": {"library": "faiss", "spherical": True, "niter": cfg.niter, "objective": result.objective},
+        "json_key": cfg.json_key,
+        "inputs": [os.path.abspath(p) for p in cfg.inputs],
+        "max_docs_per_input": cfg.max_docs,
+        "documents": len(docs),
+        "characters": int(sum(d.chars for d in docs)),
+        "centroids": CENTROIDS_NPY,
+        "clusters": [
+            {
+                "id": c,
+                "name": names[c],
+                "file": f"{names[c]}.jsonl",
+                "documents": sizes["documents"][c],
+                "characters": sizes["characters"][c],
+                "top_terms": terms[c],
+                "inputs": sources[c],
+                "samples": [sample_entry(docs[i], objects.get(i, {})) for i in samples[c]],
+            }
+            for c in range(k)
+        ],
+    }
+    removed = remove_stale_outputs(cfg.output_dir, keep=[f"{n}.jsonl" for n in names])
+    if removed:
+        log.info("removed outputs of an earlier run: %s", ", ".join(removed))
+    write_clusters_json(cfg.output_dir, summary)
+    return summary
+
+
+def assign_name(inputs: Sequence[str]) -> str:
+    if len(inputs) != 1:
+        raise ValueError("--assign with several files needs --assign-name to name the histogram")
+    base = os.path.basename(inputs[0])
+    for ext in (".jsonl.gz", ".jsonl.xz", ".jsonl", ".json"):
+        if base.endswith(ext):
+            return base[: -len(ext)]
+    return base
+
+
+def assign_documents(cfg: AssignConfig) -> dict:
+    """Histogram of `cfg.inputs` over the clusters of `cfg.clusters_dir`; written as JSON."""
+    name = cfg.name or assign_name(cfg.inputs)
+    meta = read_clusters_json(cfg.clusters_dir)
+    centroids_path = cfg.centroids or os.path.join(cfg.clusters_dir, meta.get("centroids", CENTROIDS_NPY))
+    try:
+        centroids = np.load(centroids_path)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"--centroids: file not found: {centroids_path}") from None
+    k = centroids.shape[0]
+    if k != meta["num_clusters"]:
+        raise ValueError(f"{centroids_path} has {k} centroids but clusters.json lists {meta['num_clusters']}")
+
+    embedder = embedder_from_identity(meta["embedder"], cfg.batch_size)
+    if meta.get("embedder_state"):
+        state_path = os.path.join(cfg.clusters_dir, meta["embedder_state"])
+        with np.load(state_path) as npz:
+            embedder.load_state({key: npz[key] for key in npz.files})
+    if embedder.identity() != meta["embedder"]:
+        raise ValueError(
+            f"embedder state in {cfg.clusters_dir} does not match clusters.json "
+            f"({embedder.identity()} != {meta['embedder']})"
+        )
+
+    docs = _load(cfg.inputs, cfg, embedder.max_chars).docs
+    cache = EmbeddingCache(cfg.cache_dir or os.path.join(cfg.clusters_dir, "cache"))
+    vectors = embed_with_cache(embedder, [d.text for d in docs], cache, fit=False, progress=cfg.progress)
+    _warn_empty_vectors(vectors)
+    labels, similarity = assign(vectors, centroids)
+
+    counts = np.bincount(labels, minlength=k)
+    histogram = {
+        "name": name,
+        "inputs": [os.path.abspath(p) for p in cfg.inputs],
+        "centroids": os.path.abspath(centroids_path),
+        "embedder": meta["embedder"],
+        "documents": len(docs),
+        "clusters": cluster_names(k),
+        "counts": counts.tolist(),
+        "weights": (counts / counts.sum()).tolist(),
+        "mean_similarity": float(similarity.mean()),
+    }
+    output_dir = cfg.output_dir or cfg.clusters_dir
+    os.makedirs(output_dir, exist_ok=True)
+    output = os.path.join(output_dir, f"assign_{name}.json")
+    write_json(output, histogram)
+    histogram["path"] = output
+    return histogram

