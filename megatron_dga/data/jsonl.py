@@ -3,15 +3,18 @@
 Every tool that reads text (preprocessing, clustering, tokenizer training) goes through
 `iter_documents`, so a bad line is reported the same way everywhere: by default the first
 bad line stops the run with `path:line: what is wrong`; with `skip_bad=True` bad lines are
-counted in a `SkipCounter` instead, by reason.
+counted in a `SkipCounter` instead, by reason. Files ending in `.gz` or `.xz` are
+decompressed on the fly.
 """
 
 from __future__ import annotations
 
+import gzip
 import json
+import lzma
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Iterator, Optional, Tuple
+from typing import BinaryIO, Iterator, Optional, Tuple
 
 
 class BadDocumentError(ValueError):
@@ -60,6 +63,15 @@ def parse_line(raw: bytes, key: str) -> Tuple[Optional[str], Optional[str]]:
     return text, None
 
 
+def open_binary(path: str) -> BinaryIO:
+    """Open a JSONL file for reading bytes, decompressing `.gz` and `.xz` files."""
+    if path.endswith(".gz"):
+        return gzip.open(path, "rb")
+    if path.endswith(".xz"):
+        return lzma.open(path, "rb")
+    return open(path, "rb")
+
+
 def iter_documents(
     path: str, key: str = "text", skip_bad: bool = False, skipped: Optional[SkipCounter] = None
 ) -> Iterator[Tuple[int, str]]:
@@ -68,7 +80,7 @@ def iter_documents(
     Lines are read as bytes so that invalid UTF-8 is reported at its line instead of
     aborting the whole file in the decoder.
     """
-    with open(path, "rb") as f:
+    with open_binary(path) as f:
         for line_no, raw in enumerate(f, start=1):
             text, reason = parse_line(raw, key)
             if reason is not None:
