@@ -1,0 +1,182 @@
+"""Configuration of a pretraining run, as dataclasses.
+
+Each dataclass groups one concern. Every field maps to one Megatron-style command-line flag
+(`--tensor-model-parallel-size` for `tensor_model_parallel_size`); `arguments.py` generates
+the parser from these fields, so a flag's default and help text live only here.
+Field metadata: `help` (required), and optionally `flag` (a non-derived flag name),
+`choices`, `nargs`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import List, Optional
+
+
+def arg(default, help: str, **extra):
+    """A config field with its command-line help text."""
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata={"help": help, **extra})
+    return field(default=default, metadata={"help": help, **extra})
+
+
+@dataclass
+class ModelConfig:
+    num_layers: int = arg(2, "Number of transformer layers.")
+    hidden_size: int = arg(128, "Transformer hidden size.")
+    num_attention_heads: int = arg(4, "Number of attention heads.")
+    ffn_hidden_size: Optional[int] = arg(None, "MLP hidden size (default: 4 x hidden size).")
+    seq_length: int = arg(128, "Tokens per training sequence.")
+    max_position_embeddings: Optional[int] = arg(
+        None, "Size of the learned position table (default: --seq-length)."
+    )
+    position_embedding_type: str = arg(
+        "learned_absolute", "Position embedding.", choices=["learned_absolute", "rope"]
+    )
+    rotary_base: int = arg(10000, "Base of the rotary position embedding (with rope).")
+    normalization: str = arg("LayerNorm", "Normalization layer.", choices=["LayerNorm", "RMSNorm"])
+    layernorm_epsilon: float = arg(1e-5, "Epsilon of the normalization layers.")
+    swiglu: bool = arg(False, "Use a SwiGLU MLP instead of GELU.")
+    disable_bias_linear: bool = arg(False, "No biases in the linear layers.")
+    hidden_dropout: float = arg(0.1, "Dropout after attention and MLP.")
+    attention_dropout: float = arg(0.1, "Dropout on attention probabilities.")
+    init_method_std: float = arg(0.02, "Standard deviation of the weight initialisation.")
+    vocab_size: Optional[int] = arg(
+        None, "Model vocabulary before padding (default: the tokenizer's vocabulary)."
+    )
+    make_vocab_size_divisible_by: int = arg(
+        128, "Pad the vocabulary to a multiple of this times the tensor-parallel size."
+    )
+    transformer_impl: str = arg(
+        "auto",
+        "Layer implementation: megatron-core's local spec, Transformer Engine, or auto "
+        "(Transformer Engine when it is installed and CUDA is present).",
+        choices=["auto", "local", "transformer_engine"],
+    )
+    use_cpu_initialization: bool = arg(
+        True,
+        "Initialise weights on the CPU from one full-size master tensor, so that every "
+        "tensor- and pipeline-parallel layout starts from identical weights.",
+    )
+
+
+@dataclass
+class ParallelConfig:
+    tensor_model_parallel_size: int = arg(1, "Tensor-parallel degree (TP).")
+    pipeline_model_parallel_size: int = arg(1, "Pipeline-parallel degree (PP).")
+    zero_stage: int = arg(0, "DeepSpeed ZeRO stage (0, 1 or 2; at most 1 with PP > 1).",
+                          choices=[0, 1, 2])
+    distributed_backend: Optional[str] = arg(
+        None, "torch.distributed backend (default: nccl with CUDA, gloo without).",
+        choices=["nccl", "gloo"],
+    )
+    distributed_timeout_minutes: int = arg(10, "Timeout of collective operations.")
+    local_rank: Optional[int] = arg(
+        None, "Set by the deepspeed launcher; the LOCAL_RANK environment variable is used.",
+        flag="--local_rank",
+    )
+
+
+@dataclass
+class TrainingConfig:
+    micro_batch_size: int = arg(4, "Sequences per micro batch on one data-parallel rank.")
+    global_batch_size: Optional[int] = arg(
+        None,
+        "Sequences per iteration over all data-parallel ranks (default: micro batch x DP); "
+        "gradient accumulation steps = global / (micro x DP).",
+    )
+    train_iters: int = arg(100, "Number of training iterations.")
+    seed: int = arg(1234, "Random seed of initialisation, data order and dropout.")
+    bf16: bool = arg(False, "bf16 mixed precision (GPU).")
+    fp16: bool = arg(False, "fp16 mixed precision with dynamic loss scaling (GPU).")
+    eod_mask_loss: bool = arg(False, "Exclude end-of-document tokens from the loss.")
+    deepspeed: bool = arg(
+        False, "Accepted for Megatron-DeepSpeed compatibility; DeepSpeed is always used."
+    )
+    deepspeed_config: Optional[str] = arg(
+        None,
+        "A DeepSpeed config JSON. Its settings win; unset ones are derived from the flags.",
+        flag="--deepspeed_config",
+    )
+
+
+@dataclass
+class OptimizerConfig:
+    lr: float = arg(6e-4, "Peak learning rate.")
+    min_lr: float = arg(0.0, "Learning rate at the end of the decay.")
+    lr_warmup_iters: int = arg(0, "Iterations of linear warmup.")
+    lr_decay_iters: Optional[int] = arg(None, "Iterations of decay (default: --train-iters).")
+    lr_decay_style: str = arg(
+        "linear", "Decay after warmup.", choices=["constant", "linear", "cosine", "inverse-square-root"]
+    )
+    weight_decay: float = arg(0.01, "AdamW weight decay (not applied to biases and norms).")
+    adam_beta1: float = arg(0.9, "AdamW beta1.")
+    adam_beta2: float = arg(0.999, "AdamW beta2.")
+    adam_eps: float = arg(1e-8, "AdamW epsilon.")
+    clip_grad: float = arg(1.0, "Gradient clipping by global norm (0 disables).")
+
+
+@dataclass
+class DataConfig:
+    domains_manifest: Optional[str] = arg(
+        None, "domains.json written by tools/build_domains.py: one indexed dataset per domain."
+    )
+    data_path: List[str] = arg(
+        [], "Megatron blend 'w1 prefix1 w2 prefix2 ...' (or a single prefix); each prefix is a "
+        "domain named after its file. The weights become --mixing static.", nargs="*",
+    )
+    tokenizer_type: Optional[str] = arg(
+        None, "Tokenizer of --data-path data (the manifest records its own).",
+        choices=["GPT2BPETokenizer", "HuggingFaceTokenizer", "TikTokenizer"],
+    )
+    tokenizer_model: Optional[str] = arg(None, "Tokenizer file for --tokenizer-type.")
+    split: str = arg(
+        "969,30,1", "Train/validation/test split of each domain's documents, Megatron style."
+    )
+    domain_max_tokens: Optional[int] = arg(
+        None, "Cap on each domain's training tokens (a seeded subset of its documents), to "
+        "train in the token-limited regime where domains repeat.",
+    )
+
+
+@dataclass
+class MixingConfig:
+    mixing: str = arg(
+        "natural", "How domain weights are chosen.",
+        choices=["uniform", "natural", "static"],
+    )
+    mixture_weights: Optional[str] = arg(
+        None, "Weights for --mixing static, as 'domain=weight,...' (normalised)."
+    )
+
+
+@dataclass
+class CheckpointConfig:
+    save: Optional[str] = arg(None, "Folder to save checkpoints to.")
+    load: Optional[str] = arg(None, "Folder to resume from (its latest checkpoint).")
+    save_interval: Optional[int] = arg(None, "Iterations between checkpoints.")
+    no_load_optim: bool = arg(False, "Do not load the optimizer state when resuming.")
+    no_load_rng: bool = arg(False, "Do not load the RNG states when resuming.")
+
+
+@dataclass
+class LoggingConfig:
+    log_interval: int = arg(10, "Iterations between log lines.")
+    tensorboard_dir: Optional[str] = arg(None, "Where to write TensorBoard event files.")
+    metrics_file: Optional[str] = arg(
+        None, "JSON-lines file with one object per logged iteration and per evaluation."
+    )
+    eval_interval: int = arg(1000, "Iterations between evaluations.")
+    eval_iters: int = arg(10, "Global batches evaluated per domain at each evaluation.")
+
+
+@dataclass
+class PretrainConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    mixing: MixingConfig = field(default_factory=MixingConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)

@@ -1,0 +1,153 @@
+"""Open the training domains: indexed datasets, train/validation splits, token caps.
+
+Domains come from a domains manifest (`--domains-manifest domains.json`) or from Megatron's
+`--data-path [w1] prefix1 [w2 prefix2 ...]`. Each domain's documents are split into train,
+validation and test ranges as Megatron does (`--split 969,30,1`: contiguous document ranges).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import List, Optional, Tuple
+
+import numpy as np
+from megatron.core.datasets.blended_megatron_dataset_config import (
+    convert_split_vector_to_split_matrix,
+    parse_and_normalize_split,
+)
+from megatron.core.datasets.indexed_dataset import IndexedDataset
+
+from megatron_dga.config import DataConfig
+from megatron_dga.data.manifest import DomainsManifest
+from megatron_dga.data.sequences import SequenceStream, cap_documents
+
+
+class DataError(ValueError):
+    """Training data that cannot be used, named by file or flag."""
+
+
+@dataclass
+class Domain:
+    name: str
+    prefix: str
+    train: SequenceStream
+    valid: Optional[SequenceStream]
+    total_tokens: int  # all documents, before split and cap
+
+    @property
+    def train_tokens(self) -> int:
+        return self.train.tokens_per_epoch
+
+
+@dataclass
+class TokenizerSummary:
+    vocab_size: Optional[int]
+    eod: Optional[int]
+    description: str
+
+
+def open_indexed_dataset(prefix: str, what: str) -> IndexedDataset:
+    for suffix in (".bin", ".idx"):
+        if not os.path.isfile(prefix + suffix):
+            raise DataError(f"{what}: data file not found: {prefix}{suffix}")
+    try:
+        return IndexedDataset(prefix, mmap=True)
+    except Exception as e:  # a corrupt or foreign .idx
+        raise DataError(f"{what}: cannot read indexed dataset {prefix}.idx: {e}") from None
+
+
+def split_document_ranges(split: str, num_docs: int) -> List[Tuple[int, int]]:
+    """[train, valid, test] document ranges, with Megatron's rounding."""
+    try:
+        matrix = convert_split_vector_to_split_matrix(parse_and_normalize_split(split))
+    except (AssertionError, ValueError, ZeroDivisionError):
+        raise DataError(f"--split {split!r}: expected up to three non-negative numbers, e.g. 969,30,1") from None
+    ranges = []
+    for bookends in matrix:
+        if bookends is None:
+            ranges.append((0, 0))
+        else:
+            ranges.append((int(round(bookends[0] * num_docs)), int(round(bookends[1] * num_docs))))
+    return ranges
+
+
+def parse_data_path(data_path: List[str]) -> List[Tuple[Optional[float], str]]:
+    """Megatron's `--data-path`: a list of prefixes, or of weight/prefix pairs."""
+    def is_number(s):
+        try:
+            float(s)
+            return True
+        except ValueError:
+            return False
+
+    if len(data_path) % 2 == 0 and all(is_number(w) for w in data_path[0::2]):
+        pairs = [(float(w), p) for w, p in zip(data_path[0::2], data_path[1::2])]
+        if any(w < 0 for w, _ in pairs):
+            raise DataError(f"--data-path: weights must be non-negative: {data_path}")
+        return pairs
+    if any(is_number(p) for p in data_path):
+        raise DataError(f"--data-path: expected 'w1 prefix1 w2 prefix2 ...' or prefixes, got {data_path}")
+    return [(None, p) for p in data_path]
+
+
+def domain_name_from_prefix(prefix: str) -> str:
+    name = os.path.basename(prefix.rstrip("/"))
+    return name[: -len("_text_document")] if name.endswith("_text_document") else name
+
+
+def domain_prefixes(data: DataConfig) -> Tuple[List[str], List[str], Optional[List[float]], TokenizerSummary]:
+    """Names, prefixes, --data-path weights (if given) and tokenizer of the domains."""
+    if data.domains_manifest:
+        try:
+            manifest = DomainsManifest.load(data.domains_manifest)
+        except (FileNotFoundError, ValueError) as e:
+            raise DataError(f"--domains-manifest: {e}") from None
+        tok = manifest.tokenizer
+        summary = TokenizerSummary(tok.vocab_size, tok.eod, f"{tok.type} ({tok.model})")
+        names = manifest.names
+        prefixes = [manifest.resolve_prefix(d) for d in manifest.domains]
+        if not names:
+            raise DataError(f"--domains-manifest {data.domains_manifest}: no domains")
+        return names, prefixes, None, summary
+
+    pairs = parse_data_path(data.data_path)
+    names, seen = [], {}
+    for _, prefix in pairs:
+        name = domain_name_from_prefix(prefix)
+        seen[name] = seen.get(name, 0) + 1
+        names.append(name if seen[name] == 1 else f"{name}_{seen[name]}")
+    weights = [w for w, _ in pairs] if pairs[0][0] is not None else None
+    summary = TokenizerSummary(None, None, "given by --vocab-size")
+    if data.tokenizer_type:
+        from megatron_dga.data.tokenizers import build_tokenizer
+
+        tokenizer = build_tokenizer(data.tokenizer_type, data.tokenizer_model)
+        summary = TokenizerSummary(tokenizer.vocab_size, tokenizer.eod, data.tokenizer_type)
+    return names, [p for _, p in pairs], weights, summary
+
+
+def open_domain(name: str, prefix: str, data: DataConfig, seq_length: int, seed: int,
+                index: int) -> Domain:
+    dataset = open_indexed_dataset(prefix, f"domain {name!r}")
+    sizes = np.asarray(dataset.sequence_lengths, dtype=np.int32)
+    (train_lo, train_hi), (valid_lo, valid_hi), _ = split_document_ranges(data.split, len(sizes))
+    train_docs = np.arange(train_lo, train_hi, dtype=np.int32)
+    if len(train_docs) == 0:
+        raise DataError(f"domain {name!r} ({prefix}): --split {data.split} leaves no training documents")
+    train_sizes = sizes
+    if data.domain_max_tokens is not None and sizes[train_docs].sum() > data.domain_max_tokens:
+        train_docs, train_sizes = cap_documents(train_docs, sizes, data.domain_max_tokens, [seed, index])
+    train = SequenceStream(name, dataset, train_docs, train_sizes, seq_length, seed_key=(seed, index))
+    valid = None
+    valid_docs = np.arange(valid_lo, valid_hi, dtype=np.int32)
+    if len(valid_docs) and sizes[valid_docs].sum() > seq_length + 1:
+        valid = SequenceStream(name, dataset, valid_docs, sizes, seq_length, seed_key=(seed, index), shuffle=False)
+    return Domain(name, prefix, train, valid, int(sizes.astype(np.int64).sum()))
+
+
+def open_domains(data: DataConfig, seq_length: int, seed: int):
+    """All domains, the --data-path weights (or None) and the tokenizer summary."""
+    names, prefixes, weights, tokenizer = domain_prefixes(data)
+    domains = [open_domain(n, p, data, seq_length, seed, i) for i, (n, p) in enumerate(zip(names, prefixes))]
+    return domains, weights, tokenizer

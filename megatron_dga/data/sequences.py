@@ -1,0 +1,97 @@
+"""GPT training sequences of one domain, epoch after epoch.
+
+A domain's documents are concatenated and cut into sequences of `seq_length + 1` tokens
+(inputs plus the shifted labels), with megatron-core's `build_sample_idx`, as Megatron's
+GPTDataset does. Each epoch concatenates the documents in a new seeded order and visits its
+sequences in a new seeded order, so a domain that runs out simply starts its next epoch:
+the k-th draw from a domain is a pure function of (seed, domain, k).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Optional, Tuple
+
+import numpy as np
+from megatron.core.datasets.helpers import build_sample_idx
+from megatron.core.datasets.indexed_dataset import IndexedDataset
+
+
+class DomainTooSmallError(ValueError):
+    pass
+
+
+def cap_documents(doc_ids: np.ndarray, sizes: np.ndarray, max_tokens: int,
+                  seed: int) -> Tuple[np.ndarray, np.ndarray]:
+    """A seeded subset of documents holding exactly `max_tokens` tokens (the last one cut
+    short). Returns the kept document ids (in their original order) and a copy of `sizes`
+    where the cut document has its shortened length."""
+    order = np.random.default_rng(seed).permutation(doc_ids)
+    cumulative = np.cumsum(sizes[order].astype(np.int64))
+    n_keep = int(np.searchsorted(cumulative, max_tokens, side="left")) + 1
+    n_keep = min(n_keep, len(order))
+    kept = order[:n_keep]
+    capped_sizes = sizes.copy()
+    overflow = int(cumulative[n_keep - 1]) - max_tokens
+    if overflow > 0:
+        capped_sizes[kept[-1]] -= overflow
+    return np.sort(kept), capped_sizes
+
+
+class SequenceStream:
+    """The endless, seeded stream of one domain's training sequences.
+
+    `sample(k)` returns the k-th draw (`seq_length + 1` token ids); `epochs(k)` how many
+    epochs k draws amount to. Epoch indices are built lazily and the last two are cached.
+    """
+
+    def __init__(self, name: str, dataset: IndexedDataset, doc_ids: np.ndarray, sizes: np.ndarray,
+                 seq_length: int, seed_key: Tuple[int, ...], shuffle: bool = True):
+        self.name = name
+        self.dataset = dataset
+        self.doc_ids = np.asarray(doc_ids, dtype=np.int32)
+        self.sizes = np.asarray(sizes, dtype=np.int32)
+        self.seq_length = seq_length
+        self.seed_key = tuple(int(k) for k in seed_key)  # e.g. (run seed, domain index)
+        self.shuffle = shuffle
+        self.tokens_per_epoch = int(self.sizes[self.doc_ids].astype(np.int64).sum())
+        # Each sequence takes seq_length new tokens and reads one more (the last label).
+        self.samples_per_epoch = max(0, (self.tokens_per_epoch - 1) // seq_length)
+        if self.samples_per_epoch == 0:
+            raise DomainTooSmallError(
+                f"domain {name!r} has {self.tokens_per_epoch} tokens in {len(self.doc_ids)} "
+                f"documents, fewer than one sequence of {seq_length + 1} tokens"
+            )
+        self._epochs: "OrderedDict[int, Tuple[np.ndarray, np.ndarray, Optional[np.ndarray]]]" = OrderedDict()
+
+    def _epoch_index(self, epoch: int):
+        if epoch not in self._epochs:
+            rng = np.random.default_rng([*self.seed_key, epoch])
+            doc_order = rng.permutation(self.doc_ids) if self.shuffle else self.doc_ids
+            sample_idx = build_sample_idx(
+                self.sizes, doc_order, self.seq_length, 1, self.tokens_per_epoch, True, True
+            )
+            order = rng.permutation(self.samples_per_epoch) if self.shuffle else None
+            self._epochs[epoch] = (doc_order, sample_idx, order)
+            while len(self._epochs) > 2:
+                self._epochs.popitem(last=False)
+        return self._epochs[epoch]
+
+    def epochs(self, draws: int) -> float:
+        return draws / self.samples_per_epoch
+
+    def sample(self, draw: int) -> np.ndarray:
+        epoch, within = divmod(int(draw), self.samples_per_epoch)
+        doc_order, sample_idx, order = self._epoch_index(epoch)
+        s = int(order[within]) if order is not None else within
+        (first_doc, first_offset), (last_doc, last_offset) = sample_idx[s], sample_idx[s + 1]
+        parts = []
+        for position in range(int(first_doc), int(last_doc) + 1):
+            doc = int(doc_order[position])
+            start = int(first_offset) if position == first_doc else 0
+            # The last document contributes up to and including last_offset.
+            stop = int(last_offset) + 1 if position == last_doc else int(self.sizes[doc])
+            parts.append(self.dataset.get(doc, offset=start, length=stop - start))
+        tokens = np.concatenate(parts) if len(parts) > 1 else parts[0]
+        assert len(tokens) == self.seq_length + 1, (self.name, draw, len(tokens))
+        return tokens.astype(np.int64)

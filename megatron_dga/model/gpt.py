@@ -1,0 +1,123 @@
+"""Build the GPT: one layer list for every layout.
+
+With pipeline parallelism the list goes to DeepSpeed's `PipelineModule`, which builds this
+stage's slice and ties the embedding on the first stage to the LM head on the last. Without
+it, `SequentialGPT` builds the whole list with the same names, so parameter names (and
+checkpoint keys) are the same in both: `tied_modules.embed.*` and `<layer index>.*`.
+
+Every layer is built right after seeding the generator with `seed + layer index`, so a
+layer's initial weights do not depend on which stage builds it; with megatron-core's CPU
+initialisation (one full-size master weight, then sliced) they do not depend on TP either.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import List
+
+import torch
+from deepspeed.runtime.pipe.module import LayerSpec, PipelineModule, TiedLayerSpec
+from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
+
+from megatron_dga.config import ModelConfig
+from megatron_dga.model.layers import (
+    TIED_WEIGHT_ATTR,
+    EmbeddingPipe,
+    FinalNormPipe,
+    TransformerLayerPipe,
+    language_model_loss,
+    lm_head,
+)
+from megatron_dga.model.transformer_config import build_transformer_config, use_transformer_engine
+from megatron_dga.parallel.initialize import ParallelContext
+
+TIED_KEY = "embed"
+INIT_SEED_OFFSET = 7  # keeps per-layer init seeds apart from the data and dropout seeds
+
+
+def seed_layer_init(seed: int) -> None:
+    torch.manual_seed(seed)
+
+
+def _layer_spec_and_norm(model: ModelConfig):
+    if use_transformer_engine(model):
+        from megatron.core.extensions.transformer_engine_spec_provider import TESpecProvider
+        from megatron.core.models.gpt.gpt_layer_specs import (
+            get_gpt_layer_with_transformer_engine_spec,
+        )
+
+        rms = model.normalization == "RMSNorm"
+        return get_gpt_layer_with_transformer_engine_spec(), TESpecProvider().layer_norm(rms_norm=rms)
+    return get_gpt_layer_local_spec(normalization=model.normalization), None
+
+
+def gpt_layer_specs(model: ModelConfig, padded_vocab: int, tp: int, bf16: bool, fp16: bool) -> List:
+    """embedding, N transformer layers, final norm, tied LM head."""
+    config = build_transformer_config(model, tp, bf16, fp16)
+    layer_spec, norm_impl = _layer_spec_and_norm(model)
+    max_positions = model.max_position_embeddings or model.seq_length
+    specs = [
+        TiedLayerSpec(TIED_KEY, EmbeddingPipe, config, padded_vocab, max_positions,
+                      model.position_embedding_type, tied_weight_attr=TIED_WEIGHT_ATTR)
+    ]
+    specs += [
+        LayerSpec(TransformerLayerPipe, config, layer_spec, i + 1, model.position_embedding_type,
+                  model.rotary_base)
+        for i in range(model.num_layers)
+    ]
+    specs.append(LayerSpec(FinalNormPipe, config, norm_impl))
+    # The head's copy of the embedding has no position table: it only lends its word embedding.
+    specs.append(
+        TiedLayerSpec(TIED_KEY, EmbeddingPipe, config, padded_vocab, max_positions, "none",
+                      forward_fn=lm_head, tied_weight_attr=TIED_WEIGHT_ATTR)
+    )
+    return specs
+
+
+class SequentialGPT(torch.nn.Module):
+    """The layer list on one stage (PP = 1), trained by DeepSpeed's regular engine.
+
+    forward(tokens) returns logits; forward(tokens, labels, loss_mask) returns the loss.
+    """
+
+    def __init__(self, specs: List, init_seed: int):
+        super().__init__()
+        self.tied_modules = torch.nn.ModuleDict()
+        self._forward_funcs = []
+        for index, spec in enumerate(specs):
+            seed_layer_init(init_seed + index)
+            if isinstance(spec, TiedLayerSpec):
+                if spec.key not in self.tied_modules:
+                    self.tied_modules[spec.key] = spec.build()
+                module = self.tied_modules[spec.key]
+                self._forward_funcs.append(partial(spec.forward_fn, module) if spec.forward_fn else module)
+            else:
+                module = spec.build()
+                self.add_module(str(index), module)
+                self._forward_funcs.append(module)
+
+    def forward(self, tokens, labels=None, loss_mask=None):
+        x = tokens
+        for fn in self._forward_funcs:
+            x = fn(x)
+        if labels is None:
+            return x
+        return language_model_loss(x, (labels, loss_mask))
+
+
+def build_model(model: ModelConfig, padded_vocab: int, ctx: ParallelContext, bf16: bool, fp16: bool,
+                seed: int) -> torch.nn.Module:
+    """SequentialGPT for PP = 1, DeepSpeed PipelineModule for PP > 1."""
+    specs = gpt_layer_specs(model, padded_vocab, ctx.layout.tp, bf16, fp16)
+    init_seed = seed + INIT_SEED_OFFSET
+    if ctx.layout.pp == 1:
+        return SequentialGPT(specs, init_seed).to(ctx.device)
+    return PipelineModule(
+        layers=specs,
+        loss_fn=language_model_loss,
+        topology=ctx.topology,
+        partition_method="type:TransformerLayerPipe",
+        seed_layers=True,
+        seed_fn=seed_layer_init,
+        base_seed=init_seed,
+    )

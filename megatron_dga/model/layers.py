@@ -1,0 +1,106 @@
+"""The GPT as a list of layers, the form DeepSpeed's pipeline engine partitions into stages.
+
+embedding -> transformer layer x N -> final norm -> LM head (tied to the embedding).
+Each layer takes one tensor and returns one tensor, so any cut between layers is a valid
+pipeline-stage boundary. Activations are sequence-first, [s, b, h], as in megatron-core.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+import torch.nn.functional as F
+from megatron.core import tensor_parallel
+from megatron.core.models.backends import LocalSpecProvider
+from megatron.core.models.common.embeddings.language_model_embedding import LanguageModelEmbedding
+from megatron.core.models.common.embeddings.rotary_pos_embedding import RotaryEmbedding
+from megatron.core.transformer.module import MegatronModule
+from megatron.core.transformer.spec_utils import ModuleSpec, build_module
+from megatron.core.transformer.transformer_config import TransformerConfig
+
+# Path of the shared weight inside EmbeddingPipe, for DeepSpeed's TiedLayerSpec.
+TIED_WEIGHT_ATTR = "embedding.word_embeddings.weight"
+
+
+@functools.lru_cache(maxsize=8)
+def causal_mask(seq_length: int, device: torch.device) -> torch.Tensor:
+    """[1, 1, s, s] boolean mask, True above the diagonal (megatron-core: True = masked).
+    Built here because megatron-core's default causal mask is allocated on CUDA."""
+    return torch.triu(torch.ones(seq_length, seq_length, dtype=torch.bool, device=device), 1)[None, None]
+
+
+class EmbeddingPipe(MegatronModule):
+    """Token embedding (vocabulary-parallel) plus learned positions: [b, s] ids -> [s, b, h].
+
+    The same class, built without positions, serves as the LM head on the last pipeline
+    stage, where DeepSpeed keeps its word embedding tied to the first stage's.
+    """
+
+    def __init__(self, config: TransformerConfig, vocab_size: int, max_sequence_length: int,
+                 position_embedding_type: str):
+        super().__init__(config=config)
+        self.embedding = LanguageModelEmbedding(
+            config, vocab_size, max_sequence_length, position_embedding_type=position_embedding_type
+        )
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        position_ids = torch.arange(tokens.shape[1], device=tokens.device).unsqueeze(0)
+        return self.embedding(tokens, position_ids.expand_as(tokens))
+
+
+def lm_head(embedding: EmbeddingPipe, hidden: torch.Tensor) -> torch.Tensor:
+    """Logits over this rank's vocabulary shard with the tied embedding weight: [s, b, v/tp].
+    The copy to the TP region is the identity forward and an all-reduce of the input
+    gradient backward, as in Megatron's parallel_lm_logits."""
+    hidden = tensor_parallel.copy_to_tensor_model_parallel_region(hidden)
+    return F.linear(hidden, embedding.embedding.word_embeddings.weight)
+
+
+class TransformerLayerPipe(MegatronModule):
+    """One megatron-core TransformerLayer, [s, b, h] -> [s, b, h], with its causal mask."""
+
+    def __init__(self, config: TransformerConfig, layer_spec: ModuleSpec, layer_number: int,
+                 position_embedding_type: str, rotary_base: int):
+        super().__init__(config=config)
+        self.layer = build_module(layer_spec, config=config, layer_number=layer_number)
+        self.rotary = None
+        if position_embedding_type == "rope":
+            self.rotary = RotaryEmbedding(
+                kv_channels=config.kv_channels, rotary_percent=1.0, rotary_base=rotary_base,
+                use_cpu_initialization=True,
+            )
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        seq_length = hidden.shape[0]
+        rotary_pos_emb = None
+        if self.rotary is not None:
+            rotary_pos_emb = self.rotary(seq_length).to(hidden.device)
+        output, _ = self.layer(
+            hidden, attention_mask=causal_mask(seq_length, hidden.device), rotary_pos_emb=rotary_pos_emb
+        )
+        return output
+
+
+class FinalNormPipe(MegatronModule):
+    """The normalization after the last transformer layer."""
+
+    def __init__(self, config: TransformerConfig, norm_impl=None):
+        super().__init__(config=config)
+        if norm_impl is None:
+            norm_impl = LocalSpecProvider().layer_norm(rms_norm=config.normalization == "RMSNorm")
+        self.norm = build_module(norm_impl, config=config, hidden_size=config.hidden_size,
+                                 eps=config.layernorm_epsilon)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.norm(hidden)
+
+
+def language_model_loss(logits: torch.Tensor, labels_and_mask) -> torch.Tensor:
+    """Mean cross entropy over unmasked tokens, computed on vocabulary-parallel logits.
+
+    logits: [s, b, v/tp]; labels and loss mask: [b, s]."""
+    labels, loss_mask = labels_and_mask
+    losses = tensor_parallel.vocab_parallel_cross_entropy(logits.float(), labels.t().contiguous())
+    mask = loss_mask.t().to(losses.dtype)
+    return (losses * mask).sum() / mask.sum().clamp(min=1.0)

@@ -1,0 +1,74 @@
+"""megatron-core `TransformerConfig` from our flags, and Megatron's vocabulary padding."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import torch
+import torch.nn.functional as F
+from megatron.core.transformer.transformer_config import TransformerConfig
+
+from megatron_dga.config import ModelConfig
+
+
+def padded_vocab_size(vocab_size: int, divisible_by: int, tp: int) -> int:
+    """Megatron's rule: pad to a multiple of divisible_by x TP so every TP shard of the
+    embedding has the same, GPU-friendly number of rows."""
+    multiple = divisible_by * tp
+    return ((vocab_size + multiple - 1) // multiple) * multiple
+
+
+def have_transformer_engine() -> bool:
+    return importlib.util.find_spec("transformer_engine") is not None
+
+
+def have_apex() -> bool:
+    return importlib.util.find_spec("apex") is not None
+
+
+def use_transformer_engine(model: ModelConfig) -> bool:
+    if model.transformer_impl == "transformer_engine":
+        if not have_transformer_engine():
+            raise ValueError("--transformer-impl transformer_engine: transformer_engine is not installed")
+        return True
+    return model.transformer_impl == "auto" and have_transformer_engine() and torch.cuda.is_available()
+
+
+def params_dtype(bf16: bool, fp16: bool) -> torch.dtype:
+    return torch.bfloat16 if bf16 else torch.float16 if fp16 else torch.float32
+
+
+def build_transformer_config(model: ModelConfig, tp: int, bf16: bool, fp16: bool) -> TransformerConfig:
+    """The per-layer config. Pipeline parallelism is DeepSpeed's, so megatron-core sees
+    pipeline size 1 and layer numbers are global (no per-stage offset)."""
+    dtype = params_dtype(bf16, fp16)
+    on_gpu = torch.cuda.is_available()
+    return TransformerConfig(
+        num_layers=model.num_layers,
+        hidden_size=model.hidden_size,
+        num_attention_heads=model.num_attention_heads,
+        ffn_hidden_size=model.ffn_hidden_size or 4 * model.hidden_size,
+        tensor_model_parallel_size=tp,
+        pipeline_model_parallel_size=1,
+        hidden_dropout=model.hidden_dropout,
+        attention_dropout=model.attention_dropout,
+        init_method_std=model.init_method_std,
+        layernorm_epsilon=model.layernorm_epsilon,
+        normalization=model.normalization,
+        add_bias_linear=not model.disable_bias_linear,
+        gated_linear_unit=model.swiglu,
+        activation_func=F.silu if model.swiglu else F.gelu,
+        use_cpu_initialization=model.use_cpu_initialization,
+        params_dtype=dtype,
+        pipeline_dtype=dtype,
+        bf16=bf16,
+        fp16=fp16,
+        # The fused kernels below are jit-compiled torch code on GPU; the softmax, layer-norm
+        # and gradient-accumulation fusions need apex/Megatron CUDA extensions.
+        bias_activation_fusion=on_gpu and not model.swiglu,
+        bias_dropout_fusion=on_gpu,
+        masked_softmax_fusion=False,
+        persist_layer_norm=on_gpu and have_apex(),
+        gradient_accumulation_fusion=False,
+        apply_rope_fusion=False,
+    )

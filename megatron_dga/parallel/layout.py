@@ -1,0 +1,82 @@
+"""The parallel layout of a run (TP x PP x DP and the batch arithmetic), checked up front.
+
+Every impossible combination is refused here with a message that names the flags, before any
+process group, model or dataset is built.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from megatron_dga.config import PretrainConfig
+
+
+class LayoutError(ValueError):
+    """A parallel layout or batch size that cannot work."""
+
+
+@dataclass(frozen=True)
+class Layout:
+    world_size: int
+    tp: int
+    pp: int
+    dp: int
+    micro_batch_size: int
+    global_batch_size: int
+
+    @property
+    def grad_accumulation_steps(self) -> int:
+        return self.global_batch_size // (self.micro_batch_size * self.dp)
+
+    def describe(self) -> str:
+        return f"TP={self.tp} PP={self.pp} DP={self.dp}"
+
+
+def resolve_layout(config: PretrainConfig, world_size: int) -> Layout:
+    """Derive DP and the global batch from the flags, refusing impossible layouts."""
+    par, model, train = config.parallel, config.model, config.training
+    tp, pp = par.tensor_model_parallel_size, par.pipeline_model_parallel_size
+    if tp < 1 or pp < 1:
+        raise LayoutError("--tensor-model-parallel-size and --pipeline-model-parallel-size must be >= 1")
+    if world_size % (tp * pp) != 0:
+        raise LayoutError(
+            f"world size {world_size} is not divisible by --tensor-model-parallel-size {tp} x "
+            f"--pipeline-model-parallel-size {pp}"
+        )
+    dp = world_size // (tp * pp)
+    mbs = train.micro_batch_size
+    gbs = train.global_batch_size or mbs * dp
+    if gbs % (mbs * dp) != 0:
+        raise LayoutError(
+            f"--global-batch-size {gbs} is not divisible by --micro-batch-size {mbs} x "
+            f"data-parallel size {dp}"
+        )
+    if model.num_attention_heads % tp != 0:
+        raise LayoutError(
+            f"--num-attention-heads {model.num_attention_heads} is not divisible by "
+            f"--tensor-model-parallel-size {tp}"
+        )
+    if model.hidden_size % model.num_attention_heads != 0:
+        raise LayoutError(
+            f"--hidden-size {model.hidden_size} is not divisible by --num-attention-heads "
+            f"{model.num_attention_heads}"
+        )
+    ffn = model.ffn_hidden_size or 4 * model.hidden_size
+    if model.hidden_size % tp != 0 or ffn % tp != 0:
+        raise LayoutError(
+            f"--hidden-size {model.hidden_size} and the MLP size {ffn} must be divisible by "
+            f"--tensor-model-parallel-size {tp}"
+        )
+    if model.num_layers % pp != 0:
+        raise LayoutError(
+            f"--num-layers {model.num_layers} is not divisible by "
+            f"--pipeline-model-parallel-size {pp}"
+        )
+    if pp > 1 and par.zero_stage > 1:
+        raise LayoutError(
+            f"--zero-stage {par.zero_stage} does not work with pipeline parallelism "
+            f"(--pipeline-model-parallel-size {pp}); use ZeRO stage 0 or 1"
+        )
+    if train.bf16 and train.fp16:
+        raise LayoutError("--bf16 and --fp16 are mutually exclusive")
+    return Layout(world_size, tp, pp, dp, mbs, gbs)

@@ -1,0 +1,52 @@
+"""Entry point: `python -m megatron_dga.pretrain [flags]` or `megatron-dga-pretrain [flags]`.
+
+Launch it with `deepspeed --num_gpus N` (one process per GPU, or N gloo processes on a machine
+without CUDA), `deepspeed --hostfile H` for several nodes, or `torchrun`.
+"""
+
+from __future__ import annotations
+
+import sys
+import warnings
+from typing import Optional, Sequence
+
+from megatron_dga.arguments import parse_args
+
+
+def _quiet_known_warnings() -> None:
+    # megatron-core warns at import time that optional accelerated kernels (apex, Transformer
+    # Engine) are absent; the fallbacks it names are the ones we intend to use on such machines.
+    warnings.filterwarnings("ignore", message=".*(Apex|Transformer Engine).*not installed.*")
+    warnings.filterwarnings("ignore", message=".*Apex is not installed.*")
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    _quiet_known_warnings()
+    config = parse_args(argv)
+
+    from megatron_dga.data.domains import DataError
+    from megatron_dga.parallel.initialize import destroy_parallel, initialize_parallel
+    from megatron_dga.parallel.layout import LayoutError, resolve_layout
+    from megatron_dga.parallel.initialize import world_size_from_env
+    from megatron_dga.training.checkpointing import CheckpointError
+    from megatron_dga.training.deepspeed_config import apply_user_config, load_user_config
+    from megatron_dga.training.trainer import Trainer
+
+    try:
+        apply_user_config(config, load_user_config(config.training.deepspeed_config))
+        resolve_layout(config, world_size_from_env())  # refuse impossible layouts before any work
+        ctx = initialize_parallel(config)
+        trainer = Trainer(config, ctx)
+    except (LayoutError, DataError, CheckpointError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        return 2
+    try:
+        trainer.train()
+    finally:
+        trainer.close()
+        destroy_parallel()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,76 @@
+"""The DeepSpeed config of a run: a given `--deepspeed_config` JSON wins, the rest is derived.
+
+Keys that the JSON sets and that also exist as flags (batch sizes, clipping, ZeRO stage,
+precision) are copied back into the run's config, so the trainer, the data layout and the
+checkpoint all agree with what DeepSpeed does. An `optimizer` or `scheduler` section in the
+JSON replaces the built-in AdamW or learning-rate schedule.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Dict, Optional
+
+from megatron_dga.config import PretrainConfig
+from megatron_dga.parallel.layout import Layout
+
+# DeepSpeed prints its own progress every `steps_per_print` steps; the trainer logs instead.
+_QUIET_STEPS_PER_PRINT = 1 << 30
+# A clip threshold no gradient reaches: makes DeepSpeed compute the gradient norm for logging
+# without changing the update.
+NO_CLIP = 1e30
+
+
+def load_user_config(path: Optional[str]) -> Dict[str, Any]:
+    if not path:
+        return {}
+    try:
+        with open(path, encoding="utf-8") as f:
+            user = json.load(f)
+    except FileNotFoundError:
+        raise ValueError(f"--deepspeed_config: file not found: {path}") from None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"--deepspeed_config {path}: invalid JSON at line {e.lineno}: {e.msg}") from None
+    if not isinstance(user, dict):
+        raise ValueError(f"--deepspeed_config {path}: expected a JSON object")
+    return user
+
+
+def apply_user_config(config: PretrainConfig, user: Dict[str, Any]) -> None:
+    """Copy the JSON's settings onto the flags they correspond to."""
+    t, o, p = config.training, config.optimizer, config.parallel
+    if "train_micro_batch_size_per_gpu" in user:
+        t.micro_batch_size = int(user["train_micro_batch_size_per_gpu"])
+    if "train_batch_size" in user:
+        t.global_batch_size = int(user["train_batch_size"])
+    if "gradient_clipping" in user:
+        o.clip_grad = float(user["gradient_clipping"])
+    if "zero_optimization" in user:
+        p.zero_stage = int(user["zero_optimization"].get("stage", 0))
+    if "bf16" in user:
+        t.bf16 = bool(user["bf16"].get("enabled", False))
+    if "fp16" in user:
+        t.fp16 = bool(user["fp16"].get("enabled", False))
+
+
+def derive_config(config: PretrainConfig, layout: Layout, user: Dict[str, Any]) -> Dict[str, Any]:
+    """The full ds_config: the JSON's keys, then derived values for the keys it leaves out."""
+    t, o = config.training, config.optimizer
+    derived: Dict[str, Any] = {
+        "train_batch_size": layout.global_batch_size,
+        "train_micro_batch_size_per_gpu": layout.micro_batch_size,
+        "gradient_accumulation_steps": layout.grad_accumulation_steps,
+        "gradient_clipping": o.clip_grad if o.clip_grad > 0 else NO_CLIP,
+        "zero_optimization": {"stage": config.parallel.zero_stage},
+        "bf16": {"enabled": t.bf16},
+        "fp16": {"enabled": t.fp16, "loss_scale": 0, "initial_scale_power": 16},
+        "steps_per_print": _QUIET_STEPS_PER_PRINT,
+        "wall_clock_breakdown": False,
+        # Our AdamW is a plain torch optimizer; DeepSpeed's ZeRO wraps it fine.
+        "zero_allow_untested_optimizer": True,
+    }
+    merged = dict(derived)
+    merged.update(user)
+    merged.pop("gradient_accumulation_steps", None)
+    merged["gradient_accumulation_steps"] = layout.grad_accumulation_steps
+    return merged

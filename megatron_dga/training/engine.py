@@ -1,0 +1,123 @@
+"""The DeepSpeed engine behind one interface for both kinds of run.
+
+Without pipeline parallelism the model trains in DeepSpeed's regular engine (ZeRO 0, 1 or 2):
+forward, `engine.backward` and `engine.step` per micro batch, the optimizer stepping at the
+gradient-accumulation boundary. With pipeline parallelism DeepSpeed's pipeline engine runs the
+whole iteration (`train_batch`). Either way the trainer sees `train_step(micro_batches)` and
+`eval_loss(micro_batches)`, returning the loss averaged over micro batches and data-parallel
+ranks, the same number on every rank.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import List, Optional
+
+import deepspeed
+import torch
+import torch.distributed as dist
+
+from megatron_dga.config import PretrainConfig
+from megatron_dga.data.batches import MicroBatch
+from megatron_dga.parallel.initialize import ParallelContext
+from megatron_dga.parallel.mpu import MegatronCoreMPU
+from megatron_dga.parallel.reductions import global_grad_norm
+from megatron_dga.training.deepspeed_config import derive_config
+from megatron_dga.training.optimizer import build_optimizer, build_scheduler
+
+
+@dataclass
+class StepResult:
+    loss: float
+    grad_norm: Optional[float]
+    skipped: bool  # the optimizer skipped the update (fp16 overflow)
+
+
+def _use_sharding_aware_clipping(engine) -> None:
+    """ZeRO-0 fp32 clipping that counts every parameter once across TP and PP.
+
+    DeepSpeed's fp32 `clip_grad_norm_` counts replicated parameters only on model-parallel
+    rank 0 of the TP x PP group, which drops the layer norms of later pipeline stages and
+    counts the tied embedding twice; its ZeRO and bf16 paths get this right. This replaces
+    the engine's fp32 clipping step with the same rule as `parallel.reductions`, and records
+    the norm for logging."""
+
+    def clip_fp32_gradients():
+        params = [p for p in engine.module.parameters() if p.grad is not None]
+        norm = global_grad_norm(params)
+        coefficient = engine.gradient_clipping() / (float(norm) + 1e-6)
+        if coefficient < 1.0:
+            for p in params:
+                p.grad.mul_(coefficient)
+        engine._global_grad_norm = float(norm)
+
+    engine.clip_fp32_gradients = clip_fp32_gradients
+
+
+class TrainingEngine:
+    def __init__(self, model: torch.nn.Module, config: PretrainConfig, ctx: ParallelContext,
+                 user_ds_config: dict):
+        self.ctx = ctx
+        self.pipelined = ctx.layout.pp > 1
+        self.ds_config = derive_config(config, ctx.layout, user_ds_config)
+        client_optimizer = None if "optimizer" in user_ds_config else build_optimizer(model, config.optimizer)
+        kwargs = dict(model=model, config=self.ds_config, optimizer=client_optimizer)
+        if client_optimizer is None:
+            kwargs["model_parameters"] = [p for p in model.parameters() if p.requires_grad]
+        if not self.pipelined:
+            kwargs["mpu"] = MegatronCoreMPU()
+        self.engine, _, _, ds_scheduler = deepspeed.initialize(**kwargs)
+        if "scheduler" in user_ds_config:
+            self.scheduler = None  # DeepSpeed's own, stepped by the engine
+        else:
+            self.scheduler = build_scheduler(
+                client_optimizer or self.engine.optimizer, config.optimizer, config.training.train_iters
+            )
+        if not (self.engine.zero_optimization() or self.engine.fp16_enabled() or self.engine.bfloat16_enabled()):
+            _use_sharding_aware_clipping(self.engine)
+
+    @property
+    def module(self) -> torch.nn.Module:
+        return self.engine.module
+
+    @property
+    def learning_rate(self) -> float:
+        return float(self.engine.get_lr()[0])
+
+    def _dp_mean(self, value: torch.Tensor) -> float:
+        if self.ctx.layout.dp > 1:
+            dist.all_reduce(value, group=self.ctx.dp_group)
+            value = value / self.ctx.layout.dp
+        return float(value)
+
+    def train_step(self, micro_batches: List[MicroBatch]) -> StepResult:
+        skipped_before = self.engine.skipped_steps
+        if self.pipelined:
+            loss = float(self.engine.train_batch(iter([mb.as_pipeline_item() for mb in micro_batches])))
+        else:
+            self.engine.train()
+            total = torch.zeros((), device=self.ctx.device)
+            for mb in micro_batches:
+                mb = mb.to(self.ctx.device)
+                step_loss = self.engine(mb.tokens, mb.labels, mb.loss_mask)
+                self.engine.backward(step_loss)
+                self.engine.step()
+                total += step_loss.detach().float()
+            loss = self._dp_mean(total / len(micro_batches))
+        if self.scheduler is not None:
+            self.scheduler.step(1)
+        norm = self.engine.get_global_grad_norm()
+        return StepResult(loss, None if norm is None else float(norm), self.engine.skipped_steps > skipped_before)
+
+    @torch.no_grad()
+    def eval_loss(self, micro_batches: List[MicroBatch]) -> float:
+        if self.pipelined:
+            items = iter([mb.as_pipeline_item() for mb in micro_batches])
+            return float(self.engine.eval_batch(items, num_micro_batches=len(micro_batches)))
+        self.engine.eval()
+        total = torch.zeros((), device=self.ctx.device)
+        for mb in micro_batches:
+            mb = mb.to(self.ctx.device)
+            total += self.engine(mb.tokens, mb.labels, mb.loss_mask).float()
+        self.engine.train()
+        return self._dp_mean(total / len(micro_batches))

@@ -1,0 +1,41 @@
+"""Validation loss of every domain (and of extra held-out sets, such as the specific set).
+
+Each set's evaluation batches are fixed once: the first `--eval-iters` global batches of its
+validation sequences in document order, split across data-parallel ranks as training
+batches are. So every evaluation of a run, and of runs with other parallel layouts, scores
+the same sequences.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, List, Optional
+
+import numpy as np
+
+from megatron_dga.data.batches import MicroBatch, fixed_microbatches
+from megatron_dga.data.sequences import SequenceStream
+from megatron_dga.parallel.layout import Layout
+
+
+class Evaluator:
+    def __init__(self, sets: Dict[str, SequenceStream], layout: Layout, dp_rank: int, eval_iters: int,
+                 eod: Optional[int], eod_mask_loss: bool):
+        """`sets`: name -> validation stream; names become `lm loss validation/<name>`."""
+        self.batches: Dict[str, List[MicroBatch]] = {
+            name: fixed_microbatches(stream, eval_iters, layout, dp_rank, eod, eod_mask_loss)
+            for name, stream in sets.items()
+        }
+
+    @property
+    def names(self) -> List[str]:
+        return list(self.batches)
+
+    def evaluate(self, engine, names: Optional[List[str]] = None) -> Dict[str, float]:
+        """Loss per set; every rank calls this (the engine's collectives need all of them)."""
+        return {name: engine.eval_loss(self.batches[name]) for name in (names or self.names)}
+
+
+def overall_loss(losses: Dict[str, float], domain_names: List[str]) -> Optional[float]:
+    """`lm loss validation`: the mean of the generic domains' validation losses."""
+    values = [losses[n] for n in domain_names if n in losses]
+    return float(np.mean(values)) if values else None

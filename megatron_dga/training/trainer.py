@@ -1,0 +1,224 @@
+"""The training loop.
+
+    build:   domains -> model -> DeepSpeed engine -> mixing algorithm -> blend -> batches
+    resume:  model, optimizer, schedule, RNG, data position and mixing state from --load
+    loop:    [update the mixture] -> train one global batch -> log / evaluate / save
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Dict, List, Optional
+
+import numpy as np
+
+import megatron_dga
+from megatron_dga.config import PretrainConfig
+from megatron_dga.data.batches import TrainBatches
+from megatron_dga.data.blend import DynamicBlend
+from megatron_dga.data.domains import Domain, open_domains
+from megatron_dga.mixing.factory import build_mixing
+from megatron_dga.model.gpt import build_model
+from megatron_dga.model.transformer_config import padded_vocab_size
+from megatron_dga.parallel.initialize import ParallelContext
+from megatron_dga.parallel.layout import LayoutError
+from megatron_dga.training.checkpointing import Checkpointer, layout_dict
+from megatron_dga.training.deepspeed_config import load_user_config
+from megatron_dga.training.engine import TrainingEngine
+from megatron_dga.training.evaluation import Evaluator, overall_loss
+from megatron_dga.training.metrics import MetricsLogger
+
+
+def model_vocab_size(config: PretrainConfig, tokenizer_vocab: Optional[int]) -> int:
+    """The unpadded model vocabulary: --vocab-size, else the tokenizer's."""
+    requested = config.model.vocab_size
+    if requested is None and tokenizer_vocab is None:
+        raise LayoutError("the vocabulary size is unknown: give --vocab-size or --tokenizer-type")
+    if requested is not None and tokenizer_vocab is not None and tokenizer_vocab > requested:
+        raise LayoutError(
+            f"the tokenizer's vocabulary ({tokenizer_vocab} tokens) is larger than the model's "
+            f"--vocab-size {requested}"
+        )
+    return requested if requested is not None else tokenizer_vocab
+
+
+class Trainer:
+    def __init__(self, config: PretrainConfig, ctx: ParallelContext):
+        self.config, self.ctx, self.layout = config, ctx, ctx.layout
+        seq_length = config.model.seq_length
+        self.domains: List[Domain]
+        self.domains, data_path_weights, self.tokenizer = open_domains(config.data, seq_length, config.training.seed)
+        self.domain_names = [d.name for d in self.domains]
+        vocab = model_vocab_size(config, self.tokenizer.vocab_size)
+        self.padded_vocab = padded_vocab_size(vocab, config.model.make_vocab_size_divisible_by, self.layout.tp)
+
+        model = build_model(config.model, self.padded_vocab, ctx, config.training.bf16, config.training.fp16,
+                            config.training.seed)
+        self.engine = TrainingEngine(model, config, ctx, load_user_config(config.training.deepspeed_config))
+        self.mixing = build_mixing(config.mixing, self.domain_names, [d.train_tokens for d in self.domains],
+                                   data_path_weights)
+        self.blend = DynamicBlend(len(self.domains), self.mixing.weights())
+        eod, mask_eod = self.tokenizer.eod, config.training.eod_mask_loss
+        self.batches = TrainBatches([d.train for d in self.domains], self.blend, self.layout, ctx.dp_rank, eod,
+                                    mask_eod)
+        self.evaluator = Evaluator({d.name: d.valid for d in self.domains if d.valid is not None}, self.layout,
+                                   ctx.dp_rank, config.logging.eval_iters, eod, mask_eod)
+        self.checkpointer = Checkpointer(ctx, self.engine.engine)
+        self.iteration = 0
+        if config.checkpoint.load:
+            self._resume(config.checkpoint.load)
+        self.logger = MetricsLogger(ctx.is_logging_rank, config.logging.tensorboard_dir,
+                                    config.logging.metrics_file, resumed_iteration=self.iteration)
+        self._interval_losses: List[float] = []
+        self._interval_times: List[float] = []
+
+    # ---- bookkeeping ---------------------------------------------------------------------
+    @property
+    def consumed_samples(self) -> int:
+        return self.iteration * self.layout.global_batch_size
+
+    def _domain_draws(self) -> np.ndarray:
+        return self.blend.draws_before(self.consumed_samples)
+
+    def _domain_series(self) -> Dict[str, Dict[str, float]]:
+        """Per-domain values to log: weights in use, epochs and tokens drawn so far."""
+        draws = self._domain_draws()
+        weights = self.blend.weights_at(self.consumed_samples)
+        return {
+            "data-mixture": dict(zip(self.domain_names, map(float, weights))),
+            "domain-epochs": {d.name: d.train.epochs(int(n)) for d, n in zip(self.domains, draws)},
+            "domain-tokens": {n: float(k * self.config.model.seq_length) for n, k in zip(self.domain_names, draws)},
+            **self.mixing.log_values(),
+        }
+
+    # ---- checkpoints ---------------------------------------------------------------------
+    def _client_state(self) -> Dict:
+        return {
+            "iteration": self.iteration,
+            "consumed_samples": self.consumed_samples,
+            "blend": self.blend.state_dict(),
+            "mixing": self.mixing.state_dict(),
+            "scheduler": self.engine.scheduler.state_dict() if self.engine.scheduler else None,
+            "domains": self.domain_names,
+            "config": dataclasses.asdict(self.config),
+        }
+
+    def save(self) -> None:
+        metadata = {
+            "iteration": self.iteration,
+            "consumed_samples": self.consumed_samples,
+            "layout": layout_dict(self.layout),
+            "domains": self.domain_names,
+            "mixing": self.mixing.name,
+            "version": megatron_dga.__version__,
+        }
+        path = self.checkpointer.save(self.config.checkpoint.save, self.iteration, self._client_state(), metadata)
+        self.logger.print(f"saved checkpoint {path}")
+
+    def _resume(self, directory: str) -> None:
+        ck = self.config.checkpoint
+        metadata = self.checkpointer.read_metadata(directory)
+        if metadata is None:
+            if self.ctx.rank == 0:
+                print(f"no checkpoint in {directory} ({directory}/latest_checkpointed_iteration.txt "
+                      f"is missing): training from scratch", flush=True)
+            return
+        self.checkpointer.check_layout(metadata, self.layout, not ck.no_load_optim, self.config.parallel.zero_stage)
+        if metadata["domains"] != self.domain_names:
+            raise LayoutError(f"checkpoint domains {metadata['domains']} differ from this run's {self.domain_names}")
+        state = self.checkpointer.load(directory, load_optimizer=not ck.no_load_optim, load_rng=not ck.no_load_rng)
+        self.iteration = int(state["iteration"])
+        self.blend.load_state_dict(state["blend"])
+        self.mixing.load_state_dict(state["mixing"])
+        if self.engine.scheduler is not None and state["scheduler"] is not None:
+            self.engine.scheduler.load_state_dict(state["scheduler"])
+        if self.ctx.rank == 0:
+            print(f"resumed from {directory} at iteration {self.iteration}", flush=True)
+
+    # ---- evaluation ----------------------------------------------------------------------
+    def evaluate(self) -> Dict[str, float]:
+        start = time.time()
+        losses = self.evaluator.evaluate(self.engine)
+        overall = overall_loss(losses, self.domain_names)
+        scalars = {f"lm loss validation/{name}": loss for name, loss in losses.items()}
+        scalars["lm loss validation"] = overall
+        self.logger.scalars(self.iteration, scalars)
+        self.logger.record({"type": "validation", "iteration": self.iteration,
+                            "consumed_samples": self.consumed_samples, "lm_loss_validation": overall,
+                            "per_set": losses, "eval_time": time.time() - start})
+        shown = " | ".join(f"{n}: {v:.4f}" for n, v in losses.items())
+        self.logger.print(f" validation at iteration {self.iteration} | lm loss: {overall if overall is None else round(overall, 4)} | {shown}")
+        return losses
+
+    # ---- training ------------------------------------------------------------------------
+    def _log(self, result) -> None:
+        cfg = self.config
+        iteration_time = float(np.mean(self._interval_times))
+        loss = float(np.mean(self._interval_losses))
+        tokens_per_second = self.layout.global_batch_size * cfg.model.seq_length / iteration_time
+        series = self._domain_series()
+        scalars = {
+            "lm loss": loss,
+            "learning-rate": self.engine.learning_rate,
+            "grad-norm": result.grad_norm,
+            "iteration-time": iteration_time,
+            "tokens-per-second": tokens_per_second,
+            "batch-size": self.layout.global_batch_size,
+            "consumed-samples": self.consumed_samples,
+        }
+        for group, values in series.items():
+            scalars.update({f"{group}/{name}": value for name, value in values.items()})
+        self.logger.scalars(self.iteration, scalars)
+        self.logger.record({
+            "type": "train", "iteration": self.iteration, "consumed_samples": self.consumed_samples,
+            "lm_loss": loss, "learning_rate": self.engine.learning_rate, "grad_norm": result.grad_norm,
+            "iteration_time": iteration_time, "tokens_per_second": tokens_per_second,
+            "skipped": result.skipped, **{k.replace("-", "_"): v for k, v in series.items()},
+        })
+        grad_norm = "n/a" if result.grad_norm is None else f"{result.grad_norm:.3f}"
+        self.logger.print(
+            f" iteration {self.iteration:8d}/{cfg.training.train_iters:8d} | consumed samples: "
+            f"{self.consumed_samples:10d} | elapsed time per iteration (ms): {iteration_time * 1000:.1f} | "
+            f"learning rate: {self.engine.learning_rate:.3E} | global batch size: {self.layout.global_batch_size:5d} | "
+            f"lm loss: {loss:.6E} | grad norm: {grad_norm} | tokens/s: {tokens_per_second:.0f}"
+        )
+        self._interval_losses.clear()
+        self._interval_times.clear()
+
+    def train_step(self):
+        start = time.time()
+        result = self.engine.train_step(self.batches.microbatches(self.iteration))
+        self.iteration += 1
+        self.blend.release_before(self.consumed_samples)
+        self._interval_times.append(time.time() - start)
+        self._interval_losses.append(result.loss)
+        return result
+
+    def train(self) -> None:
+        cfg = self.config
+        self.logger.print(
+            f"training {cfg.training.train_iters} iterations | layout {self.layout.describe()} | global batch "
+            f"{self.layout.global_batch_size} = micro {self.layout.micro_batch_size} x DP {self.layout.dp} x "
+            f"accumulation {self.layout.grad_accumulation_steps} | {len(self.domains)} domains | mixing "
+            f"{self.mixing.name} | vocabulary {self.padded_vocab} (padded)"
+        )
+        last_eval = last_save = self.iteration
+        while self.iteration < cfg.training.train_iters:
+            result = self.train_step()
+            if self.iteration % cfg.logging.log_interval == 0:
+                self._log(result)
+            if self.iteration % cfg.logging.eval_interval == 0 and self.evaluator.names:
+                self.evaluate()
+                last_eval = self.iteration
+            if cfg.checkpoint.save_interval and self.iteration % cfg.checkpoint.save_interval == 0:
+                self.save()
+                last_save = self.iteration
+        if self.evaluator.names and last_eval != self.iteration:
+            self.evaluate()
+        if cfg.checkpoint.save and last_save != self.iteration:
+            self.save()
+        self.logger.flush()
+
+    def close(self) -> None:
+        self.logger.close()
