@@ -283,3 +283,43 @@ def test_minilm_loads_offline_with_published_vector(monkeypatch):
     assert vectors.shape == (2, 384)
     np.testing.assert_allclose(vectors[0, :5], [0.0677, 0.0635, 0.0487, 0.0793, 0.0375], atol=1e-3)
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+
+
+def test_max_docs_takes_the_first_documents_of_each_file(tmp_path):
+    paths = make_domains(tmp_path, n=30)
+    out = tmp_path / "out"
+    assert run_tool("--input", *paths, "--output-dir", out, "--num-clusters", 3, "--embedder", "tfidf", "--max-docs", 10) == 0
+    docs = read_clusters(out)
+    assert sorted(d["src"] for d in docs) == sorted(f"{name}#{i}" for name in DOMAINS for i in range(10))
+    assert json.load(open(out / "clusters.json"))["max_docs_per_input"] == 10
+
+
+def test_refuses_to_overwrite_its_inputs(tmp_path, capsys):
+    paths = make_domains(tmp_path, n=10, prefix="")
+    os.rename(paths[0], tmp_path / "cluster_000.jsonl")
+    inputs = [tmp_path / "cluster_000.jsonl", *paths[1:]]
+    assert run_tool("--input", *inputs, "--output-dir", tmp_path, "--num-clusters", 2, "--embedder", "tfidf") == 1
+    assert "would be overwritten by the cluster files" in capsys.readouterr().err
+
+
+def test_compressed_inputs_are_copied_whole(tmp_path):
+    import lzma
+
+    paths = make_domains(tmp_path, n=20)
+    packed = []
+    for path in paths:
+        with open(path, "rb") as src, lzma.open(path + ".xz", "wb") as dst:
+            dst.write(src.read())
+        packed.append(path + ".xz")
+    out = tmp_path / "out"
+    assert run_tool("--input", *packed, "--output-dir", out, "--num-clusters", 3, "--embedder", "tfidf") == 0
+    originals = {json.loads(line)["src"]: json.loads(line)["text"] for p in paths for line in open(p)}
+    docs = read_clusters(out)
+    assert len(docs) == 60 and all(d["text"] == originals[d["src"]] for d in docs)
+
+
+def test_output_dir_is_a_domains_folder_for_build_domains(clustered):
+    build_domains = pytest.importorskip("build_domains")
+    _, out = clustered
+    inputs = build_domains.find_domain_inputs(str(out))
+    assert sorted(inputs) == ["cluster_000", "cluster_001", "cluster_002"]

@@ -53,6 +53,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     g.add_argument("--seed", type=int, default=1234, help="k-means seed; a fixed seed gives the same clusters (default 1234)")
     g.add_argument("--niter", type=int, default=25, help="k-means iterations (default 25)")
+    g.add_argument(
+        "--restarts", type=int, default=5,
+        help="k-means runs from different starts; the best (highest total cosine similarity) is kept (default 5)",
+    )
 
     g = p.add_argument_group("assignment")
     g.add_argument("--assign", nargs="+", metavar="JSONL", help="JSONL files of the specific set: write its histogram over the clusters")
@@ -92,7 +96,7 @@ def check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
             p.error("--assign needs --centroids or the --output-dir of a clustering run")
     if args.assign and len(args.assign) > 1 and not args.assign_name:
         p.error("--assign with several files needs --assign-name")
-    for flag in ("max_docs", "max_chars", "batch_size"):
+    for flag in ("max_docs", "max_chars", "batch_size", "niter", "restarts"):
         value = getattr(args, flag)
         if value is not None and value < 1:
             p.error(f"--{flag.replace('_', '-')} must be at least 1, got {value}")
@@ -123,6 +127,7 @@ def main(argv=None) -> int:
                     max_chars=args.max_chars,
                     skip_bad=args.skip_bad,
                     niter=args.niter,
+                    restarts=args.restarts,
                     progress=progress,
                 )
             )

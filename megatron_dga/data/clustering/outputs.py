@@ -24,13 +24,7 @@ import numpy as np
 
 from megatron_dga.data.clustering.atomic import atomic_open, write_json
 from megatron_dga.data.clustering.corpus import Document, first_line
-
-try:  # the reader's own opener, so compressed inputs are copied as they were read
-    from megatron_dga.data.jsonl import open_binary
-except ImportError:  # a reader that only reads plain files
-
-    def open_binary(path: str):
-        return open(path, "rb")
+from megatron_dga.data.jsonl import open_binary  # compressed inputs are copied as they were read
 
 CLUSTERS_JSON = "clusters.json"
 CENTROIDS_NPY = "centroids.npy"

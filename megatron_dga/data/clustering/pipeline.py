@@ -51,6 +51,7 @@ class ClusterConfig:
     max_chars: Optional[int] = None  # default: the embedder's
     skip_bad: bool = False
     niter: int = 25
+    restarts: int = 5
     samples_per_cluster: int = 3
     progress: bool = True
 
@@ -102,6 +103,10 @@ def embed_with_cache(embedder: Embedder, texts: Sequence[str], cache: EmbeddingC
         log.info("embeddings: %d from cache %s", len(vectors), cache.directory)
         return vectors
     start = time.perf_counter()
+    embedder.load()
+    if time.perf_counter() - start > 0.5:
+        log.info("%s embedder loaded in %.1f s", embedder.name, time.perf_counter() - start)
+    start = time.perf_counter()
     if needs_state:
         embedder.fit(texts)
     vectors = embedder.embed(texts, progress=progress)
@@ -129,6 +134,8 @@ def cluster_documents(cfg: ClusterConfig) -> dict:
         raise ValueError(f"--num-clusters {k} is larger than the number of documents ({len(docs)})")
     log.info("%d documents from %d files", len(docs), len(cfg.inputs))
 
+    names = cluster_names(k)
+    _refuse_to_overwrite_inputs(cfg.inputs, cfg.output_dir, names)
     os.makedirs(cfg.output_dir, exist_ok=True)
     cache = EmbeddingCache(cfg.cache_dir or os.path.join(cfg.output_dir, "cache"))
     texts = [d.text for d in docs]
@@ -136,16 +143,18 @@ def cluster_documents(cfg: ClusterConfig) -> dict:
     _warn_empty_vectors(vectors)
 
     start = time.perf_counter()
-    result = fit_kmeans(vectors, k, cfg.seed, cfg.niter)
+    result = fit_kmeans(vectors, k, cfg.seed, cfg.niter, cfg.restarts)
     log.info("k-means: %d clusters in %.1f s", k, time.perf_counter() - start)
 
-    names = cluster_names(k)
     samples = describe.nearest_documents(result.labels, result.similarity, k, cfg.samples_per_cluster)
     objects = write_cluster_files(cfg.output_dir, docs, result.labels, names, {i for s in samples for i in s})
     write_npy(os.path.join(cfg.output_dir, CENTROIDS_NPY), result.centroids)
     state = embedder.state_arrays()
+    state_path = os.path.join(cfg.output_dir, EMBEDDER_STATE_NPZ)
     if state is not None:
-        write_npz(os.path.join(cfg.output_dir, EMBEDDER_STATE_NPZ), state)
+        write_npz(state_path, state)
+    elif os.path.exists(state_path):  # left by an earlier TF-IDF run: not these clusters'
+        os.remove(state_path)
 
     sizes = describe.sizes(docs, result.labels, k)
     terms = describe.top_terms(texts, result.labels, k)
@@ -158,7 +167,7 @@ def cluster_documents(cfg: ClusterConfig) -> dict:
         "embedder_state": EMBEDDER_STATE_NPZ if state is not None else None,
         "seed": cfg.seed,
         "num_clusters": k,
-        "kmeans": {"library": "faiss", "spherical": True, "niter": cfg.niter, "objective": result.objective},
+        "kmeans": {"library": "faiss", "spherical": True, "niter": cfg.niter, "restarts": cfg.restarts, "objective": result.objective},
         "json_key": cfg.json_key,
         "inputs": [os.path.abspath(p) for p in cfg.inputs],
         "max_docs_per_input": cfg.max_docs,
@@ -184,6 +193,14 @@ def cluster_documents(cfg: ClusterConfig) -> dict:
         log.info("removed outputs of an earlier run: %s", ", ".join(removed))
     write_clusters_json(cfg.output_dir, summary)
     return summary
+
+
+def _refuse_to_overwrite_inputs(inputs: Sequence[str], out_dir: str, names: Sequence[str]) -> None:
+    """Cluster files are written while the inputs are read again: they must not be the same files."""
+    outputs = {os.path.realpath(os.path.join(out_dir, f"{n}.jsonl")) for n in names}
+    for path in inputs:
+        if os.path.realpath(path) in outputs:
+            raise ValueError(f"input {path} would be overwritten by the cluster files: choose another --output-dir")
 
 
 def assign_name(inputs: Sequence[str]) -> str:
