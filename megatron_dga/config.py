@@ -86,6 +86,9 @@ class TrainingConfig:
         "gradient accumulation steps = global / (micro x DP).",
     )
     train_iters: int = arg(100, "Number of training iterations.")
+    exit_interval: Optional[int] = arg(
+        None, "Stop when the iteration is a multiple of this (after saving, with --save)."
+    )
     seed: int = arg(1234, "Random seed of initialisation, data order and dropout.")
     bf16: bool = arg(False, "bf16 mixed precision (GPU).")
     fp16: bool = arg(False, "fp16 mixed precision with dynamic loss scaling (GPU).")

@@ -12,6 +12,7 @@ import time
 from typing import Dict, List, Optional
 
 import numpy as np
+import torch.distributed as dist
 
 import megatron_dga
 from megatron_dga.config import PretrainConfig
@@ -27,6 +28,7 @@ from megatron_dga.training.checkpointing import Checkpointer, layout_dict
 from megatron_dga.training.deepspeed_config import load_user_config
 from megatron_dga.training.engine import TrainingEngine
 from megatron_dga.training.evaluation import Evaluator, overall_loss
+from megatron_dga.training.export import sharding_map
 from megatron_dga.training.metrics import MetricsLogger
 
 
@@ -104,8 +106,18 @@ class Trainer:
             "config": dataclasses.asdict(self.config),
         }
 
+    def _sharding(self) -> Dict[str, List[int]]:
+        """How every tensor-parallel parameter of the whole model is split (gathered from all
+        pipeline stages), so a checkpoint can be merged into one state dict later."""
+        maps: List[Optional[Dict]] = [None] * self.layout.world_size
+        dist.all_gather_object(maps, sharding_map(self.engine.module))
+        return {name: split for m in maps for name, split in m.items()}
+
     def save(self) -> None:
         metadata = {
+            "sharding": self._sharding(),
+            "padded_vocab_size": self.padded_vocab,
+            "model": dataclasses.asdict(self.config.model),
             "iteration": self.iteration,
             "consumed_samples": self.consumed_samples,
             "layout": layout_dict(self.layout),
@@ -214,6 +226,8 @@ class Trainer:
             if cfg.checkpoint.save_interval and self.iteration % cfg.checkpoint.save_interval == 0:
                 self.save()
                 last_save = self.iteration
+            if cfg.training.exit_interval and self.iteration % cfg.training.exit_interval == 0:
+                break
         if self.evaluator.names and last_eval != self.iteration:
             self.evaluate()
         if cfg.checkpoint.save and last_save != self.iteration:
