@@ -240,8 +240,8 @@ def test_bad_line_is_reported_with_file_and_line(tmp_path, capsys):
         f.write('{"text": "fine"}\n{"text": broken\n')
     assert run_tool("--input", *paths, "--output-dir", tmp_path / "out", "--num-clusters", 2, "--embedder", "tfidf") == 1
     assert f"{paths[1]}:12: invalid JSON" in capsys.readouterr().err
-    # --skip-bad goes on without the bad line.
-    assert run_tool("--input", *paths, "--output-dir", tmp_path / "out", "--num-clusters", 2, "--embedder", "tfidf", "--skip-bad") == 0
+    # --skip-bad-lines goes on without the bad line.
+    assert run_tool("--input", *paths, "--output-dir", tmp_path / "out", "--num-clusters", 2, "--embedder", "tfidf", "--skip-bad-lines") == 0
     assert len(read_clusters(tmp_path / "out")) == 31
 
 

@@ -47,30 +47,37 @@ def build_parser() -> argparse.ArgumentParser:
         "--embedder",
         choices=sorted(EMBEDDERS),
         default=None,
-        help="minilm: all-MiniLM-L6-v2 sentence embeddings (default, ~35-145 docs/s on a CPU); "
+        help="minilm: all-MiniLM-L6-v2 sentence embeddings (default; tens of documents/s on a CPU, "
+        "see docs/clustering.md); "
         "tfidf: TF-IDF + truncated SVD, seconds for thousands of documents. "
         "With --assign alone, the embedder recorded in clusters.json is used",
     )
     g.add_argument("--seed", type=int, default=1234, help="k-means seed; a fixed seed gives the same clusters (default 1234)")
     g.add_argument("--niter", type=int, default=25, help="k-means iterations (default 25)")
     g.add_argument(
-        "--restarts", type=int, default=5,
+        "--restarts",
+        type=int,
+        default=5,
         help="k-means runs from different starts; the best (highest total cosine similarity) is kept (default 5)",
     )
 
     g = p.add_argument_group("assignment")
     g.add_argument("--assign", nargs="+", metavar="JSONL", help="JSONL files of the specific set: write its histogram over the clusters")
-    g.add_argument("--centroids", metavar="NPY", help="centroids.npy of a clustering run (its folder must hold clusters.json); "
-        "default: OUTPUT_DIR/centroids.npy. With both, the histogram is written to OUTPUT_DIR")
+    g.add_argument(
+        "--centroids",
+        metavar="NPY",
+        help="centroids.npy of a clustering run (its folder must hold clusters.json); default: "
+        "OUTPUT_DIR/centroids.npy. With both, the histogram is written to OUTPUT_DIR",
+    )
     g.add_argument("--assign-name", metavar="NAME", help="name of the histogram file assign_NAME.json (default: the --assign file's name without .jsonl)")
 
     g = p.add_argument_group("input and embedding")
-    g.add_argument("--json-keys", default="text", metavar="KEY", help="JSON key holding each document's text (default: text)")
+    g.add_argument("--json-keys", nargs="+", default=["text"], metavar="KEY", help="JSON key holding each document's text (one key; default: text)")
     g.add_argument("--max-docs", type=int, metavar="N", help="read at most N documents from each input file")
     g.add_argument("--max-chars", type=int, metavar="N", help="embed only the first N characters of each document (default: 2048 for minilm, 8192 for tfidf)")
     g.add_argument("--batch-size", type=int, metavar="N", help="documents per embedding batch (default: 32 for minilm, 4096 for tfidf)")
     g.add_argument("--cache-dir", metavar="DIR", help="embedding cache (default: the clusters folder's cache/, OUTPUT_DIR/cache)")
-    g.add_argument("--skip-bad", action="store_true", help="skip (and count) unusable JSONL lines instead of stopping at the first one")
+    g.add_argument("--skip-bad-lines", action="store_true", help="skip (and count) unusable JSONL lines instead of stopping at the first one")
     g.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p
 
@@ -96,6 +103,8 @@ def check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
             p.error("--assign needs --centroids or the --output-dir of a clustering run")
     if args.assign and len(args.assign) > 1 and not args.assign_name:
         p.error("--assign with several files needs --assign-name")
+    if len(args.json_keys) != 1:
+        p.error(f"--json-keys: one key holds the text to cluster, got {len(args.json_keys)}")
     for flag in ("max_docs", "max_chars", "batch_size", "niter", "restarts"):
         value = getattr(args, flag)
         if value is not None and value < 1:
@@ -120,12 +129,12 @@ def main(argv=None) -> int:
                     num_clusters=args.num_clusters,
                     embedder=args.embedder or "minilm",
                     seed=args.seed,
-                    json_key=args.json_keys,
+                    json_key=args.json_keys[0],
                     cache_dir=args.cache_dir,
                     batch_size=args.batch_size,
                     max_docs=args.max_docs,
                     max_chars=args.max_chars,
-                    skip_bad=args.skip_bad,
+                    skip_bad=args.skip_bad_lines,
                     niter=args.niter,
                     restarts=args.restarts,
                     progress=progress,
@@ -144,11 +153,11 @@ def main(argv=None) -> int:
                     centroids=args.centroids,
                     output_dir=args.output_dir,
                     name=args.assign_name,
-                    json_key=args.json_keys,
+                    json_key=args.json_keys[0],
                     cache_dir=args.cache_dir,
                     batch_size=args.batch_size,
                     max_docs=args.max_docs,
-                    skip_bad=args.skip_bad,
+                    skip_bad=args.skip_bad_lines,
                     progress=progress,
                 )
             )

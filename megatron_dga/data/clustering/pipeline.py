@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import List, Optional, Sequence
 
 import numpy as np
@@ -71,20 +71,14 @@ class AssignConfig:
     progress: bool = True
 
 
-@dataclass
-class _Loaded:
-    docs: List[Document]
-    skipped: SkipCounter = field(default_factory=SkipCounter)
-
-
-def _load(inputs: Sequence[str], cfg, max_chars: int) -> _Loaded:
+def _load(inputs: Sequence[str], cfg, max_chars: int) -> List[Document]:
     skipped = SkipCounter()
     docs = load_documents(inputs, cfg.json_key, max_chars, cfg.max_docs, cfg.skip_bad, skipped)
     if skipped.total:
         log.warning("skipped %d bad lines: %s", skipped.total, skipped.summary())
     if not docs:
         raise ValueError(f"no documents under key {cfg.json_key!r} in {', '.join(inputs)}")
-    return _Loaded(docs, skipped)
+    return docs
 
 
 def embed_with_cache(embedder: Embedder, texts: Sequence[str], cache: EmbeddingCache, fit: bool, progress: bool = True) -> np.ndarray:
@@ -96,7 +90,7 @@ def embed_with_cache(embedder: Embedder, texts: Sequence[str], cache: EmbeddingC
     key = cache_key(embedder.identity(), texts)
     hit = cache.load(embedder.name, key)
     needs_state = fit and embedder.fits_corpus
-    if hit is not None and (hit[1] is not None or not needs_state):
+    if hit is not None and len(hit[0]) == len(texts) and (hit[1] is not None or not needs_state):
         vectors, state = hit
         if needs_state:
             embedder.load_state(state)
@@ -128,8 +122,7 @@ def cluster_documents(cfg: ClusterConfig) -> dict:
     if cfg.num_clusters < 1:
         raise ValueError(f"--num-clusters must be at least 1, got {cfg.num_clusters}")
     embedder = make_embedder(cfg.embedder, cfg.max_chars, cfg.batch_size)
-    loaded = _load(cfg.inputs, cfg, embedder.max_chars)
-    docs, k = loaded.docs, cfg.num_clusters
+    docs, k = _load(cfg.inputs, cfg, embedder.max_chars), cfg.num_clusters
     if k > len(docs):
         raise ValueError(f"--num-clusters {k} is larger than the number of documents ({len(docs)})")
     log.info("%d documents from %d files", len(docs), len(cfg.inputs))
@@ -216,6 +209,8 @@ def assign_name(inputs: Sequence[str]) -> str:
 def assign_documents(cfg: AssignConfig) -> dict:
     """Histogram of `cfg.inputs` over the clusters of `cfg.clusters_dir`; written as JSON."""
     name = cfg.name or assign_name(cfg.inputs)
+    if not name or "/" in name or os.sep in name:
+        raise ValueError(f"--assign-name {name!r}: must be a plain file name part")
     meta = read_clusters_json(cfg.clusters_dir)
     centroids_path = cfg.centroids or os.path.join(cfg.clusters_dir, meta.get("centroids", CENTROIDS_NPY))
     try:
@@ -237,7 +232,7 @@ def assign_documents(cfg: AssignConfig) -> dict:
             f"({embedder.identity()} != {meta['embedder']})"
         )
 
-    docs = _load(cfg.inputs, cfg, embedder.max_chars).docs
+    docs = _load(cfg.inputs, cfg, embedder.max_chars)
     cache = EmbeddingCache(cfg.cache_dir or os.path.join(cfg.clusters_dir, "cache"))
     vectors = embed_with_cache(embedder, [d.text for d in docs], cache, fit=False, progress=cfg.progress)
     _warn_empty_vectors(vectors)
