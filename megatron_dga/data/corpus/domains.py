@@ -71,7 +71,9 @@ C_HEADER_PACKAGES = (
     "libpython3.11-dev", "libglib2.0-dev",
 )  # fmt: skip
 
-ENGLISH_FORTUNE_PACKAGES = ("fortunes", "fortunes-min", "fortunes-bofh-excuses", "fortunes-debian-hints")
+ENGLISH_FORTUNE_PACKAGES = (
+    "fortunes", "fortunes-min", "fortunes-bofh-excuses", "fortunes-debian-hints",
+)  # fmt: skip
 FORTUNES_DIR = "usr/share/games/fortunes"
 DEBIAN_DOC_PACKAGES = (
     "debian-reference-en", "doc-debian", "debian-faq", "developers-reference", "debian-policy",
@@ -81,7 +83,10 @@ DEBIAN_DOC_PACKAGES = (
 # --- extractors ------------------------------------------------------------------------
 
 
-def _each_root(pk: Packages, patterns: List[str], exclude: Tuple[str, ...] = (), **kw) -> Iterable[Document]:
+def _each_root(
+    pk: Packages, patterns: List[str], exclude: Tuple[str, ...] = (), **kw
+) -> Iterable[Document]:
+    """Files matching `patterns` in every package of the domain."""
     return chain(*(tree_documents(p.root, patterns, exclude, **kw) for p in pk.all()))
 
 
@@ -136,11 +141,13 @@ def _reuters(pk: Packages) -> Iterable[Document]:
 
 
 def _docs_python(pk: Packages) -> Iterable[Document]:
-    return tree_documents(pk.root("python3.11-doc"), ["usr/share/doc/python3.*/html/_sources/*.rst.txt"])
+    sources = "usr/share/doc/python3.*/html/_sources/*.rst.txt"
+    return tree_documents(pk.root("python3.11-doc"), [sources])
 
 
 def _docs_linux_kernel(pk: Packages) -> Iterable[Document]:
-    return tree_documents(pk.root("linux-doc-6.1"), ["usr/share/doc/linux-doc-*/html/_sources/*.rst.txt"])
+    sources = "usr/share/doc/linux-doc-*/html/_sources/*.rst.txt"
+    return tree_documents(pk.root("linux-doc-6.1"), [sources])
 
 
 def _docs_postgres(pk: Packages) -> Iterable[Document]:
@@ -160,8 +167,10 @@ def _docs_debian(pk: Packages) -> Iterable[Document]:
                        ["usr/share/doc/debian/*.txt", "usr/share/doc/debian/*.txt.gz",
                         "usr/share/doc/debian/debian-manifesto.gz"], superseded),
         _html_tree(pk.root("debian-faq"), ["usr/share/doc/debian/FAQ/*.en.html"]),
-        tree_documents(pk.root("developers-reference"), ["usr/share/developers-reference/_sources/*.rst.txt"]),
-        tree_documents(pk.root("debian-policy"), ["usr/share/doc/debian-policy/policy.html/_sources/*.rst.txt"]),
+        tree_documents(pk.root("developers-reference"),
+                       ["usr/share/developers-reference/_sources/*.rst.txt"]),
+        tree_documents(pk.root("debian-policy"),
+                       ["usr/share/doc/debian-policy/policy.html/_sources/*.rst.txt"]),
         _html_tree(pk.root("maint-guide"), ["usr/share/doc/maint-guide/html/*.en.html"]),
     )  # fmt: skip
 
@@ -205,7 +214,8 @@ def _code_go(pk: Packages) -> Iterable[Document]:
 
 
 def _code_java(pk: Packages) -> Iterable[Document]:
-    return zip_documents(one_file(pk.root("openjdk-17-source"), "usr/lib/jvm/*/lib/src.zip"), ["*.java"])
+    src_zip = one_file(pk.root("openjdk-17-source"), "usr/lib/jvm/*/lib/src.zip")
+    return zip_documents(src_zip, ["*.java"])
 
 
 def _code_rust(pk: Packages) -> Iterable[Document]:
@@ -271,7 +281,7 @@ DOMAINS: Dict[str, DomainSpec] = {
                    tuple(apt("libpython3.11-minimal", "libpython3.11-stdlib")), _code_python),
         DomainSpec("code_c_kernel", "Linux 6.1 C sources and headers",
                    tuple(apt("linux-source-6.1")), _code_c_kernel),
-        DomainSpec("code_c_headers", "C and C++ system headers (libc, kernel, libstdc++, libraries)",
+        DomainSpec("code_c_headers", "C and C++ headers (libc, kernel, libstdc++, libraries)",
                    tuple(apt(*C_HEADER_PACKAGES)), _code_c_headers),
         DomainSpec("code_go", "Go 1.19 standard library and tools",
                    tuple(apt("golang-1.19-src")), _code_go),

@@ -126,7 +126,9 @@ def one_file(root: str, pattern: str) -> str:
     found = find_files(root, [pattern])
     if len(found) != 1:
         what = "no file" if not found else f"{len(found)} files ({', '.join(found[:3])}...)"
-        raise FileNotFoundError(f"expected one file matching {pattern!r} under {root}, found {what}")
+        raise FileNotFoundError(
+            f"expected one file matching {pattern!r} under {root}, found {what}"
+        )
     return os.path.join(root, found[0])
 
 

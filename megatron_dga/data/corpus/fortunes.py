@@ -29,7 +29,9 @@ def split_fortunes(text: str) -> List[str]:
     return [q for q in quotes if q.strip()]
 
 
-def fortune_documents(root: str, patterns: List[str], exclude: Sequence[str] = ()) -> Iterator[Document]:
+def fortune_documents(
+    root: str, patterns: List[str], exclude: Sequence[str] = ()
+) -> Iterator[Document]:
     for rel in find_files(root, patterns, exclude=["*.dat", "*.u8", *exclude]):
         for i, quote in enumerate(split_fortunes(read_text(os.path.join(root, rel)))):
             yield Document(quote, f"{rel}#{i}")

@@ -35,8 +35,11 @@ class _TextExtractor(HTMLParser):
         self.skip: Optional[Tuple[str, int]] = None  # (tag, nesting) of a skipped element
         self.pre_depth = 0
         self.after_bullet = False  # a list item's own paragraph stays on the bullet's line
+        self.item_depth = 0  # inside list items, paragraphs are separated by single newlines
 
     def _request_break(self, newlines: int) -> None:
+        if self.item_depth:
+            newlines = 1
         if not self.after_bullet:
             self.pending_break = max(self.pending_break, newlines)
 
@@ -66,6 +69,7 @@ class _TextExtractor(HTMLParser):
         elif tag in LINE_TAGS:
             self._request_break(1)
             if tag == "li":
+                self.item_depth += 1
                 self._emit("- ", bullet=True)
         elif tag in CELL_TAGS and self.out and not self.pending_break:
             self._emit(" ")
@@ -83,6 +87,8 @@ class _TextExtractor(HTMLParser):
             return
         if tag == "pre":
             self.pre_depth = max(0, self.pre_depth - 1)
+        if tag == "li":
+            self.item_depth = max(0, self.item_depth - 1)
         if tag in PARAGRAPH_TAGS:
             self._request_break(2)
         elif tag in LINE_TAGS:

@@ -3,7 +3,8 @@
 Read straight from the .tar.gz. The `*_gut.txt` files are the Project Gutenberg texts
 without Gutenberg's header and license; the files without `_gut` repeat them. A long
 poem divided into books (`BOOK I.` on its own line, as in Paradise Lost) gives one
-document per book, any other work one document. `src` = `<path in the sdist>#k`.
+document per book, the title going with the first, any other work one document.
+`src` = `<path in the sdist>#k`.
 """
 
 from __future__ import annotations
@@ -19,12 +20,16 @@ _BOOK = re.compile(r"^\s*BOOK\s+[IVXLC]+\.?\s*$")
 
 
 def split_books(text: str) -> List[str]:
+    """The books of a work; what comes before the first book (its title) goes with it."""
     parts, current = [], []  # type: ignore[var-annotated]
+    has_book = False
     for line in text.splitlines():
-        if _BOOK.match(line) and any(l.strip() for l in current):
+        is_book = bool(_BOOK.match(line))
+        if is_book and has_book:
             parts.append("\n".join(current))
             current = []
         current.append(line)
+        has_book = has_book or is_book
     parts.append("\n".join(current))
     return [p for p in parts if p.strip()]
 

@@ -265,7 +265,9 @@ def decompress_block(block: bytes) -> bytes:
     else:
         out = zlib.decompress(body)  # plain `compress = TRUE`: zlib without a type byte
     if len(out) != expected:
-        raise RDataError(f"lazy-load block decompressed to {len(out)} bytes, header says {expected}")
+        raise RDataError(
+            f"lazy-load block decompressed to {len(out)} bytes, header says {expected}"
+        )
     return out
 
 

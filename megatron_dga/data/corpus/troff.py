@@ -29,7 +29,10 @@ SPECIAL_CHARS = {
     ":a": "\u00e4", "oe": "\u0153", "ue": "\u00fc", "or": "|", "ul": "_", "ru": "_",
 }  # fmt: skip
 # \*(lq-style predefined strings of the man macros
-STRINGS = {"lq": "\u201c", "rq": "\u201d", "R": "\u00ae", "Tm": "\u2122", "S": "", "Lq": "\u201c", "Rq": "\u201d"}
+STRINGS = {
+    "lq": "\u201c", "rq": "\u201d", "Lq": "\u201c", "Rq": "\u201d", "R": "\u00ae", "Tm": "\u2122",
+    "S": "",
+}  # fmt: skip
 
 _ESCAPE = re.compile(
     r"\\(?:"
@@ -151,13 +154,16 @@ class _ManPage:
 
     def result(self) -> str:
         self.flush()
-        return "\n".join(self.blocks)
+        return "\n".join(self.blocks).strip("\n")
 
 
 def _table_rows(lines: List[str]) -> List[str]:
     """The data rows of a tbl block (options and format lines up to the one ending in `.`)."""
-    body_start = 0
+    body_start, separator = 0, "\t"
     for i, line in enumerate(lines):
+        option = re.search(r"tab\s*\((.)\)", line)
+        if option and line.rstrip().endswith(";"):
+            separator = option[1]
         if line.rstrip().endswith("."):
             body_start = i + 1
             break
@@ -165,7 +171,8 @@ def _table_rows(lines: List[str]) -> List[str]:
     for line in lines[body_start:]:
         if line.startswith(".") or line.strip() in ("_", "=", "T{", "T}"):
             continue
-        cells = [unescape(c).strip() for c in line.replace("T{", "").replace("T}", "").split("\t")]
+        line = line.replace("T{", "").replace("T}", "")  # text blocks: keep their text
+        cells = [unescape(c).strip() for c in line.split(separator)]
         rows.append("  ".join(c for c in cells if c))
     return rows
 
