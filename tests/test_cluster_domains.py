@@ -181,6 +181,8 @@ def test_minilm_cache_without_loading_the_model(tmp_path, monkeypatch):
         return x / np.linalg.norm(x, axis=1, keepdims=True)
 
     monkeypatch.setattr(MiniLMEmbedder, "embed", fake_embed)
+    monkeypatch.setattr(MiniLMEmbedder, "model", lambda self: pytest.fail("model loaded"))
+    monkeypatch.setattr(MiniLMEmbedder, "load", lambda self: None)
     for out in ("a", "b"):
         assert run_tool("--input", *paths, "--output-dir", tmp_path / out, "--num-clusters", 2, "--cache-dir", tmp_path / "cache") == 0
     assert calls == [60]
