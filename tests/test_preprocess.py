@@ -274,3 +274,21 @@ def test_interrupt_mid_run_leaves_no_temporary_files(tmp_path, small_batches, mo
     with pytest.raises(KeyboardInterrupt):
         preprocess(src, str(tmp_path / "p"), "GPT2BPETokenizer", progress=False)
     assert dataset_files(tmp_path, "p") == []
+
+
+def test_a_dead_worker_fails_the_run_instead_of_hanging(tmp_path, small_batches, monkeypatch):
+    from concurrent.futures.process import BrokenProcessPool
+
+    parent = os.getpid()
+    encode = DocumentEncoder.encode_batch
+
+    def dies_in_a_worker(self, texts):
+        if os.getpid() != parent:
+            os._exit(1)  # as if killed by the OOM killer
+        return encode(self, texts)
+
+    monkeypatch.setattr(DocumentEncoder, "encode_batch", dies_in_a_worker)
+    src = write_jsonl(tmp_path / "in.jsonl", many_texts(50))
+    with pytest.raises(BrokenProcessPool):
+        preprocess(src, str(tmp_path / "p"), "GPT2BPETokenizer", workers=2, progress=False)
+    assert dataset_files(tmp_path, "p") == []
