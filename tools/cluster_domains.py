@@ -73,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     g = p.add_argument_group("input and embedding")
     g.add_argument("--json-keys", nargs="+", default=["text"], metavar="KEY", help="JSON key holding each document's text (one key; default: text)")
-    g.add_argument("--max-docs", type=int, metavar="N", help="read at most N documents from each input file")
+    g.add_argument("--max-docs", type=int, metavar="N", help="read at most N documents from each input file (--input and --assign)")
     g.add_argument("--max-chars", type=int, metavar="N", help="embed only the first N characters of each document (default: 2048 for minilm, 8192 for tfidf)")
     g.add_argument("--batch-size", type=int, metavar="N", help="documents per embedding batch (default: 32 for minilm, 4096 for tfidf)")
     g.add_argument("--cache-dir", metavar="DIR", help="embedding cache (default: the clusters folder's cache/, OUTPUT_DIR/cache)")
