@@ -292,3 +292,16 @@ def test_a_dead_worker_fails_the_run_instead_of_hanging(tmp_path, small_batches,
     with pytest.raises(BrokenProcessPool):
         preprocess(src, str(tmp_path / "p"), "GPT2BPETokenizer", workers=2, progress=False)
     assert dataset_files(tmp_path, "p") == []
+
+
+def test_dtype_threshold_is_megatrons():
+    assert preprocess_module.dataset_dtype(65499) == np.uint16
+    assert preprocess_module.dataset_dtype(65500) == np.int32
+
+
+def test_a_new_run_replaces_a_previous_dataset(tmp_path, gpt2):
+    for texts in (["first version"], ["second", "version"]):
+        prefix = preprocess(write_jsonl(tmp_path / "in.jsonl", texts), str(tmp_path / "p"), "GPT2BPETokenizer",
+                            progress=False).prefix
+    assert read_back(prefix)[1] == [gpt2.tokenize("second"), gpt2.tokenize("version")]
+    assert dataset_files(tmp_path, "p") == ["p_text_document.bin", "p_text_document.idx"]

@@ -104,15 +104,15 @@ def iter_text_batches(texts: Iterable[str]) -> Iterator[List[str]]:
 
 def encode_in_order(
     batches: Iterable[List[str]], encoder: DocumentEncoder, workers: int
-) -> Iterator[Tuple[List[str], Tuple[np.ndarray, np.ndarray]]]:
-    """(batch, (tokens, lengths)) in input order; with workers > 1 a process pool tokenizes.
+) -> Iterator[Tuple[np.ndarray, np.ndarray]]:
+    """(tokens, lengths) of every batch, in input order; with workers > 1 a process pool tokenizes.
 
     The batches are read here, in the calling thread, so an error in the input surfaces
     here too. A window of 2 batches per worker keeps every worker busy and memory bounded.
     """
     if workers <= 1:
         for batch in batches:
-            yield batch, encoder.encode_batch(batch)
+            yield encoder.encode_batch(batch)
         return
     # fork: workers inherit the loaded tokenizer (nothing to pickle or load again, ~0.1 s
     # to start) and, unlike spawn, do not re-run the caller's __main__ module. An executor
@@ -124,13 +124,11 @@ def encode_in_order(
     try:
         pending = deque()
         for batch in batches:
-            pending.append((batch, executor.submit(_encode_in_worker, batch)))
+            pending.append(executor.submit(_encode_in_worker, batch))
             if len(pending) >= 2 * workers:
-                done, future = pending.popleft()
-                yield done, future.result()
+                yield pending.popleft().result()
         while pending:
-            done, future = pending.popleft()
-            yield done, future.result()
+            yield pending.popleft().result()
     finally:
         executor.shutdown(wait=True, cancel_futures=True)
 
@@ -194,7 +192,7 @@ def preprocess(
     if tokenizer is None:
         tokenizer = build_tokenizer(tokenizer_type, tokenizer_model)
     indexed_dataset = _indexed_dataset_module()
-    dtype = indexed_dataset.DType.optimal_dtype(tokenizer.vocab_size)
+    dtype = dataset_dtype(tokenizer.vocab_size)
     encoder = DocumentEncoder(tokenizer, append_eod, dtype)
 
     prefix = dataset_prefix(output_prefix, json_key)
@@ -236,15 +234,15 @@ def preprocess(
 def write_documents(builder, batches, progress_bar: "ProgressBar") -> Tuple[int, int]:
     """Add every encoded document to the builder, in order; (documents, tokens)."""
     documents = tokens = 0
-    for batch, (batch_tokens, lengths) in batches:
+    for batch_tokens, lengths in batches:
         offset = 0
         for length in lengths.tolist():
             # one sequence per document, as Megatron without --split-sentences
             builder.add_document(batch_tokens[offset : offset + length], [length] if length else [])
             offset += length
-        documents += len(batch)
+        documents += len(lengths)
         tokens += offset
-        progress_bar.update(len(batch), tokens)
+        progress_bar.update(len(lengths), tokens)
     return documents, tokens
 
 
