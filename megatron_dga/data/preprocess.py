@@ -183,7 +183,7 @@ def preprocess(
     """Tokenize one JSONL file (optionally .gz/.xz) into `<output_prefix>_<json_key>_document`.
 
     `tokenizer`, when given, must be the one `build_tokenizer(tokenizer_type,
-    tokenizer_model)` returns (it saves building it twice); workers build their own.
+    tokenizer_model)` returns (it saves building it twice); worker processes inherit it.
     """
     if not os.path.isfile(input_path):
         raise FileNotFoundError(f"--input {input_path}: file not found")
@@ -211,6 +211,9 @@ def preprocess(
         # closing: stop the workers at once if writing fails, not when the generator is collected
         with contextlib.closing(encode_in_order(iter_text_batches(texts), encoder, workers)) as batches:
             documents, tokens = write_documents(builder, batches, progress_bar)
+        if tokens == 0:
+            # megatron-core cannot open a dataset with an empty .bin: refuse to write one
+            raise ValueError(f"{input_path}: no documents to write (bad lines skipped: {skipped.total})")
         builder.finalize(tmp_idx)
         publish_dataset(tmp_bin, tmp_idx, prefix)
     except BaseException:
