@@ -310,6 +310,6 @@ def test_a_new_run_replaces_a_previous_dataset(tmp_path, gpt2):
 def test_an_input_without_documents_is_an_error(tmp_path):
     src = tmp_path / "in.jsonl"
     src.write_bytes(b"\n" + BAD_LINES["missing key"])
-    with pytest.raises(ValueError, match=r"in\.jsonl: no documents to write \(1 bad lines skipped\)"):
+    with pytest.raises(ValueError, match=r"in\.jsonl: no documents to write \(bad lines skipped: 1\)"):
         preprocess(str(src), str(tmp_path / "p"), "GPT2BPETokenizer", skip_bad_lines=True, progress=False)
     assert dataset_files(tmp_path, "p") == []
