@@ -5,9 +5,10 @@ stage's slice and ties the embedding on the first stage to the LM head on the la
 it, `SequentialGPT` builds the whole list with the same names, so parameter names (and
 checkpoint keys) are the same in both: `tied_modules.embed.*` and `<layer index>.*`.
 
-Every layer is built right after seeding the generator with `seed + layer index`, so a
-layer's initial weights do not depend on which stage builds it; with megatron-core's CPU
-initialisation (one full-size master weight, then sliced) they do not depend on TP either.
+Every layer seeds its initialisation with `seed + layer index`, so a layer's initial weights do
+not depend on which stage builds it; with megatron-core's CPU initialisation (one full-size
+master weight, then sliced) they do not depend on TP either. The model is built inside a fork
+of the generators, leaving the run's dropout and data streams where they were.
 """
 
 from __future__ import annotations
@@ -35,10 +36,6 @@ TIED_KEY = "embed"
 INIT_SEED_OFFSET = 7  # keeps per-layer init seeds apart from the data and dropout seeds
 
 
-def seed_layer_init(seed: int) -> None:
-    torch.manual_seed(seed)
-
-
 def _layer_spec_and_norm(model: ModelConfig):
     if use_transformer_engine(model):
         from megatron.core.extensions.transformer_engine_spec_provider import TESpecProvider
@@ -51,25 +48,26 @@ def _layer_spec_and_norm(model: ModelConfig):
     return get_gpt_layer_local_spec(normalization=model.normalization), None
 
 
-def gpt_layer_specs(model: ModelConfig, padded_vocab: int, tp: int, bf16: bool, fp16: bool) -> List:
-    """embedding, N transformer layers, final norm, tied LM head."""
+def gpt_layer_specs(model: ModelConfig, padded_vocab: int, tp: int, bf16: bool, fp16: bool,
+                    init_seed: int) -> List:
+    """embedding, N transformer layers, final norm, tied LM head; layer i seeds with init_seed + i."""
     config = build_transformer_config(model, tp, bf16, fp16)
     layer_spec, norm_impl = _layer_spec_and_norm(model)
     max_positions = model.max_position_embeddings or model.seq_length
     specs = [
         TiedLayerSpec(TIED_KEY, EmbeddingPipe, config, padded_vocab, max_positions,
-                      model.position_embedding_type, tied_weight_attr=TIED_WEIGHT_ATTR)
+                      model.position_embedding_type, init_seed, tied_weight_attr=TIED_WEIGHT_ATTR)
     ]
     specs += [
         LayerSpec(TransformerLayerPipe, config, layer_spec, i + 1, model.position_embedding_type,
-                  model.rotary_base)
+                  model.rotary_base, init_seed + i + 1)
         for i in range(model.num_layers)
     ]
     specs.append(LayerSpec(FinalNormPipe, config, norm_impl))
     # The head's copy of the embedding has no position table: it only lends its word embedding.
     specs.append(
         TiedLayerSpec(TIED_KEY, EmbeddingPipe, config, padded_vocab, max_positions, "none",
-                      forward_fn=lm_head, tied_weight_attr=TIED_WEIGHT_ATTR)
+                      init_seed + model.num_layers + 2, forward_fn=lm_head, tied_weight_attr=TIED_WEIGHT_ATTR)
     )
     return specs
 
@@ -80,12 +78,11 @@ class SequentialGPT(torch.nn.Module):
     forward(tokens) returns logits; forward(tokens, labels, loss_mask) returns the loss.
     """
 
-    def __init__(self, specs: List, init_seed: int):
+    def __init__(self, specs: List):
         super().__init__()
         self.tied_modules = torch.nn.ModuleDict()
         self._forward_funcs = []
         for index, spec in enumerate(specs):
-            seed_layer_init(init_seed + index)
             if isinstance(spec, TiedLayerSpec):
                 if spec.key not in self.tied_modules:
                     self.tied_modules[spec.key] = spec.build()
@@ -108,16 +105,16 @@ class SequentialGPT(torch.nn.Module):
 def build_model(model: ModelConfig, padded_vocab: int, ctx: ParallelContext, bf16: bool, fp16: bool,
                 seed: int) -> torch.nn.Module:
     """SequentialGPT for PP = 1, DeepSpeed PipelineModule for PP > 1."""
-    specs = gpt_layer_specs(model, padded_vocab, ctx.layout.tp, bf16, fp16)
-    init_seed = seed + INIT_SEED_OFFSET
-    if ctx.layout.pp == 1:
-        return SequentialGPT(specs, init_seed).to(ctx.device)
-    return PipelineModule(
-        layers=specs,
-        loss_fn=language_model_loss,
-        topology=ctx.topology,
-        partition_method="type:TransformerLayerPipe",
-        seed_layers=True,
-        seed_fn=seed_layer_init,
-        base_seed=init_seed,
-    )
+    specs = gpt_layer_specs(model, padded_vocab, ctx.layout.tp, bf16, fp16, seed + INIT_SEED_OFFSET)
+    devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
+    with torch.random.fork_rng(devices=devices):
+        if ctx.layout.pp == 1:
+            return SequentialGPT(specs).to(ctx.device)
+        # DeepSpeed's own `seed_layers` is left off: it also reseeds every forward pass from a
+        # counter that checkpoints do not keep, which would change dropout after a resume.
+        return PipelineModule(
+            layers=specs,
+            loss_fn=language_model_loss,
+            topology=ctx.topology,
+            partition_method="type:TransformerLayerPipe",
+        )

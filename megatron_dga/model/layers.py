@@ -3,6 +3,9 @@
 embedding -> transformer layer x N -> final norm -> LM head (tied to the embedding).
 Each layer takes one tensor and returns one tensor, so any cut between layers is a valid
 pipeline-stage boundary. Activations are sequence-first, [s, b, h], as in megatron-core.
+
+Every layer seeds the generator with its own `init_seed` before creating its weights, so its
+initial values do not depend on which pipeline stage builds it, nor on what was built before.
 """
 
 from __future__ import annotations
@@ -38,8 +41,9 @@ class EmbeddingPipe(MegatronModule):
     """
 
     def __init__(self, config: TransformerConfig, vocab_size: int, max_sequence_length: int,
-                 position_embedding_type: str):
+                 position_embedding_type: str, init_seed: int):
         super().__init__(config=config)
+        torch.manual_seed(init_seed)
         self.embedding = LanguageModelEmbedding(
             config, vocab_size, max_sequence_length, position_embedding_type=position_embedding_type
         )
@@ -61,8 +65,9 @@ class TransformerLayerPipe(MegatronModule):
     """One megatron-core TransformerLayer, [s, b, h] -> [s, b, h], with its causal mask."""
 
     def __init__(self, config: TransformerConfig, layer_spec: ModuleSpec, layer_number: int,
-                 position_embedding_type: str, rotary_base: int):
+                 position_embedding_type: str, rotary_base: int, init_seed: int):
         super().__init__(config=config)
+        torch.manual_seed(init_seed)
         self.layer = build_module(layer_spec, config=config, layer_number=layer_number)
         self.rotary = None
         if position_embedding_type == "rope":
