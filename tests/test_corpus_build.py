@@ -11,6 +11,7 @@ import gzip
 import importlib.util
 import json
 import os
+import re
 import shutil
 import stat
 import subprocess
@@ -175,12 +176,20 @@ while [ $# -gt 0 ]; do
     *) names="$names $1"; shift;;
   esac
 done
-if [ "$cmd" = update ]; then touch "$lists/fake_main_binary-amd64_Packages"; exit 0; fi
+if [ "$cmd" = update ]; then touch "$lists/fake_main_binary-amd64_Packages" "$lists/updated"; exit 0; fi
+if [ -n "$FAKE_APT_STALE" ] && [ ! -e "$lists/updated" ]; then
+  echo "E: Failed to fetch http://deb.example.org/pool/x.deb  404  Not Found" >&2; exit 100
+fi
 for n in $names; do
   ls "$FAKE_APT_REPO/${n}_"*.deb >/dev/null 2>&1 || { echo "E: Unable to locate package $n" >&2; exit 100; }
 done
 for n in $names; do cp "$FAKE_APT_REPO/${n}_"*.deb .; done
 """
+
+
+def apt_commands(log):
+    """The apt-get commands recorded by the fake, without their `-o` options."""
+    return [re.sub(r"(-o \S+ )+", "", line) for line in log.read_text().splitlines()]
 
 
 def build_deb(tree, repo, name, version):
@@ -208,6 +217,9 @@ def fake_apt(tmp_path, monkeypatch):
     write(str(tree / MARIO), "Devagar se vai ao longe.\n%\nQuem espera sempre alcança.\n")
     write(str(tree / "usr/share/doc/fortunes-mario/changelog.Debian.gz"), gzip.compress(b"log"))
     build_deb(str(tree), str(repo), "fortunes-mario", "0.21-1.1")
+    devil = tmp_path / "devil-tree"
+    write(str(devil / "usr/share/dictd/devil.index"), "")
+    build_deb(str(devil), str(repo), "dict-devil", "1.0-13.1")
     return log
 
 
@@ -215,10 +227,8 @@ def test_real_fetcher_downloads_once_then_uses_the_cache(tmp_path, fake_apt):
     out, cache = tmp_path / "out", tmp_path / "cache"
     assert build_corpus.main(["--output-dir", str(out), "--domains", "quotes_pt",
                               "--cache-dir", str(cache), "--no-progress"]) == 0  # fmt: skip
-    calls = fake_apt.read_text().splitlines()
-    assert [c.split()[-1] for c in calls] == ["update", "fortunes-mario"]
-    assert calls[1].split()[-2] == "download"
-    assert all(f"Dir::State::Lists={cache}/apt/lists" in c for c in calls)
+    assert apt_commands(fake_apt) == ["update", "download fortunes-mario"]
+    assert all(f"-o Dir::State::Lists={cache}/apt/lists" in c for c in fake_apt.read_text().splitlines())
     first = (out / "quotes_pt.jsonl").read_bytes()
     entry = json.loads((out / "manifest.json").read_text())["domains"]["quotes_pt"]
     deb = os.listdir(cache / "debs")
@@ -237,10 +247,23 @@ def test_real_fetcher_downloads_once_then_uses_the_cache(tmp_path, fake_apt):
 
 def test_real_fetcher_names_the_missing_package(tmp_path, fake_apt, capsys):
     out, cache = tmp_path / "out", tmp_path / "cache"
-    code = build_corpus.main(["--output-dir", str(out), "--domains", "quotes_pt,news_reuters",
+    code = build_corpus.main(["--output-dir", str(out), "--domains", "quotes_pt,dictionary_en",
                               "--cache-dir", str(cache), "--no-progress"])  # fmt: skip
     assert code == 1
     summary = capsys.readouterr().out
-    assert "FAILED  news_reuters" in summary
-    assert "'r-cran-tm': apt-get download failed: E: Unable to locate package r-cran-tm" in summary
-    assert (out / "quotes_pt.jsonl").exists() and not (out / "news_reuters.jsonl").exists()
+    assert "FAILED  dictionary_en" in summary
+    assert "'dict-gcide': apt-get download failed: E: Unable to locate package dict-gcide" in summary
+    assert (out / "quotes_pt.jsonl").exists() and not (out / "dictionary_en.jsonl").exists()
+    # the domain's batch download failed, then each package was tried on its own
+    assert apt_commands(fake_apt) == [
+        "update", "download dict-gcide dict-devil", "download dict-gcide", "download fortunes-mario",
+    ]
+
+
+def test_real_fetcher_refreshes_stale_lists_once(tmp_path, fake_apt, monkeypatch):
+    cache = tmp_path / "cache"
+    write(str(cache / "apt/lists/old_main_binary-amd64_Packages"), "")  # lists from long ago
+    monkeypatch.setenv("FAKE_APT_STALE", "1")  # the mirror no longer has what they list
+    assert build_corpus.main(["--output-dir", str(tmp_path / "out"), "--domains", "quotes_pt",
+                              "--cache-dir", str(cache), "--no-progress"]) == 0  # fmt: skip
+    assert apt_commands(fake_apt) == ["download fortunes-mario", "update", "download fortunes-mario"]

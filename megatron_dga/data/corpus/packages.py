@@ -96,9 +96,19 @@ def sha256_of(path: str) -> str:
     return digest.hexdigest()
 
 
-def _tail(text: str, lines: int = 6) -> str:
-    kept = [line for line in text.strip().splitlines() if line.strip()][-lines:]
-    return " | ".join(kept) or "(no output)"
+_ERROR_PREFIXES = ("E:", "ERROR:", "Err:", "W:", "dpkg-deb: error")
+_OFFLINE_SIGNS = ("Temporary failure", "Failed to establish a new connection", "Could not resolve",
+                  "Network is unreachable")  # fmt: skip
+
+
+def _tail(text: str, lines: int = 4) -> str:
+    """The client's error lines (apt's `E:`/`W:`, pip's `ERROR:`), else its last lines."""
+    all_lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    errors = [line for line in all_lines if line.startswith(_ERROR_PREFIXES)]
+    summary = " | ".join((errors or all_lines)[-lines:]) or "(no output)"
+    if any(sign in text for sign in _OFFLINE_SIGNS):
+        summary = f"the package server cannot be reached (no network?): {summary}"
+    return summary
 
 
 def _run(cmd: Sequence[str], cwd: Optional[str] = None, timeout: int = APT_TIMEOUT_S):
@@ -154,8 +164,12 @@ class AptFetcher:
         self.network_calls.append("apt-get update")
         result = _run(["apt-get", *self.apt_options(), "update"])
         self._updated = True
-        if result.returncode != 0:
-            raise FetchError(f"apt-get update failed: {_tail(result.stderr or result.stdout)}")
+        # apt-get update exits 0 when a source fails to download: check for lists too.
+        if result.returncode != 0 or not self._lists_present():
+            raise FetchError(
+                f"apt-get update failed (no package lists in {self.lists_dir}): "
+                f"{_tail(result.stderr + result.stdout)}"
+            )
 
     def download(self, name: str) -> str:
         self._make_state_dirs()
