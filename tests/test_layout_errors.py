@@ -1,0 +1,91 @@
+"""Impossible layouts and bad inputs are refused up front with a message naming the flags."""
+
+import os
+
+import pytest
+
+from megatron_dga.arguments import parse_args
+from megatron_dga.parallel.layout import LayoutError, resolve_layout
+from pretrain_helpers import SMALL_MODEL, make_domains, pretrain, run, torchrun_command
+
+
+def layout(world_size, *flags):
+    return resolve_layout(parse_args(["--data-path", "x", *flags]), world_size)
+
+
+def test_valid_layout_arithmetic():
+    lay = layout(8, "--tensor-model-parallel-size", "2", "--pipeline-model-parallel-size", "2",
+                 "--micro-batch-size", "2", "--global-batch-size", "16", "--num-layers", "4")
+    assert (lay.tp, lay.pp, lay.dp, lay.grad_accumulation_steps) == (2, 2, 2, 4)
+
+
+@pytest.mark.parametrize("world_size,flags,message", [
+    (3, ["--tensor-model-parallel-size", "2"], "world size 3 is not divisible by --tensor-model-parallel-size 2"),
+    (2, ["--micro-batch-size", "3", "--global-batch-size", "8"], "--global-batch-size 8 is not divisible by --micro-batch-size 3"),
+    (2, ["--tensor-model-parallel-size", "2", "--num-attention-heads", "3", "--hidden-size", "96"],
+     "--num-attention-heads 3 is not divisible by --tensor-model-parallel-size 2"),
+    (1, ["--hidden-size", "100", "--num-attention-heads", "8"], "--hidden-size 100 is not divisible by --num-attention-heads 8"),
+    (2, ["--pipeline-model-parallel-size", "2", "--num-layers", "3"], "--num-layers 3 is not divisible by --pipeline-model-parallel-size 2"),
+    (2, ["--pipeline-model-parallel-size", "2", "--zero-stage", "2"], "--zero-stage 2 does not work with pipeline parallelism"),
+])
+def test_impossible_layouts(world_size, flags, message):
+    with pytest.raises(LayoutError, match=message.replace("(", r"\(")):
+        layout(world_size, *flags)
+
+
+def test_flag_errors_exit_with_usage(capsys):
+    with pytest.raises(SystemExit):
+        parse_args(["--data-path", "x", "--bf16", "--fp16"])
+    assert "--bf16 and --fp16 are mutually exclusive" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        parse_args([])
+    assert "give exactly one of --domains-manifest and --data-path" in capsys.readouterr().err
+
+
+def test_help_documents_every_flag(capsys):
+    with pytest.raises(SystemExit):
+        parse_args(["--help"])
+    text = capsys.readouterr().out
+    for flag in ["--tensor-model-parallel-size", "--pipeline-model-parallel-size", "--micro-batch-size",
+                 "--global-batch-size", "--train-iters", "--lr", "--min-lr", "--lr-warmup-iters", "--lr-decay-style",
+                 "--clip-grad", "--weight-decay", "--seed", "--save", "--load", "--save-interval", "--eval-interval",
+                 "--eval-iters", "--log-interval", "--tensorboard-dir", "--bf16", "--fp16", "--zero-stage",
+                 "--deepspeed", "--deepspeed_config", "--metrics-file", "--domains-manifest", "--data-path",
+                 "--mixing", "--mixture-weights", "--split", "--make-vocab-size-divisible-by"]:
+        assert flag in text, flag
+
+
+def cli_error(args, nproc=1, env=None):
+    result = run(torchrun_command(nproc, args), expect_ok=False, env=env)
+    assert result.returncode != 0
+    return result.stderr
+
+
+def test_layout_error_before_any_work():
+    # WORLD_SIZE as a launcher would set it; the layout is refused before torch.distributed starts.
+    err = cli_error(["--data-path", "x", "--tensor-model-parallel-size", "2"], env={"WORLD_SIZE": "3"})
+    assert "error: world size 3 is not divisible by --tensor-model-parallel-size 2" in err
+
+
+def test_missing_data_file(tmp_path):
+    manifest = make_domains(str(tmp_path))
+    os.remove(tmp_path / "dom1_text_document.bin")
+    err = cli_error(["--domains-manifest", manifest, *SMALL_MODEL, "--train-iters", "1"])
+    assert f"domain 'dom1': data file not found: {tmp_path}/dom1_text_document.bin" in err
+    err = cli_error(["--data-path", str(tmp_path / "nothing_here"), "--vocab-size", "256", "--train-iters", "1"])
+    assert f"data file not found: {tmp_path}/nothing_here.bin" in err
+
+
+def test_tokenizer_larger_than_model(tmp_path):
+    manifest = make_domains(str(tmp_path))
+    err = cli_error(["--domains-manifest", manifest, *SMALL_MODEL, "--vocab-size", "200", "--train-iters", "1"])
+    assert "the tokenizer's vocabulary (256 tokens) is larger than the model's --vocab-size 200" in err
+
+
+def test_checkpoint_from_another_layout_is_refused(tmp_path):
+    manifest = make_domains(str(tmp_path / "data"))
+    common = ["--domains-manifest", manifest, *SMALL_MODEL, "--train-iters", "2", "--eval-interval", "100",
+              "--split", "90,10,0"]
+    pretrain([*common, "--save", str(tmp_path / "ck")])
+    err = cli_error([*common, "--load", str(tmp_path / "ck"), "--tensor-model-parallel-size", "2"], nproc=2)
+    assert "was saved with layout TP=1 PP=1 DP=1; this run uses TP=2 PP=1 DP=1" in err
