@@ -1,0 +1,154 @@
+"""Tokens per second of `megatron_dga.pretrain` against a plain training loop, in one run.
+
+The plain loop is the least a training step can be: megatron-core's own `GPTModel` (same
+layers, same size, same tied embedding), torch AdamW, gradient clipping, random batches
+already in memory. The framework adds DeepSpeed's engine, the dynamic blend and the data
+reads, the learning-rate schedule and logging. The ratio of their tokens per second is the
+framework's cost. With CUDA the runs use bf16 and the script also prints model FLOPs
+utilisation (MFU) against --peak-tflops.
+
+    python bench/train_throughput.py                    # CPU default: 4 layers x 256, seq 256
+    python bench/train_throughput.py --layers 12 --hidden 768 --heads 12 --seq-length 1024 \
+        --micro-batch-size 8 --iters 40 --bf16         # GPU
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+import torch
+
+VOCAB = 8192
+
+
+def parse():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--layers", type=int, default=4)
+    p.add_argument("--hidden", type=int, default=256)
+    p.add_argument("--heads", type=int, default=4)
+    p.add_argument("--seq-length", type=int, default=256)
+    p.add_argument("--micro-batch-size", type=int, default=8)
+    p.add_argument("--iters", type=int, default=25, help="timed iterations after warmup")
+    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--bf16", action="store_true", help="bf16 (GPU)")
+    p.add_argument("--peak-tflops", type=float, default=989.0, help="accelerator peak for MFU (H100 SXM bf16 dense: 989)")
+    p.add_argument("--threads", type=int, default=os.cpu_count(), help="CPU threads for both runs")
+    return p.parse_args()
+
+
+def flops_per_iteration(a, batch: int) -> float:
+    """Megatron's model FLOPs of one training iteration (forward + backward, no recompute)."""
+    s, h, L = a.seq_length, a.hidden, a.layers
+    return 72 * batch * s * L * h * h * (1 + s / (6 * h) + VOCAB / (12 * h * L))
+
+
+def write_data(directory: str, tokens: int) -> str:
+    from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder, get_bin_path, get_idx_path
+
+    from megatron_dga.data.manifest import DomainEntry, DomainsManifest, TokenizerInfo
+
+    rng = np.random.default_rng(0)
+    entries = []
+    for name in ("a", "b"):
+        prefix = os.path.join(directory, name)
+        builder = IndexedDatasetBuilder(get_bin_path(prefix), dtype=np.uint16)
+        for _ in range(tokens // 1000):
+            builder.add_document(rng.integers(0, VOCAB - 1, 1000).astype(np.uint16), [1000])
+        builder.finalize(get_idx_path(prefix))
+        entries.append(DomainEntry(name, name, tokens // 1000, tokens))
+    path = os.path.join(directory, "domains.json")
+    DomainsManifest(TokenizerInfo("synthetic", None, VOCAB, VOCAB - 1), entries).save(path)
+    return path
+
+
+def framework_iteration_times(a, directory: str) -> list:
+    manifest = write_data(directory, tokens=(a.iters + a.warmup + 2) * a.micro_batch_size * (a.seq_length + 1) * 2)
+    metrics = os.path.join(directory, "metrics.jsonl")
+    args = [
+        sys.executable, "-m", "megatron_dga.pretrain", "--domains-manifest", manifest,
+        "--mixing", "static", "--mixture-weights", "a=0.5,b=0.5", "--split", "100,0,0",
+        "--num-layers", str(a.layers), "--hidden-size", str(a.hidden), "--num-attention-heads", str(a.heads),
+        "--seq-length", str(a.seq_length), "--micro-batch-size", str(a.micro_batch_size),
+        "--train-iters", str(a.warmup + a.iters), "--log-interval", "1", "--eval-interval", "1000000",
+        "--metrics-file", metrics, "--lr", "1e-4",
+    ] + (["--bf16"] if a.bf16 else [])
+    env = dict(os.environ, OMP_NUM_THREADS=str(a.threads))
+    subprocess.run(args, check=True, env=env, stdout=subprocess.DEVNULL)
+    with open(metrics) as f:
+        records = [json.loads(line) for line in f if '"train"' in line]
+    return [r["iteration_time"] for r in records[a.warmup:]]
+
+
+def plain_loop_iteration_times(a) -> list:
+    """megatron-core GPTModel + torch AdamW, one process, batches already in memory."""
+    import torch.distributed as dist
+    from megatron.core import parallel_state
+    from megatron.core.models.gpt import GPTModel
+    from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
+
+    from megatron_dga.config import ModelConfig
+    from megatron_dga.model.layers import causal_mask
+    from megatron_dga.model.transformer_config import build_transformer_config
+    from megatron_dga.parallel.cpu_shims import apply_cpu_shims, model_parallel_manual_seed
+
+    torch.set_num_threads(a.threads)
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    os.environ.setdefault("MASTER_PORT", "29599")
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=0, world_size=1)
+    apply_cpu_shims()
+    parallel_state.initialize_model_parallel(1, 1)
+    model_parallel_manual_seed(1234, 0)
+    model_cfg = ModelConfig(num_layers=a.layers, hidden_size=a.hidden, num_attention_heads=a.heads,
+                            seq_length=a.seq_length)
+    config = build_transformer_config(model_cfg, 1, a.bf16, False)
+    model = GPTModel(config, get_gpt_layer_local_spec(), vocab_size=VOCAB, max_sequence_length=a.seq_length,
+                     share_embeddings_and_output_weights=True).to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.01, fused=device.type == "cuda")
+    rng = torch.Generator().manual_seed(0)
+    tokens = torch.randint(0, VOCAB, (a.micro_batch_size, a.seq_length + 1), generator=rng).to(device)
+    position_ids = torch.arange(a.seq_length, device=device).unsqueeze(0).expand(a.micro_batch_size, -1)
+    mask = causal_mask(a.seq_length, device)
+    times = []
+    for step in range(a.warmup + a.iters):
+        start = time.perf_counter()
+        loss = model(tokens[:, :-1], position_ids, mask, labels=tokens[:, 1:]).float().mean()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    dist.destroy_process_group()
+    return times[a.warmup:]
+
+
+def main():
+    a = parse()
+    tokens_per_iteration = a.micro_batch_size * a.seq_length
+    with tempfile.TemporaryDirectory() as directory:
+        framework = statistics.median(framework_iteration_times(a, directory))
+    plain = statistics.median(plain_loop_iteration_times(a))
+    print(f"model: {a.layers} layers x {a.hidden} hidden, {a.heads} heads, seq {a.seq_length}, "
+          f"micro batch {a.micro_batch_size}, vocab {VOCAB}, {'bf16' if a.bf16 else 'fp32'}, "
+          f"{'cuda' if torch.cuda.is_available() else f'cpu x {a.threads} threads'}")
+    print(f"plain loop (megatron-core GPTModel + AdamW): {plain * 1000:8.1f} ms/iter  {tokens_per_iteration / plain:10.0f} tokens/s")
+    print(f"megatron_dga.pretrain (static mixture)     : {framework * 1000:8.1f} ms/iter  {tokens_per_iteration / framework:10.0f} tokens/s")
+    print(f"framework / plain time ratio: {framework / plain:.3f}  (overhead {100 * (framework / plain - 1):+.1f}%)")
+    if torch.cuda.is_available():
+        flops = flops_per_iteration(a, a.micro_batch_size)
+        for name, t in (("plain", plain), ("framework", framework)):
+            print(f"MFU {name}: {100 * flops / t / (a.peak_tflops * 1e12):.1f}% of {a.peak_tflops:.0f} TFLOP/s")
+
+
+if __name__ == "__main__":
+    main()
