@@ -145,9 +145,7 @@ def build_domains(
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--input-dir", required=True, help="folder of <domain>.jsonl files (.jsonl.gz/.jsonl.xz also read)")
     parser.add_argument("--output-dir", required=True, help="receives <domain>_text_document.bin/.idx and domains.json")
     parser.add_argument("--tokenizer-type", required=True, choices=TOKENIZER_TYPES, help="tokenizer to use")
@@ -157,13 +155,13 @@ def build_parser() -> argparse.ArgumentParser:
         "GPT2BPETokenizer: not used",
     )
     parser.add_argument("--domains", help="comma-separated domain names to build (default: every input)")
-    parser.add_argument("--json-keys", nargs="+", default=["text"], metavar="KEY", help="key of the document text (one key)")
+    parser.add_argument("--json-keys", nargs="+", default=["text"], metavar="KEY", help="key of the document text (one key; default: text)")
     parser.add_argument(
         "--append-eod", action=argparse.BooleanOptionalAction, default=True,
-        help="append the end-of-document id to every document",
+        help="append the end-of-document id to every document (default: on)",
     )
     parser.add_argument("--skip-bad-lines", action="store_true", help="skip unusable lines (counted by reason) instead of stopping")
-    parser.add_argument("--workers", type=int, default=1, help="tokenizer processes per domain; the output does not depend on it")
+    parser.add_argument("--workers", type=int, default=1, help="tokenizer processes per domain (default: 1); the output does not depend on it")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     return parser
 

@@ -20,15 +20,12 @@ from megatron_dga.data.tokenizers import TOKENIZER_TYPES
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     group = parser.add_argument_group("input")
     group.add_argument("--input", required=True, help="JSONL file, one document per line (.gz/.xz also read)")
     group.add_argument(
         "--json-keys", nargs="+", default=["text"], metavar="KEY",
-        help="key of the document text in each JSON object (one key)",
+        help="key of the document text in each JSON object (one key; default: text)",
     )
     group.add_argument(
         "--skip-bad-lines", action="store_true",
@@ -49,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="writes <prefix>_<key>_document.bin/.idx (missing folders are created)",
     )
     group = parser.add_argument_group("runtime")
-    group.add_argument("--workers", type=int, default=1, help="tokenizer processes; the output does not depend on it")
+    group.add_argument("--workers", type=int, default=1, help="tokenizer processes (default: 1); the output does not depend on it")
     group.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
 

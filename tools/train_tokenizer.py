@@ -80,13 +80,11 @@ def train_bpe(
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--input", nargs="+", required=True, help="JSONL file(s), one document per line (.gz/.xz also read)")
-    parser.add_argument("--json-keys", nargs="+", default=["text"], metavar="KEY", help="key of the document text (one key)")
+    parser.add_argument("--json-keys", nargs="+", default=["text"], metavar="KEY", help="key of the document text (one key; default: text)")
     parser.add_argument("--vocab-size", type=int, required=True, help="vocabulary size, special token included")
-    parser.add_argument("--min-frequency", type=int, default=2, help="least count of a pair to be merged")
+    parser.add_argument("--min-frequency", type=int, default=2, help="least count of a pair to be merged (default: 2)")
     parser.add_argument("--output", required=True, help="tokenizer .json file to write, or a folder for tokenizer.json")
     parser.add_argument(
         "--skip-bad-lines", action="store_true",
