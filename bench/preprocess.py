@@ -47,10 +47,23 @@ def build_input(sources: List[str], megabytes: float, path: str) -> Tuple[int, i
     return docs, written
 
 
-def run_tool(input_path: str, prefix: str, workers: int, tokenizer_args: List[str]) -> Tuple[int, float, float]:
+def run_tool(
+    input_path: str, prefix: str, workers: int, tokenizer_args: List[str]
+) -> Tuple[int, float, float]:
     """(tokens, seconds the tool measured, wall seconds of the whole command)."""
-    cmd = [sys.executable, TOOL, "--input", input_path, "--output-prefix", prefix, "--append-eod",
-           "--workers", str(workers), "--no-progress", *tokenizer_args]
+    cmd = [
+        sys.executable,
+        TOOL,
+        "--input",
+        input_path,
+        "--output-prefix",
+        prefix,
+        "--append-eod",
+        "--workers",
+        str(workers),
+        "--no-progress",
+        *tokenizer_args,
+    ]
     start = time.perf_counter()
     done = subprocess.run(cmd, capture_output=True, text=True)
     wall = time.perf_counter() - start
@@ -73,7 +86,9 @@ def digest(prefix: str) -> str:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("input", nargs="+", help="JSONL file(s) with a 'text' key (.gz/.xz also read)")
-    parser.add_argument("--megabytes", type=float, help="build an input of this size from the files' documents")
+    parser.add_argument(
+        "--megabytes", type=float, help="build an input of this size from the files' documents"
+    )
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="worker counts to compare")
     parser.add_argument("--repeats", type=int, default=3, help="runs per worker count; the best is reported")
     parser.add_argument("--tokenizer-type", default="GPT2BPETokenizer")
@@ -94,8 +109,10 @@ def main(argv=None) -> int:
             docs, size = build_input(args.input, megabytes, input_path)
             described = f"{docs} documents from {', '.join(args.input)}"
         size_mb = os.path.getsize(input_path) / 1e6
-        print(f"input: {described} ({size_mb:.1f} MB), {args.tokenizer_type}, best of {args.repeats}, "
-              f"{os.cpu_count()} CPUs")
+        print(
+            f"input: {described} ({size_mb:.1f} MB), {args.tokenizer_type}, best of {args.repeats}, "
+            f"{os.cpu_count()} CPUs"
+        )
 
         rows, digests = [], set()
         for workers in args.workers:
@@ -108,8 +125,10 @@ def main(argv=None) -> int:
 
         print(f"{'workers':>7} {'tokens':>12} {'seconds':>8} {'tokens/s':>12} {'MB/s':>7} {'wall s':>7}")
         for workers, tokens, seconds, wall in rows:
-            print(f"{workers:>7} {tokens:>12,} {seconds:>8.2f} {tokens / seconds:>12,.0f} "
-                  f"{size_mb / seconds:>7.1f} {wall:>7.2f}")
+            print(
+                f"{workers:>7} {tokens:>12,} {seconds:>8.2f} {tokens / seconds:>12,.0f} "
+                f"{size_mb / seconds:>7.1f} {wall:>7.2f}"
+            )
         base = rows[0]
         for workers, tokens, seconds, _ in rows[1:]:
             print(f"ratio {workers} vs {base[0]} workers: {base[2] / seconds:.2f}x tokens/s")

@@ -61,7 +61,8 @@ def test_builds_every_domain_and_a_readable_manifest(tmp_path, input_dir):
 
     manifest = DomainsManifest.load(str(out / "domains.json"))
     gpt2 = build_tokenizer("GPT2BPETokenizer")
-    assert vars(manifest.tokenizer) == {"type": "GPT2BPETokenizer", "model": None, "vocab_size": 50257, "eod": 50256}
+    expected_tokenizer = {"type": "GPT2BPETokenizer", "model": None, "vocab_size": 50257, "eod": 50256}
+    assert vars(manifest.tokenizer) == expected_tokenizer
     assert manifest.names == ["code", "prose", "web"]
     for entry in manifest.domains:
         assert entry.prefix == f"{entry.name}_text_document"  # relative: the folder can move

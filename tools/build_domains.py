@@ -39,7 +39,8 @@ def find_domain_inputs(input_dir: str) -> Dict[str, str]:
             continue
         name = entry[: -len(suffix)]
         if name in inputs:
-            raise ValueError(f"--input-dir {input_dir}: domain {name!r} has two inputs, {os.path.basename(inputs[name])} and {entry}")
+            first = os.path.basename(inputs[name])
+            raise ValueError(f"--input-dir {input_dir}: domain {name!r} has two inputs, {first} and {entry}")
         inputs[name] = os.path.join(input_dir, entry)
     if not inputs:
         raise ValueError(f"--input-dir {input_dir}: no <domain>{'|'.join(INPUT_SUFFIXES)} files")
@@ -90,6 +91,10 @@ def reusable_counts(stamp_path: str, prefix: str, source: dict) -> Optional[dict
     return stamp.get("counts")
 
 
+def describe(counts: dict) -> str:
+    return f"{counts['documents']} documents, {counts['tokens']} tokens"
+
+
 def write_stamp(stamp_path: str, prefix: str, source: dict, counts: dict) -> None:
     tmp = f"{stamp_path}.tmp-{os.getpid()}"
     with open(tmp, "w", encoding="utf-8") as f:
@@ -123,20 +128,28 @@ def build_domains(
         source = source_record(inputs[name], tokenizer, json_key, append_eod)
         counts = reusable_counts(stamp_path, prefix, source)
         if counts is not None:
-            print(f"{name}: unchanged, reusing {os.path.basename(prefix)} ({counts['documents']} documents, {counts['tokens']} tokens)")
+            print(f"{name}: unchanged, reusing {os.path.basename(prefix)} ({describe(counts)})")
         else:
             # a stale record must not outlive the dataset it describes
             if os.path.exists(stamp_path):
                 os.remove(stamp_path)
             result = preprocess(
-                inputs[name], os.path.join(output_dir, name), tokenizer_type, tokenizer_model,
-                json_key=json_key, append_eod=append_eod, workers=workers,
-                skip_bad_lines=skip_bad_lines, progress=progress, tokenizer=tokenizer,
+                inputs[name],
+                os.path.join(output_dir, name),
+                tokenizer_type,
+                tokenizer_model,
+                json_key=json_key,
+                append_eod=append_eod,
+                workers=workers,
+                skip_bad_lines=skip_bad_lines,
+                progress=progress,
+                tokenizer=tokenizer,
             )
             counts = {"documents": result.documents, "tokens": result.tokens}
             write_stamp(stamp_path, prefix, source, counts)
-            skipped = f", skipped {result.skipped.total} lines ({result.skipped.summary()})" if result.skipped.total else ""
-            print(f"{name}: built {os.path.basename(prefix)} ({result.documents} documents, {result.tokens} tokens{skipped})")
+            skipped = result.skipped
+            note = f", skipped {skipped.total} lines ({skipped.summary()})" if skipped.total else ""
+            print(f"{name}: built {os.path.basename(prefix)} ({describe(counts)}{note})")
         entries.append(DomainEntry(name=name, prefix=os.path.relpath(prefix, output_dir), **counts))
 
     manifest = DomainsManifest(tokenizer=tokenizer.info(), domains=entries)
@@ -146,8 +159,12 @@ def build_domains(
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--input-dir", required=True, help="folder of <domain>.jsonl files (.jsonl.gz/.jsonl.xz also read)")
-    parser.add_argument("--output-dir", required=True, help="receives <domain>_text_document.bin/.idx and domains.json")
+    parser.add_argument(
+        "--input-dir", required=True, help="folder of <domain>.jsonl files (.jsonl.gz/.jsonl.xz also read)"
+    )
+    parser.add_argument(
+        "--output-dir", required=True, help="receives <domain>_text_document.bin/.idx and domains.json"
+    )
     parser.add_argument("--tokenizer-type", required=True, choices=TOKENIZER_TYPES, help="tokenizer to use")
     parser.add_argument(
         "--tokenizer-model",
@@ -155,13 +172,30 @@ def build_parser() -> argparse.ArgumentParser:
         "GPT2BPETokenizer: not used",
     )
     parser.add_argument("--domains", help="comma-separated domain names to build (default: every input)")
-    parser.add_argument("--json-keys", nargs="+", default=["text"], metavar="KEY", help="key of the document text (one key; default: text)")
     parser.add_argument(
-        "--append-eod", action=argparse.BooleanOptionalAction, default=True,
+        "--json-keys",
+        nargs="+",
+        default=["text"],
+        metavar="KEY",
+        help="key of the document text (one key; default: text)",
+    )
+    parser.add_argument(
+        "--append-eod",
+        action=argparse.BooleanOptionalAction,
+        default=True,
         help="append the end-of-document id to every document (default: on)",
     )
-    parser.add_argument("--skip-bad-lines", action="store_true", help="skip unusable lines (counted by reason) instead of stopping")
-    parser.add_argument("--workers", type=int, default=1, help="tokenizer processes per domain (default: 1); the output does not depend on it")
+    parser.add_argument(
+        "--skip-bad-lines",
+        action="store_true",
+        help="skip unusable lines (counted by reason) instead of stopping",
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="tokenizer processes per domain (default: 1); the output does not depend on it",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     return parser
 
@@ -176,9 +210,16 @@ def main(argv: Optional[List[str]] = None) -> int:
     domains = [d.strip() for d in args.domains.split(",") if d.strip()] if args.domains else None
     try:
         manifest = build_domains(
-            args.input_dir, args.output_dir, args.tokenizer_type, args.tokenizer_model,
-            domains=domains, workers=args.workers, append_eod=args.append_eod,
-            json_key=args.json_keys[0], skip_bad_lines=args.skip_bad_lines, progress=not args.no_progress,
+            args.input_dir,
+            args.output_dir,
+            args.tokenizer_type,
+            args.tokenizer_model,
+            domains=domains,
+            workers=args.workers,
+            append_eod=args.append_eod,
+            json_key=args.json_keys[0],
+            skip_bad_lines=args.skip_bad_lines,
+            progress=not args.no_progress,
         )
     except (OSError, ValueError, EOFError, lzma.LZMAError) as e:
         print(f"error: {e}", file=sys.stderr)

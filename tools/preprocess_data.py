@@ -24,11 +24,15 @@ def build_parser() -> argparse.ArgumentParser:
     group = parser.add_argument_group("input")
     group.add_argument("--input", required=True, help="JSONL file, one document per line (.gz/.xz also read)")
     group.add_argument(
-        "--json-keys", nargs="+", default=["text"], metavar="KEY",
+        "--json-keys",
+        nargs="+",
+        default=["text"],
+        metavar="KEY",
         help="key of the document text in each JSON object (one key; default: text)",
     )
     group.add_argument(
-        "--skip-bad-lines", action="store_true",
+        "--skip-bad-lines",
+        action="store_true",
         help="skip lines with invalid JSON or UTF-8, a missing key or empty text, and print "
         "their counts by reason; without it the first bad line stops the run with file:line",
     )
@@ -39,14 +43,22 @@ def build_parser() -> argparse.ArgumentParser:
         help="HuggingFaceTokenizer: tokenizer.json or a folder holding one; TikTokenizer: ranks file; "
         "GPT2BPETokenizer: not used (the ranks file is packaged)",
     )
-    group.add_argument("--append-eod", action="store_true", help="append the end-of-document id to every document")
+    group.add_argument(
+        "--append-eod", action="store_true", help="append the end-of-document id to every document"
+    )
     group = parser.add_argument_group("output")
     group.add_argument(
-        "--output-prefix", required=True,
+        "--output-prefix",
+        required=True,
         help="writes <prefix>_<key>_document.bin/.idx (missing folders are created)",
     )
     group = parser.add_argument_group("runtime")
-    group.add_argument("--workers", type=int, default=1, help="tokenizer processes (default: 1); the output does not depend on it")
+    group.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="tokenizer processes (default: 1); the output does not depend on it",
+    )
     group.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
 

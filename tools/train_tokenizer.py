@@ -24,7 +24,9 @@ def output_file(output: str) -> str:
     return output if output.endswith(".json") else os.path.join(output, "tokenizer.json")
 
 
-def iter_texts(paths: Sequence[str], json_key: str, skip_bad_lines: bool, skipped: SkipCounter) -> Iterator[str]:
+def iter_texts(
+    paths: Sequence[str], json_key: str, skip_bad_lines: bool, skipped: SkipCounter
+) -> Iterator[str]:
     for path in paths:
         for _, text in iter_documents(path, json_key, skip_bad_lines, skipped):
             yield text
@@ -81,13 +83,28 @@ def train_bpe(
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--input", nargs="+", required=True, help="JSONL file(s), one document per line (.gz/.xz also read)")
-    parser.add_argument("--json-keys", nargs="+", default=["text"], metavar="KEY", help="key of the document text (one key; default: text)")
-    parser.add_argument("--vocab-size", type=int, required=True, help="vocabulary size, special token included")
-    parser.add_argument("--min-frequency", type=int, default=2, help="least count of a pair to be merged (default: 2)")
-    parser.add_argument("--output", required=True, help="tokenizer .json file to write, or a folder for tokenizer.json")
     parser.add_argument(
-        "--skip-bad-lines", action="store_true",
+        "--input", nargs="+", required=True, help="JSONL file(s), one document per line (.gz/.xz also read)"
+    )
+    parser.add_argument(
+        "--json-keys",
+        nargs="+",
+        default=["text"],
+        metavar="KEY",
+        help="key of the document text (one key; default: text)",
+    )
+    parser.add_argument(
+        "--vocab-size", type=int, required=True, help="vocabulary size, special token included"
+    )
+    parser.add_argument(
+        "--min-frequency", type=int, default=2, help="least count of a pair to be merged (default: 2)"
+    )
+    parser.add_argument(
+        "--output", required=True, help="tokenizer .json file to write, or a folder for tokenizer.json"
+    )
+    parser.add_argument(
+        "--skip-bad-lines",
+        action="store_true",
         help="skip unusable lines (counted by reason) instead of stopping at the first one",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -73,12 +73,10 @@ class Tokenizer(ABC):
         return self.model
 
     @abstractmethod
-    def tokenize(self, text: str) -> List[int]:
-        ...
+    def tokenize(self, text: str) -> List[int]: ...
 
     @abstractmethod
-    def detokenize(self, ids: Sequence[int]) -> str:
-        ...
+    def detokenize(self, ids: Sequence[int]) -> str: ...
 
     def info(self) -> TokenizerInfo:
         """The manifest's description of this tokenizer."""
@@ -183,7 +181,9 @@ class HuggingFaceTokenizer(Tokenizer):
         self._eod = self._find_eod(vocab)
 
     def _find_eod(self, vocab: Dict[str, int]) -> int:
-        configured = _configured_eos_token(os.path.join(os.path.dirname(self._tokenizer_file), "tokenizer_config.json"))
+        configured = _configured_eos_token(
+            os.path.join(os.path.dirname(self._tokenizer_file), "tokenizer_config.json")
+        )
         if configured is not None and configured in vocab:
             return vocab[configured]
         for token in EOD_CANDIDATES:
@@ -246,9 +246,15 @@ def build_tokenizer(tokenizer_type: str, tokenizer_model: Optional[str] = None) 
         return GPT2BPETokenizer()
     if tokenizer_type in ("HuggingFaceTokenizer", "TikTokenizer"):
         if not tokenizer_model:
-            what = "a tokenizer.json or a folder holding one" if tokenizer_type == "HuggingFaceTokenizer" else "a tiktoken ranks file"
+            what = (
+                "a tokenizer.json or a folder holding one"
+                if tokenizer_type == "HuggingFaceTokenizer"
+                else "a tiktoken ranks file"
+            )
             raise ValueError(f"--tokenizer-type {tokenizer_type} needs --tokenizer-model ({what})")
         if tokenizer_type == "HuggingFaceTokenizer":
             return HuggingFaceTokenizer(tokenizer_model)
         return TikTokenizer(tokenizer_model)
-    raise ValueError(f"unknown --tokenizer-type {tokenizer_type!r}; choose one of {', '.join(TOKENIZER_TYPES)}")
+    raise ValueError(
+        f"unknown --tokenizer-type {tokenizer_type!r}; choose one of {', '.join(TOKENIZER_TYPES)}"
+    )
