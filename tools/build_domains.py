@@ -88,7 +88,8 @@ def reusable_counts(stamp_path: str, prefix: str, source: dict) -> Optional[dict
         return None
     if stamp.get("file_sizes") != _file_sizes(prefix):
         return None  # replaced or damaged since
-    return stamp.get("counts")
+    counts = stamp.get("counts")
+    return counts if isinstance(counts, dict) and set(counts) == {"documents", "tokens"} else None
 
 
 def describe(counts: dict) -> str:
