@@ -89,6 +89,17 @@ def check_flags(config: PretrainConfig) -> None:
         raise ValueError("--save-interval needs --save")
     if config.logging.log_interval <= 0 or config.logging.eval_interval <= 0:
         raise ValueError("--log-interval and --eval-interval must be positive")
+    mix = config.mixing
+    if mix.mixing == "dga" and not d.specific_data_path:
+        raise ValueError("--mixing dga needs --specific-data-path (the target task's data)")
+    if mix.mixing == "importance" and bool(mix.importance_histogram) == bool(mix.importance_clusters):
+        raise ValueError("--mixing importance needs exactly one of --importance-histogram and --importance-clusters")
+    if mix.importance_clusters and not d.specific_data_path:
+        raise ValueError("--importance-clusters needs --specific-data-path (the documents to assign)")
+    if d.specific_train_samples is not None and d.specific_train_samples <= 0:
+        raise ValueError("--specific-train-samples must be positive")
+    if mix.dga_probe_microbatches <= 0:
+        raise ValueError("--dga-probe-microbatches must be positive")
 
 
 def config_to_dict(config: PretrainConfig) -> dict:

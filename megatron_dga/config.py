@@ -140,16 +140,65 @@ class DataConfig:
         None, "Cap on each domain's training tokens (a seeded subset of its documents), to "
         "train in the token-limited regime where domains repeat.",
     )
+    specific_data_path: Optional[str] = arg(
+        None, "Indexed dataset prefix of the specific set (the target task): DGA's probes "
+        "measure the alignment of each domain's gradient with its gradient.",
+    )
+    specific_train_samples: Optional[int] = arg(
+        None, "Use only this many sequences of the specific set (the few-examples regime)."
+    )
+    specific_valid_data_path: Optional[str] = arg(
+        None, "Indexed dataset prefix of held-out specific data, evaluated as "
+        "'lm loss validation/specific' at every evaluation.",
+    )
 
 
 @dataclass
 class MixingConfig:
     mixing: str = arg(
-        "natural", "How domain weights are chosen.",
-        choices=["uniform", "natural", "static"],
+        "natural", "How domain weights are chosen: fixed (uniform, natural = proportional to "
+        "training tokens, static = --mixture-weights), importance sampling from the specific "
+        "set's histogram over domains, or learned online by Dynamic Gradient Alignment.",
+        choices=["uniform", "natural", "static", "importance", "dga"],
     )
     mixture_weights: Optional[str] = arg(
         None, "Weights for --mixing static, as 'domain=weight,...' (normalised)."
+    )
+    importance_histogram: Optional[str] = arg(
+        None, "--mixing importance: the specific set's histogram over the domains, as written by "
+        "tools/cluster_domains.py --assign (clusters matched to domains by name).",
+    )
+    importance_clusters: Optional[str] = arg(
+        None, "--mixing importance: a tools/cluster_domains.py output folder; the specific set's "
+        "documents are assigned to its centroids at start-up.",
+    )
+    importance_smoothing: float = arg(
+        0.0, "--mixing importance: weight of the natural distribution mixed into the histogram."
+    )
+    dga_update_interval: int = arg(10, "DGA: iterations between weight updates (T_r).")
+    dga_lr: float = arg(
+        1.0, "DGA: step size eta of the exponentiated-gradient update "
+        "alpha <- softmax(log alpha + eta * alignment).",
+    )
+    dga_ema: float = arg(
+        0.5, "DGA: EMA weight beta on the previous weights, alpha <- beta * alpha + (1 - beta) * "
+        "alpha_hat; 0 turns the EMA off.",
+    )
+    dga_ema_mode: str = arg(
+        "state", "DGA: 'state' feeds the smoothed weights back into the next step; 'sampling' "
+        "smooths only the weights that are sampled from.", choices=["state", "sampling"],
+    )
+    dga_warmup_iters: int = arg(0, "DGA: no weight update before this iteration.")
+    dga_min_weight: float = arg(0.0, "DGA: floor on every weight (must be below 1/number of sources).")
+    dga_probe_microbatches: int = arg(
+        1, "DGA: probe micro batches per source and for the specific set, per data-parallel rank."
+    )
+    dga_initial_weights: str = arg(
+        "uniform", "DGA: starting weights.", choices=["uniform", "natural"]
+    )
+    dga_base_distributions: Optional[str] = arg(
+        None, "DGA distribution reweighting: an N x k matrix of distributions over the k domains "
+        "(.npy, or JSON list of rows); DGA learns weights over these N bases, one probe per base.",
     )
 
 

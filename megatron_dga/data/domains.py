@@ -20,7 +20,7 @@ from megatron.core.datasets.indexed_dataset import IndexedDataset
 
 from megatron_dga.config import DataConfig
 from megatron_dga.data.manifest import DomainsManifest
-from megatron_dga.data.sequences import SequenceStream, cap_documents
+from megatron_dga.data.sequences import FewExamples, SequenceStream, cap_documents
 
 
 class DataError(ValueError):
@@ -44,7 +44,16 @@ class Domain:
 class TokenizerSummary:
     vocab_size: Optional[int]
     eod: Optional[int]
-    description: str
+    type: Optional[str] = None
+    model: Optional[str] = None
+
+    def build(self):
+        """The tokenizer itself (to turn token ids back into text)."""
+        from megatron_dga.data.tokenizers import build_tokenizer
+
+        if not self.type:
+            raise DataError("the tokenizer of this data is unknown: give --tokenizer-type")
+        return build_tokenizer(self.type, self.model)
 
 
 def open_indexed_dataset(prefix: str, what: str) -> IndexedDataset:
@@ -104,7 +113,7 @@ def domain_prefixes(data: DataConfig) -> Tuple[List[str], List[str], Optional[Li
         except (FileNotFoundError, ValueError) as e:
             raise DataError(f"--domains-manifest: {e}") from None
         tok = manifest.tokenizer
-        summary = TokenizerSummary(tok.vocab_size, tok.eod, f"{tok.type} ({tok.model})")
+        summary = TokenizerSummary(tok.vocab_size, tok.eod, tok.type, tok.model)
         names = manifest.names
         prefixes = [manifest.resolve_prefix(d) for d in manifest.domains]
         if not names:
@@ -118,12 +127,11 @@ def domain_prefixes(data: DataConfig) -> Tuple[List[str], List[str], Optional[Li
         seen[name] = seen.get(name, 0) + 1
         names.append(name if seen[name] == 1 else f"{name}_{seen[name]}")
     weights = [w for w, _ in pairs] if pairs[0][0] is not None else None
-    summary = TokenizerSummary(None, None, "given by --vocab-size")
+    summary = TokenizerSummary(None, None)
     if data.tokenizer_type:
-        from megatron_dga.data.tokenizers import build_tokenizer
-
-        tokenizer = build_tokenizer(data.tokenizer_type, data.tokenizer_model)
-        summary = TokenizerSummary(tokenizer.vocab_size, tokenizer.eod, data.tokenizer_type)
+        summary = TokenizerSummary(None, None, data.tokenizer_type, data.tokenizer_model)
+        tokenizer = summary.build()
+        summary.vocab_size, summary.eod = tokenizer.vocab_size, tokenizer.eod
     return names, [p for _, p in pairs], weights, summary
 
 
@@ -151,3 +159,25 @@ def open_domains(data: DataConfig, seq_length: int, seed: int):
     names, prefixes, weights, tokenizer = domain_prefixes(data)
     domains = [open_domain(n, p, data, seq_length, seed, i) for i, (n, p) in enumerate(zip(names, prefixes))]
     return domains, weights, tokenizer
+
+
+SPECIFIC_SEED_TAG = 1_000_003  # keeps the specific set's shuffles apart from the domains'
+
+
+def open_specific_sets(data: DataConfig, seq_length: int, seed: int):
+    """The specific set's training stream (all its documents, or only
+    --specific-train-samples sequences) and its held-out validation stream; None if absent."""
+    train = valid = None
+    if data.specific_data_path:
+        dataset = open_indexed_dataset(data.specific_data_path, "--specific-data-path")
+        sizes = np.asarray(dataset.sequence_lengths, dtype=np.int32)
+        docs = np.arange(len(sizes), dtype=np.int32)
+        train = SequenceStream("specific", dataset, docs, sizes, seq_length, seed_key=(seed, SPECIFIC_SEED_TAG))
+        if data.specific_train_samples:
+            train = FewExamples(train, data.specific_train_samples, (seed, SPECIFIC_SEED_TAG, 1))
+    if data.specific_valid_data_path:
+        dataset = open_indexed_dataset(data.specific_valid_data_path, "--specific-valid-data-path")
+        sizes = np.asarray(dataset.sequence_lengths, dtype=np.int32)
+        valid = SequenceStream("specific", dataset, np.arange(len(sizes), dtype=np.int32), sizes, seq_length,
+                               seed_key=(seed, SPECIFIC_SEED_TAG), shuffle=False)
+    return train, valid

@@ -95,3 +95,23 @@ class SequenceStream:
         tokens = np.concatenate(parts) if len(parts) > 1 else parts[0]
         assert len(tokens) == self.seq_length + 1, (self.name, draw, len(tokens))
         return tokens.astype(np.int64)
+
+
+class FewExamples:
+    """The first `n` sequences of a stream, revisited pass after pass in a new seeded order:
+    the few-examples regime (`--specific-train-samples`)."""
+
+    def __init__(self, stream: SequenceStream, n: int, seed_key):
+        if n > stream.samples_per_epoch:
+            raise ValueError(
+                f"--specific-train-samples {n}: the specific set has only {stream.samples_per_epoch} sequences"
+            )
+        self.stream, self.n, self.seed_key = stream, n, tuple(seed_key)
+        self.samples_per_epoch = n
+        self._order = {}
+
+    def sample(self, draw: int) -> np.ndarray:
+        epoch, within = divmod(int(draw), self.n)
+        if epoch not in self._order:
+            self._order = {epoch: np.random.default_rng([*self.seed_key, epoch]).permutation(self.n)}
+        return self.stream.sample(int(self._order[epoch][within]))

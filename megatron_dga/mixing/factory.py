@@ -2,15 +2,50 @@
 
 from __future__ import annotations
 
+import json
 from typing import List, Optional
 
+import numpy as np
+
 from megatron_dga.config import MixingConfig
-from megatron_dga.mixing.base import MixingAlgorithm, parse_weight_spec
+from megatron_dga.mixing.base import MixingAlgorithm, normalise, parse_weight_spec
+from megatron_dga.mixing.dga import DGAHyperparameters, DGAMixing
+from megatron_dga.mixing.importance import ImportanceMixing, read_histogram
 from megatron_dga.mixing.static import NaturalMixing, StaticMixing, UniformMixing
 
 
+def load_base_distributions(path: str, num_domains: int) -> np.ndarray:
+    """An N x k matrix from .npy or JSON (a list of rows, or {"bases": rows})."""
+    try:
+        if path.endswith(".npy"):
+            matrix = np.load(path)
+        else:
+            with open(path, encoding="utf-8") as f:
+                raw = json.load(f)
+            matrix = np.asarray(raw["bases"] if isinstance(raw, dict) else raw, dtype=np.float64)
+    except FileNotFoundError:
+        raise ValueError(f"--dga-base-distributions: file not found: {path}") from None
+    except (ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"--dga-base-distributions {path}: cannot read an N x k matrix ({e})") from None
+    if matrix.ndim != 2 or matrix.shape[1] != num_domains:
+        raise ValueError(f"--dga-base-distributions {path}: expected N x {num_domains}, got shape {matrix.shape}")
+    if not np.all(np.isfinite(matrix)) or np.any(matrix < 0) or np.any(matrix.sum(axis=1) <= 0):
+        raise ValueError(f"--dga-base-distributions {path}: rows must be non-negative and not all zero")
+    return matrix / matrix.sum(axis=1, keepdims=True)
+
+
+def dga_hyperparameters(config: MixingConfig) -> DGAHyperparameters:
+    return DGAHyperparameters(
+        update_interval=config.dga_update_interval, lr=config.dga_lr, ema=config.dga_ema,
+        ema_mode=config.dga_ema_mode, warmup_iters=config.dga_warmup_iters, min_weight=config.dga_min_weight,
+    )
+
+
 def build_mixing(config: MixingConfig, domain_names: List[str], train_tokens: List[int],
-                 data_path_weights: Optional[List[float]] = None) -> MixingAlgorithm:
+                 data_path_weights: Optional[List[float]] = None,
+                 importance_histogram: Optional[np.ndarray] = None) -> MixingAlgorithm:
+    """`importance_histogram`: the specific set's histogram when computed at start-up."""
+    natural = normalise(np.asarray(train_tokens, dtype=np.float64))
     if config.mixing == "uniform":
         return UniformMixing(domain_names)
     if config.mixing == "natural":
@@ -24,4 +59,20 @@ def build_mixing(config: MixingConfig, domain_names: List[str], train_tokens: Li
         if data_path_weights is not None:
             return StaticMixing(domain_names, data_path_weights)
         raise ValueError("--mixing static needs --mixture-weights or weights in --data-path")
+    if config.mixing == "importance":
+        histogram = importance_histogram
+        if histogram is None:
+            histogram = read_histogram(config.importance_histogram, domain_names)
+        return ImportanceMixing(domain_names, histogram, natural, config.importance_smoothing)
+    if config.mixing == "dga":
+        bases = None
+        if config.dga_base_distributions:
+            bases = load_base_distributions(config.dga_base_distributions, len(domain_names))
+        num_sources = len(domain_names) if bases is None else len(bases)
+        if config.dga_initial_weights == "natural":
+            # Natural weights over domains; over bases, each base's natural share.
+            initial = natural if bases is None else normalise(bases @ natural)
+        else:
+            initial = np.ones(num_sources)
+        return DGAMixing(domain_names, initial, dga_hyperparameters(config), bases)
     raise ValueError(f"unknown --mixing {config.mixing!r}")

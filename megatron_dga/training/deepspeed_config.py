@@ -68,6 +68,9 @@ def derive_config(config: PretrainConfig, layout: Layout, user: Dict[str, Any]) 
         "wall_clock_breakdown": False,
         # Our AdamW is a plain torch optimizer; DeepSpeed's ZeRO wraps it fine.
         "zero_allow_untested_optimizer": True,
+        # Stages exchange whole activations (not split over tensor-parallel ranks), which the
+        # DGA probes' pipeline backward relies on.
+        "pipeline": {"pipe_partitioned": False, "grad_partitioned": False},
     }
     merged = dict(derived)
     merged.update(user)

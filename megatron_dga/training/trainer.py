@@ -18,8 +18,14 @@ import megatron_dga
 from megatron_dga.config import PretrainConfig
 from megatron_dga.data.batches import TrainBatches
 from megatron_dga.data.blend import DynamicBlend
-from megatron_dga.data.domains import Domain, open_domains
+from megatron_dga.data.domains import Domain, open_domains, open_specific_sets
+from megatron_dga.data.sequences import SequenceStream
+from megatron_dga.mixing.alignment import AlignmentMeter
+from megatron_dga.mixing.dga import DGAMixing
 from megatron_dga.mixing.factory import build_mixing
+from megatron_dga.mixing.gradients import PipelineProbeGradients, SequentialProbeGradients
+from megatron_dga.mixing.importance import assign_to_clusters
+from megatron_dga.mixing.probes import PROBE_STREAM, ProbeData
 from megatron_dga.model.gpt import build_model
 from megatron_dga.model.transformer_config import padded_vocab_size
 from megatron_dga.parallel.initialize import ParallelContext
@@ -58,14 +64,22 @@ class Trainer:
         model = build_model(config.model, self.padded_vocab, ctx, config.training.bf16, config.training.fp16,
                             config.training.seed)
         self.engine = TrainingEngine(model, config, ctx, load_user_config(config.training.deepspeed_config))
+        self.specific_train, specific_valid = open_specific_sets(config.data, seq_length, config.training.seed)
+        importance_histogram = None
+        if config.mixing.importance_clusters:
+            importance_histogram = self._startup_importance_histogram()
         self.mixing = build_mixing(config.mixing, self.domain_names, [d.train_tokens for d in self.domains],
-                                   data_path_weights)
+                                   data_path_weights, importance_histogram)
         self.blend = DynamicBlend(len(self.domains), self.mixing.weights())
         eod, mask_eod = self.tokenizer.eod, config.training.eod_mask_loss
         self.batches = TrainBatches([d.train for d in self.domains], self.blend, self.layout, ctx.dp_rank, eod,
                                     mask_eod)
-        self.evaluator = Evaluator({d.name: d.valid for d in self.domains if d.valid is not None}, self.layout,
-                                   ctx.dp_rank, config.logging.eval_iters, eod, mask_eod)
+        eval_sets = {d.name: d.valid for d in self.domains if d.valid is not None}
+        if specific_valid is not None:
+            eval_sets["specific"] = specific_valid
+        self.evaluator = Evaluator(eval_sets, self.layout, ctx.dp_rank, config.logging.eval_iters, eod, mask_eod)
+        self.alignment = self._build_alignment_meter() if isinstance(self.mixing, DGAMixing) else None
+        self.replan_seconds = 0.0
         self.checkpointer = Checkpointer(ctx, self.engine.engine)
         self.iteration = 0
         if config.checkpoint.load:
@@ -74,6 +88,34 @@ class Trainer:
                                     config.logging.metrics_file, resumed_iteration=self.iteration)
         self._interval_losses: List[float] = []
         self._interval_times: List[float] = []
+
+    def _startup_importance_histogram(self) -> np.ndarray:
+        """Rank 0 assigns the specific set's documents (turned back into text) to the clusters
+        of --importance-clusters; every rank receives the weights."""
+        result = [None]
+        if self.ctx.rank == 0:
+            tokenizer = self.tokenizer.build()
+            dataset = self.specific_train.dataset if isinstance(self.specific_train, SequenceStream) \
+                else self.specific_train.stream.dataset
+            texts = [tokenizer.detokenize(dataset.get(i).tolist()) for i in range(len(dataset))]
+            result[0] = assign_to_clusters(self.config.mixing.importance_clusters, texts, self.domain_names)
+        dist.broadcast_object_list(result, src=0)
+        return result[0]
+
+    def _build_alignment_meter(self) -> AlignmentMeter:
+        cfg = self.config
+        probe_streams = [
+            SequenceStream(d.name, d.train.dataset, d.train.doc_ids, d.train.sizes, cfg.model.seq_length,
+                           seed_key=(cfg.training.seed, i, PROBE_STREAM))
+            for i, d in enumerate(self.domains)
+        ]
+        probes = ProbeData(probe_streams, self.specific_train, self.mixing.bases, self.layout, self.ctx.dp_rank,
+                           cfg.mixing.dga_probe_microbatches, self.tokenizer.eod, cfg.training.eod_mask_loss)
+        if self.engine.pipelined:
+            gradient = PipelineProbeGradients(self.engine.engine, self.ctx.device)
+        else:
+            gradient = SequentialProbeGradients(self.engine.module, self.ctx.device)
+        return AlignmentMeter(gradient, gradient.layout, probes, self.ctx)
 
     # ---- bookkeeping ---------------------------------------------------------------------
     @property
@@ -92,7 +134,14 @@ class Trainer:
             "domain-epochs": {d.name: d.train.epochs(int(n)) for d, n in zip(self.domains, draws)},
             "domain-tokens": {n: float(k * self.config.model.seq_length) for n, k in zip(self.domain_names, draws)},
             **self.mixing.log_values(),
+            **self._mixing_times(),
         }
+
+    def _mixing_times(self) -> Dict[str, Dict[str, float]]:
+        if self.alignment is None:
+            return {}
+        return {"mixing-time": {"probe-seconds": self.alignment.times.probe_seconds,
+                                "replan-seconds": self.replan_seconds}}
 
     # ---- checkpoints ---------------------------------------------------------------------
     def _client_state(self) -> Dict:
@@ -102,6 +151,7 @@ class Trainer:
             "blend": self.blend.state_dict(),
             "mixing": self.mixing.state_dict(),
             "scheduler": self.engine.scheduler.state_dict() if self.engine.scheduler else None,
+            "probes": self.alignment.probes.state_dict() if self.alignment else None,
             "domains": self.domain_names,
             "config": dataclasses.asdict(self.config),
         }
@@ -143,6 +193,8 @@ class Trainer:
         self.iteration = int(state["iteration"])
         self.blend.load_state_dict(state["blend"])
         self.mixing.load_state_dict(state["mixing"])
+        if self.alignment is not None:
+            self.alignment.probes.load_state_dict(state["probes"])
         if self.engine.scheduler is not None and state["scheduler"] is not None:
             self.engine.scheduler.load_state_dict(state["scheduler"])
         if self.ctx.rank == 0:
@@ -198,7 +250,21 @@ class Trainer:
         self._interval_losses.clear()
         self._interval_times.clear()
 
+    def update_mixture(self) -> None:
+        """Measure the alignment, step the mixing algorithm, re-plan the blend from here on."""
+        scores = self.alignment.measure()
+        changed = self.mixing.update(self.iteration, scores)
+        start = time.time()
+        if changed:
+            self.blend.set_weights(self.consumed_samples, self.mixing.weights())
+            self.blend.lookup(self.consumed_samples, self.consumed_samples + self.layout.global_batch_size)
+        else:
+            self.logger.print(f" DGA update at iteration {self.iteration} skipped: alignment {scores} is not finite")
+        self.replan_seconds += time.time() - start
+
     def train_step(self):
+        if self.mixing.wants_update(self.iteration):
+            self.update_mixture()
         start = time.time()
         result = self.engine.train_step(self.batches.microbatches(self.iteration))
         self.iteration += 1
