@@ -33,20 +33,32 @@ def write_domain(prefix: str, documents: Sequence[np.ndarray]) -> int:
     return int(sum(len(d) for d in documents))
 
 
-def synthetic_documents(rng: np.random.Generator, token_range, count: int, min_len=20, max_len=200):
-    """Documents of one domain: a short random motif of the domain's token range, repeated
-    (so a model learns them within a few steps), ending with the EOD token."""
+def synthetic_documents(rng: np.random.Generator, token_range, count: int, min_len=20, max_len=200,
+                        kind: str = "motif"):
+    """Documents of one domain, over the domain's own token range, ending with the EOD token:
+    "motif": a short random motif repeated (learnt within a few steps by copying);
+    "ramp": an arithmetic progression with a per-document step, wrapping in the range;
+    "noise": uniform random tokens (nothing to learn but the range)."""
+    low, high = token_range
     docs = []
     for _ in range(count):
-        motif = rng.integers(token_range[0], token_range[1], size=int(rng.integers(3, 9)))
         length = int(rng.integers(min_len, max_len))
-        doc = np.resize(motif, length)
+        if kind == "motif":
+            doc = np.resize(rng.integers(low, high, size=int(rng.integers(3, 9))), length)
+        elif kind == "ramp":
+            start, step = int(rng.integers(low, high)), int(rng.integers(1, 4))
+            doc = low + (start - low + step * np.arange(length)) % (high - low)
+        elif kind == "noise":
+            doc = rng.integers(low, high, size=length)
+        else:
+            raise ValueError(kind)
         doc[-1] = EOD
         docs.append(doc)
     return docs
 
 
-def make_domains(directory: str, num_domains: int = 3, docs_per_domain: int = 60, seed: int = 0) -> str:
+def make_domains(directory: str, num_domains: int = 3, docs_per_domain: int = 60, seed: int = 0,
+                 kinds=None) -> str:
     """`num_domains` domains of distinguishable synthetic text and their domains.json."""
     os.makedirs(directory, exist_ok=True)
     rng = np.random.default_rng(seed)
@@ -54,7 +66,8 @@ def make_domains(directory: str, num_domains: int = 3, docs_per_domain: int = 60
     entries = []
     for d in range(num_domains):
         name = f"dom{d}"
-        docs = synthetic_documents(rng, (d * width, (d + 1) * width), docs_per_domain)
+        kind = kinds[d] if kinds else "motif"
+        docs = synthetic_documents(rng, (d * width, (d + 1) * width), docs_per_domain, kind=kind)
         prefix = os.path.join(directory, f"{name}_text_document")
         tokens = write_domain(prefix, docs)
         entries.append(DomainEntry(name, os.path.basename(prefix), len(docs), tokens))

@@ -47,6 +47,17 @@ class _Chunk:
         return self.draws_before + counts
 
 
+def greedy_blend(weights: np.ndarray, n: int) -> Tuple[np.ndarray, np.ndarray]:
+    """Domain of n consecutive positions and each one's draw number within them, by
+    megatron-core's greedy rule, over the domains of positive weight only: the rule treats
+    positions 0 and 1 alike, and at position 1 a zero-weight domain would tie and be picked."""
+    active = np.flatnonzero(weights > 0)
+    choice = np.zeros(n, dtype=np.int16)
+    local_draw = np.zeros(n, dtype=np.int64)
+    build_blending_indices(choice, local_draw, np.ascontiguousarray(weights[active]), len(active), n, False)
+    return active[choice].astype(np.int16), local_draw
+
+
 def check_weights(weights, num_domains: int) -> np.ndarray:
     w = np.asarray(weights, dtype=np.float64)
     if w.shape != (num_domains,) or not np.all(np.isfinite(w)) or np.any(w < 0) or w.sum() <= 0:
@@ -123,9 +134,7 @@ class DynamicBlend:
         while start < stop:
             chunk_stop = self._next_boundary(start)
             n = chunk_stop - start
-            domain = np.zeros(n, dtype=np.int16)
-            local_draw = np.zeros(n, dtype=np.int64)
-            build_blending_indices(domain, local_draw, self.weights_at(start), self.num_domains, n, False)
+            domain, local_draw = greedy_blend(self.weights_at(start), n)
             chunk = _Chunk(start, chunk_stop, domain, local_draw, draws.copy())
             self._chunks.append(chunk)
             start, draws = chunk_stop, chunk.draws_until(chunk_stop)

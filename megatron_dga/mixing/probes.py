@@ -14,9 +14,9 @@ from __future__ import annotations
 from typing import Dict, List, Optional
 
 import numpy as np
-from megatron.core.datasets.helpers_cpp import build_blending_indices
 
 from megatron_dga.data.batches import MicroBatch, make_microbatch
+from megatron_dga.data.blend import greedy_blend
 from megatron_dga.data.sequences import SequenceStream
 from megatron_dga.parallel.layout import Layout
 
@@ -50,8 +50,7 @@ class ProbeData:
         """Plan this update's probe sequences: for every source, `block` (domain, draw) pairs."""
         domains = np.zeros((self.num_sources, self.block), dtype=np.int16)
         for j, weights in enumerate(self.bases):
-            local = np.zeros(self.block, dtype=np.int64)
-            build_blending_indices(domains[j], local, weights, len(weights), self.block, False)
+            domains[j] = greedy_blend(weights, self.block)[0]
         flat = domains.reshape(-1).astype(np.int64)
         draws = np.empty_like(flat)
         counters = self.domain_draws.copy()

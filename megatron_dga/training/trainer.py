@@ -263,9 +263,9 @@ class Trainer:
         self.replan_seconds += time.time() - start
 
     def train_step(self):
+        start = time.time()  # the iteration's time includes its mixture update, if any
         if self.mixing.wants_update(self.iteration):
             self.update_mixture()
-        start = time.time()
         result = self.engine.train_step(self.batches.microbatches(self.iteration))
         self.iteration += 1
         self.blend.release_before(self.consumed_samples)

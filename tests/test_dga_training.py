@@ -1,0 +1,124 @@
+"""DGA inside training: it learns the right domain, resumes exactly, and logs its series.
+Importance sampling uses the specific set's histogram as its weights."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from megatron_dga.mixing.importance import histogram_weights
+from megatron_dga.training.checkpointing import read_tracker
+from pretrain_helpers import SMALL_MODEL, make_domains, pretrain, read_metrics, synthetic_documents, write_domain
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """Three domains of distinct token ranges and structure (repeated motifs, arithmetic ramps,
+    noise); the specific set is drawn like domain 1, the only one that teaches its structure."""
+    root = tmp_path_factory.mktemp("dga-data")
+    manifest = make_domains(str(root), docs_per_domain=80, kinds=["motif", "ramp", "noise"])
+    rng = np.random.default_rng(5)
+    width = 255 // 3
+    specific = lambda count: synthetic_documents(rng, (width, 2 * width), count, kind="ramp")  # noqa: E731
+    write_domain(str(root / "spec_text_document"), specific(30))
+    write_domain(str(root / "specvalid_text_document"), specific(20))
+    return {"manifest": manifest, "specific": str(root / "spec_text_document"),
+            "specific_valid": str(root / "specvalid_text_document")}
+
+
+def args_for(data, run_dir, iters, extra=()):
+    return ["--domains-manifest", data["manifest"], *SMALL_MODEL, "--micro-batch-size", "4", "--global-batch-size", "8",
+            "--train-iters", str(iters), "--lr", "3e-3", "--split", "90,10,0", "--eval-iters", "2",
+            "--specific-data-path", data["specific"], "--specific-valid-data-path", data["specific_valid"],
+            "--metrics-file", os.path.join(run_dir, "metrics.jsonl"), *extra]
+
+
+def specific_losses(run_dir):
+    return [r["per_set"]["specific"] for r in read_metrics(os.path.join(run_dir, "metrics.jsonl"), "validation")]
+
+
+def test_dga_prefers_the_specific_domain_and_helps_the_target(tmp_path, data):
+    runs = {}
+    for mixing in ("uniform", "dga"):
+        run_dir = str(tmp_path / mixing)
+        pretrain(args_for(data, run_dir, 100, ["--mixing", mixing, "--dga-update-interval", "5", "--log-interval", "10",
+                                               "--eval-interval", "20", "--tensorboard-dir", os.path.join(run_dir, "tb")]))
+        runs[mixing] = run_dir
+    final = read_metrics(os.path.join(runs["dga"], "metrics.jsonl"))[-1]
+    weights = final["data_mixture"]
+    assert max(weights, key=weights.get) == "dom1" and weights["dom1"] > 0.8, weights
+    mean_alignment = {d: np.mean([r["alignment"][d] for r in read_metrics(os.path.join(runs["dga"], "metrics.jsonl"))])
+                      for d in ("dom0", "dom1", "dom2")}
+    assert max(mean_alignment, key=mean_alignment.get) == "dom1", mean_alignment
+    dga_losses, uniform_losses = specific_losses(runs["dga"]), specific_losses(runs["uniform"])
+    assert len(dga_losses) == len(uniform_losses) == 5
+    # The held-out specific loss falls faster: lower on average over training, and at the end.
+    assert np.mean(dga_losses) < np.mean(uniform_losses), (dga_losses, uniform_losses)
+    assert dga_losses[-1] < uniform_losses[-1]
+
+    # Monitoring: the DGA series are in TensorBoard and in the metrics file.
+    events = EventAccumulator(os.path.join(runs["dga"], "tb"))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    for tag in ["alignment/dom0", "data-mixture/dom1", "domain-epochs/dom2", "domain-tokens/dom1",
+                "mixing-time/probe-seconds", "mixing-time/replan-seconds", "lm loss validation/specific"]:
+        assert tag in tags, tag
+    for key in ["alignment", "data_mixture", "domain_epochs", "domain_tokens", "mixing_time"]:
+        assert key in final, key
+    assert final["mixing_time"]["probe-seconds"] > 0
+    assert sum(final["domain_tokens"].values()) == 100 * 8 * 32
+
+
+def test_dga_resume_is_exact(tmp_path, data):
+    """2 x T_r + 3 iterations straight equal T_r + 1, stop, resume: losses, weights,
+    alignment and samples (tokens drawn per domain) at every iteration."""
+    t_r = 4
+    common = ["--mixing", "dga", "--dga-update-interval", str(t_r), "--dga-lr", "3", "--log-interval", "1",
+              "--eval-interval", "100", "--hidden-dropout", "0.1", "--attention-dropout", "0.1"]
+    straight, resumed = str(tmp_path / "straight"), str(tmp_path / "resumed")
+    checkpoints = os.path.join(resumed, "checkpoints")
+    iters = 2 * t_r + 3
+    pretrain(args_for(data, straight, iters, common))
+    pretrain(args_for(data, resumed, iters, [*common, "--save", checkpoints, "--save-interval", str(t_r + 1),
+                                             "--exit-interval", str(t_r + 1)]))
+    assert read_tracker(checkpoints) == t_r + 1
+    pretrain(args_for(data, resumed, iters, [*common, "--save", checkpoints, "--load", checkpoints]))
+
+    a = read_metrics(os.path.join(straight, "metrics.jsonl"))
+    b = read_metrics(os.path.join(resumed, "metrics.jsonl"))
+    assert [r["iteration"] for r in b] == list(range(1, iters + 1))
+    for x, y in zip(a, b):
+        assert y["lm_loss"] == pytest.approx(x["lm_loss"], rel=1e-6), x["iteration"]
+        assert y["data_mixture"] == pytest.approx(x["data_mixture"], rel=1e-9), x["iteration"]
+        assert y["alignment"] == pytest.approx(x["alignment"], rel=1e-6, nan_ok=True), x["iteration"]
+        assert y["domain_tokens"] == x["domain_tokens"], x["iteration"]
+    # The weights did move: the resumed run had updates on both sides of the stop.
+    assert a[-1]["dga_updates"]["done"] == 2 and a[-1]["data_mixture"]["dom0"] != pytest.approx(1 / 3)
+
+
+def test_importance_sampling_uses_the_histogram(tmp_path, data):
+    histogram = {"clusters": ["dom0", "dom1", "dom2"], "counts": [1, 6, 3], "weights": [0.1, 0.6, 0.3]}
+    path = tmp_path / "assign_specific.json"
+    path.write_text(json.dumps(histogram))
+    run_dir = str(tmp_path / "importance")
+    pretrain(args_for(data, run_dir, 4, ["--mixing", "importance", "--importance-histogram", str(path),
+                                         "--log-interval", "2", "--eval-interval", "100"]))
+    record = read_metrics(os.path.join(run_dir, "metrics.jsonl"))[-1]
+    assert record["data_mixture"] == pytest.approx({"dom0": 0.1, "dom1": 0.6, "dom2": 0.3})
+    # 4 iterations x 8 sequences drawn in those proportions (greedy, within one sequence).
+    drawn = np.array([record["domain_tokens"][d] for d in ("dom0", "dom1", "dom2")]) / 32
+    assert np.all(np.abs(drawn - np.array([0.1, 0.6, 0.3]) * 32) <= 1)
+
+
+def test_histogram_matching_and_smoothing():
+    names = ["a", "b", "c"]
+    hist = {"clusters": ["c", "a", "b"], "counts": [2, 6, 0]}
+    np.testing.assert_allclose(histogram_weights(hist, names, "h.json"), [0.75, 0.0, 0.25])
+    with pytest.raises(ValueError, match="domains without a cluster: \\['c'\\]"):
+        histogram_weights({"clusters": ["a", "b"], "counts": [1, 1]}, names, "h.json")
+    from megatron_dga.mixing.importance import ImportanceMixing
+
+    mixed = ImportanceMixing(names, np.array([0.75, 0.0, 0.25]), natural=np.array([1.0, 1.0, 2.0]), smoothing=0.2)
+    np.testing.assert_allclose(mixed.weights(), 0.8 * np.array([0.75, 0.0, 0.25]) + 0.2 * np.array([0.25, 0.25, 0.5]))
