@@ -1,0 +1,111 @@
+"""Wall time per iteration of --mixing dga against --mixing uniform, in one run.
+
+Same model, data and layout; k domains, an update every T_r iterations with one probe micro
+batch per domain and one for the specific set, and a global batch of G micro batches. A DGA
+update costs k + 1 forward/backward passes of one micro batch, so the ideal ratio (probe
+compute only, nothing wasted) is 1 + (k + 1) / (T_r x G). The script prints the measured
+ratio, the ideal one, and the time of probes and blend re-plans per update.
+
+    python bench/dga_overhead.py                 # k = 16, T_r = 10, G = 32 micro batches of 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+
+import numpy as np
+
+VOCAB = 8192
+
+
+def parse():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--domains", type=int, default=16)
+    p.add_argument("--update-interval", type=int, default=10)
+    p.add_argument("--microbatches", type=int, default=32, help="micro batches per global batch (G)")
+    p.add_argument("--micro-batch-size", type=int, default=1)
+    p.add_argument("--layers", type=int, default=4)
+    p.add_argument("--hidden", type=int, default=256)
+    p.add_argument("--heads", type=int, default=4)
+    p.add_argument("--seq-length", type=int, default=256)
+    p.add_argument("--cycles", type=int, default=3, help="update cycles timed (after one of warmup)")
+    p.add_argument("--threads", type=int, default=os.cpu_count())
+    return p.parse_args()
+
+
+def write_data(directory: str, domains: int, tokens_per_domain: int) -> str:
+    from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder, get_bin_path, get_idx_path
+
+    from megatron_dga.data.manifest import DomainEntry, DomainsManifest, TokenizerInfo
+
+    rng = np.random.default_rng(0)
+
+    def write(prefix, n_tokens):
+        builder = IndexedDatasetBuilder(get_bin_path(prefix), dtype=np.uint16)
+        for _ in range(max(1, n_tokens // 1000)):
+            builder.add_document(rng.integers(0, VOCAB - 1, 1000).astype(np.uint16), [1000])
+        builder.finalize(get_idx_path(prefix))
+
+    entries = []
+    for d in range(domains):
+        write(os.path.join(directory, f"d{d:02d}"), tokens_per_domain)
+        entries.append(DomainEntry(f"d{d:02d}", f"d{d:02d}", tokens_per_domain // 1000, tokens_per_domain))
+    write(os.path.join(directory, "specific"), 20_000)
+    path = os.path.join(directory, "domains.json")
+    DomainsManifest(TokenizerInfo("synthetic", None, VOCAB, VOCAB - 1), entries).save(path)
+    return path
+
+
+def run(a, directory: str, manifest: str, mixing: str):
+    iters = a.update_interval * (a.cycles + 1)
+    metrics = os.path.join(directory, f"{mixing}.jsonl")
+    args = [
+        sys.executable, "-m", "megatron_dga.pretrain", "--domains-manifest", manifest, "--mixing", mixing,
+        "--specific-data-path", os.path.join(directory, "specific"), "--split", "100,0,0",
+        "--dga-update-interval", str(a.update_interval), "--dga-probe-microbatches", "1",
+        "--num-layers", str(a.layers), "--hidden-size", str(a.hidden), "--num-attention-heads", str(a.heads),
+        "--seq-length", str(a.seq_length), "--micro-batch-size", str(a.micro_batch_size),
+        "--global-batch-size", str(a.microbatches * a.micro_batch_size), "--train-iters", str(iters),
+        "--log-interval", "1", "--eval-interval", "1000000", "--metrics-file", metrics, "--lr", "1e-4",
+    ]
+    subprocess.run(args, check=True, env=dict(os.environ, OMP_NUM_THREADS=str(a.threads)), stdout=subprocess.DEVNULL)
+    with open(metrics) as f:
+        records = [json.loads(line) for line in f if '"train"' in line]
+    # Iteration t's time includes the update made before it (at t - 1 = 10, 20, ...):
+    # time whole cycles after the first one.
+    timed = records[a.update_interval:]
+    return timed, records[-1]
+
+
+def main():
+    a = parse()
+    k, g, t_r = a.domains, a.microbatches, a.update_interval
+    with tempfile.TemporaryDirectory() as directory:
+        tokens = (a.cycles + 2) * t_r * g * a.micro_batch_size * (a.seq_length + 1) // k * 2 + 10_000
+        manifest = write_data(directory, k, tokens)
+        uniform, _ = run(a, directory, manifest, "uniform")
+        dga, last = run(a, directory, manifest, "dga")
+    uniform_time = statistics.mean(r["iteration_time"] for r in uniform)
+    dga_time = statistics.mean(r["iteration_time"] for r in dga)
+    updates = last["dga_updates"]["done"] + last["dga_updates"]["skipped"]
+    probe = last["mixing_time"]["probe-seconds"] / updates
+    replan = last["mixing_time"]["replan-seconds"] / updates
+    ideal = 1 + (k + 1) / (t_r * g)
+    measured = dga_time / uniform_time
+    print(f"k = {k} domains, T_r = {t_r}, global batch = {g} micro batches of {a.micro_batch_size} x "
+          f"{a.seq_length} tokens, model {a.layers} x {a.hidden}, {a.threads} threads")
+    print(f"uniform: {uniform_time * 1000:9.1f} ms/iter   dga: {dga_time * 1000:9.1f} ms/iter   "
+          f"(over {len(dga)} iterations, {a.cycles} update cycles)")
+    print(f"per update: probes {probe * 1000:.1f} ms ({k + 1} micro batches), re-plan {replan * 1000:.2f} ms")
+    print(f"measured ratio {measured:.4f}   ideal ratio 1 + (k+1)/(T_r x G) = {ideal:.4f}   "
+          f"measured / ideal = {measured / ideal:.4f}")
+
+
+if __name__ == "__main__":
+    main()
