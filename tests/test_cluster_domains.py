@@ -325,3 +325,129 @@ def test_output_dir_is_a_domains_folder_for_build_domains(clustered):
     _, out = clustered
     inputs = build_domains.find_domain_inputs(str(out))
     assert sorted(inputs) == ["cluster_000", "cluster_001", "cluster_002"]
+
+
+@pytest.fixture(scope="module")
+def per_input(tmp_path_factory):
+    """One cluster per generated domain, into a folder a k-means run with 4 clusters wrote before."""
+    tmp_path = tmp_path_factory.mktemp("per_input")
+    paths = make_domains(tmp_path, n=60)
+    out = tmp_path / "out"
+    assert run_tool("--input", *paths, "--output-dir", out, "--num-clusters", 4, "--embedder", "tfidf") == 0
+    assert run_tool("--input", *paths, "--output-dir", out, "--centroids-per-input", "--embedder", "tfidf") == 0
+    return paths, out
+
+
+def test_per_input_names_clusters_after_their_files(per_input):
+    paths, out = per_input
+    meta = json.load(open(out / "clusters.json"))
+    assert meta["mode"] == "per-input" and meta["num_clusters"] == 3
+    assert [c["name"] for c in meta["clusters"]] == list(DOMAINS)
+    for c, path in zip(meta["clusters"], paths):
+        assert c["input"] == os.path.abspath(path)
+        assert c["documents"] == 60 and c["inputs"] == {os.path.basename(path): 60}
+        assert c["top_terms"] and len(c["samples"]) == 3
+        assert all(s["src"].startswith(f"{c['name']}#") for s in c["samples"])
+
+    centroids = np.load(out / "centroids.npy")
+    assert centroids.shape == (3, meta["embedder"]["dims"]) and centroids.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(centroids, axis=1), 1.0, atol=1e-5)
+    # The k-means run's cluster files are gone and none were written: the inputs are the domains.
+    assert sorted(n for n in os.listdir(out) if n.endswith(".jsonl")) == []
+    assert (out / "embedder_state.npz").exists()
+
+
+def test_per_input_centroid_is_the_normalised_mean(per_input):
+    from megatron_dga.data.clustering.embedders import embedder_from_identity
+
+    paths, out = per_input
+    meta = json.load(open(out / "clusters.json"))
+    embedder = embedder_from_identity(meta["embedder"])
+    with np.load(out / "embedder_state.npz") as npz:
+        embedder.load_state({key: npz[key] for key in npz.files})
+    texts = [json.loads(line)["text"] for line in open(paths[1])]
+    mean = embedder.embed(texts, progress=False).mean(axis=0)
+    np.testing.assert_allclose(np.load(out / "centroids.npy")[1], mean / np.linalg.norm(mean), atol=1e-5)
+
+
+def test_per_input_assign_weighs_the_source_domain(per_input, tmp_path):
+    _, out = per_input
+    rng = random.Random(5)  # new documents of one domain
+    specific = write_jsonl(tmp_path / "specific.jsonl", [{"text": table_doc(rng)} for _ in range(30)])
+    assert run_tool("--assign", specific, "--output-dir", out) == 0
+    hist = json.load(open(out / "assign_specific.json"))
+    assert hist["clusters"] == ["code", "prose", "tables"]
+    assert hist["weights"][2] >= 0.9 and sum(hist["counts"]) == 30
+
+    # Those names are what importance sampling matches to training domains.
+    from megatron_dga.mixing.importance import read_histogram
+
+    weights = read_histogram(str(out / "assign_specific.json"), ["tables", "code", "prose"])
+    assert weights[0] == pytest.approx(hist["weights"][2])
+
+
+def test_per_input_reuses_the_embedding_cache(tmp_path, monkeypatch):
+    paths = make_domains(tmp_path, n=30)
+    embeds = count_calls(monkeypatch, TfidfEmbedder, "embed")
+    cache = tmp_path / "cache"
+    assert run_tool("--input", *paths, "--output-dir", tmp_path / "a", "--num-clusters", 3, "--embedder", "tfidf", "--cache-dir", cache) == 0
+    assert run_tool("--input", *paths, "--output-dir", tmp_path / "b", "--centroids-per-input", "--embedder", "tfidf", "--cache-dir", cache) == 0
+    assert embeds == [90]
+    assert json.load(open(tmp_path / "a" / "clusters.json"))["embedder"] == json.load(open(tmp_path / "b" / "clusters.json"))["embedder"]
+
+
+def test_per_input_keeps_inputs_that_live_in_the_output_folder(clustered):
+    """The cluster files of a k-means run, taken as inputs in their own folder, are not stale outputs."""
+    _, out = clustered
+    files = [out / f"cluster_00{i}.jsonl" for i in range(3)]
+    before = [f.read_bytes() for f in files]
+    assert run_tool("--input", *files, "--output-dir", out, "--centroids-per-input", "--embedder", "tfidf") == 0
+    assert [f.read_bytes() for f in files] == before
+    meta = json.load(open(out / "clusters.json"))
+    assert [c["name"] for c in meta["clusters"]] == ["cluster_000", "cluster_001", "cluster_002"]
+
+
+def test_per_input_compressed_inputs_are_named_without_suffix(tmp_path):
+    import gzip
+
+    paths = make_domains(tmp_path, n=15)
+    with open(paths[0], "rb") as src, gzip.open(tmp_path / "docs_python.jsonl.gz", "wb") as dst:
+        dst.write(src.read())
+    inputs = [tmp_path / "docs_python.jsonl.gz", *paths[1:]]
+    assert run_tool("--input", *inputs, "--output-dir", tmp_path / "out", "--centroids-per-input", "--embedder", "tfidf") == 0
+    meta = json.load(open(tmp_path / "out" / "clusters.json"))
+    assert [c["name"] for c in meta["clusters"]] == ["docs_python", "prose", "tables"]
+
+
+def test_per_input_same_domain_name_twice_is_an_error(tmp_path, capsys):
+    paths = make_domains(tmp_path, n=10)
+    (tmp_path / "other").mkdir()
+    twin = write_jsonl(tmp_path / "other" / "code.jsonl", [{"text": "def f(): pass"}] * 3)
+    assert run_tool("--input", *paths, twin, "--output-dir", tmp_path / "out", "--centroids-per-input", "--embedder", "tfidf") == 1
+    err = capsys.readouterr().err
+    assert f"inputs {paths[0]} and {twin} both name domain 'code'" in err
+    assert not (tmp_path / "out").exists()  # refused before any work
+
+
+def test_per_input_input_without_documents_is_named(tmp_path, capsys):
+    paths = make_domains(tmp_path, n=10)
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    assert run_tool("--input", *paths, empty, "--output-dir", tmp_path / "out", "--centroids-per-input", "--embedder", "tfidf") == 1
+    assert f"input {empty} has no documents" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--num-clusters", 3], "--num-clusters applies to k-means, not to --centroids-per-input"),
+        (["--seed", 3], "--seed applies to k-means"),
+    ],
+)
+def test_per_input_with_kmeans_flags_is_a_usage_error(tmp_path, capsys, extra, message):
+    paths = make_domains(tmp_path, n=10)
+    with pytest.raises(SystemExit) as exit_info:
+        run_tool("--input", *paths, "--output-dir", tmp_path / "out", "--centroids-per-input", *extra)
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # nothing to cluster
+        run_tool("--assign", paths[0], "--output-dir", tmp_path / "out", "--centroids-per-input")

@@ -13,6 +13,12 @@ importance sampling):
     python tools/cluster_domains.py --assign specific.jsonl --centroids OUT/centroids.npy
 
 Both in one run: give --input, --output-dir, --num-clusters and --assign together.
+
+One cluster per input file instead of k-means (writes OUT/centroids.npy and OUT/clusters.json,
+no cluster files): each cluster is named after its file as a domain (corpus/docs_python.jsonl ->
+docs_python), so an assignment histogram weighs the corpus' own domains:
+
+    python tools/cluster_domains.py --input corpus/*.jsonl --output-dir OUT --centroids-per-input
 """
 
 from __future__ import annotations
@@ -29,20 +35,30 @@ from megatron_dga.data.clustering.embedders import EMBEDDERS  # noqa: E402
 from megatron_dga.data.jsonl import BadDocumentError  # noqa: E402
 
 
+KMEANS_DEFAULTS = {"seed": 1234, "niter": 25, "restarts": 5}
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0],
         epilog=(
             "Long documents are embedded from a prefix only (--max-chars): MiniLM reads at most "
             "256 word pieces anyway. Embeddings are cached under --cache-dir, keyed by the texts "
-            "and the embedder, so a re-run (for example with another --seed or --num-clusters) "
-            "does not embed again."
+            "and the embedder, so a re-run (for example with another --seed, --num-clusters "
+            "or --centroids-per-input) does not embed again."
         ),
     )
     g = p.add_argument_group("clustering")
     g.add_argument("--input", nargs="+", metavar="JSONL", help="JSONL files of generic documents to cluster")
-    g.add_argument("--output-dir", metavar="DIR", help="folder for the cluster files, centroids.npy and clusters.json")
+    g.add_argument("--output-dir", metavar="DIR", help="folder for centroids.npy, clusters.json and (k-means) the cluster files")
     g.add_argument("--num-clusters", type=int, metavar="K", help="number of clusters (domains), at most the number of documents")
+    g.add_argument(
+        "--centroids-per-input",
+        action="store_true",
+        help="instead of k-means (and --num-clusters): every --input file is one cluster, named after "
+        "the file as a domain (docs_python.jsonl.xz -> docs_python), its centroid the normalised mean "
+        "embedding of its documents. No cluster files are written: the inputs are the domains",
+    )
     g.add_argument(
         "--embedder",
         choices=sorted(EMBEDDERS),
@@ -52,13 +68,14 @@ def build_parser() -> argparse.ArgumentParser:
         "tfidf: TF-IDF + truncated SVD, seconds for thousands of documents. "
         "With --assign alone, the embedder recorded in clusters.json is used",
     )
-    g.add_argument("--seed", type=int, default=1234, help="k-means seed; a fixed seed gives the same clusters (default 1234)")
-    g.add_argument("--niter", type=int, default=25, help="k-means iterations (default 25)")
+    # Defaults are filled in after check_args, which refuses k-means flags with --centroids-per-input.
+    g.add_argument("--seed", type=int, help=f"k-means seed; a fixed seed gives the same clusters (default {KMEANS_DEFAULTS['seed']})")
+    g.add_argument("--niter", type=int, help=f"k-means iterations (default {KMEANS_DEFAULTS['niter']})")
     g.add_argument(
         "--restarts",
         type=int,
-        default=5,
-        help="k-means runs from different starts; the best (highest total cosine similarity) is kept (default 5)",
+        help="k-means runs from different starts; the best (highest total cosine similarity) is kept "
+        f"(default {KMEANS_DEFAULTS['restarts']})",
     )
 
     g = p.add_argument_group("assignment")
@@ -89,13 +106,17 @@ def check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     if clustering:
         if not args.output_dir:
             p.error("--input needs --output-dir")
-        if args.num_clusters is None:
-            p.error("--input needs --num-clusters")
-        if args.num_clusters < 1:
+        if args.centroids_per_input:
+            check_per_input_args(p, args)
+        elif args.num_clusters is None:
+            p.error("--input needs --num-clusters (or --centroids-per-input)")
+        elif args.num_clusters < 1:
             p.error(f"--num-clusters must be at least 1, got {args.num_clusters}")
         if args.centroids:
             p.error("--centroids is for assignment to an earlier run; with --input the new centroids are used")
     else:
+        if args.centroids_per_input:
+            p.error("--centroids-per-input applies to clustering (--input)")
         for flag in ("num_clusters", "embedder", "max_chars"):
             if getattr(args, flag) is not None:
                 p.error(f"--{flag.replace('_', '-')} applies to clustering (--input); assignment uses what clusters.json records")
@@ -111,10 +132,24 @@ def check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
             p.error(f"--{flag.replace('_', '-')} must be at least 1, got {value}")
 
 
+def check_per_input_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """k-means flags would be silently ignored with --centroids-per-input: refuse them."""
+    for flag in ("num_clusters", *KMEANS_DEFAULTS):
+        if getattr(args, flag) is not None:
+            p.error(f"--{flag.replace('_', '-')} applies to k-means, not to --centroids-per-input (one cluster per --input file)")
+
+
+def fill_kmeans_defaults(args: argparse.Namespace) -> None:
+    for flag, default in KMEANS_DEFAULTS.items():
+        if getattr(args, flag) is None:
+            setattr(args, flag, default)
+
+
 def main(argv=None) -> int:
     p = build_parser()
     args = p.parse_args(argv)
     check_args(p, args)
+    fill_kmeans_defaults(args)
     # Our progress messages, but not the INFO chatter of libraries (faiss reports its loader).
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     logging.getLogger("megatron_dga").setLevel(logging.INFO)
@@ -138,6 +173,7 @@ def main(argv=None) -> int:
                     niter=args.niter,
                     restarts=args.restarts,
                     progress=progress,
+                    per_input=args.centroids_per_input,
                 )
             )
             for c in summary["clusters"]:

@@ -2,8 +2,10 @@
 
 - `cluster_000.jsonl` ...: every document of a cluster, its original JSON line with a
   `"cluster"` field added. The folder is a valid input of `tools/build_domains.py`
-  (one `<domain>.jsonl` per domain), so cluster files are named like domains;
-- `centroids.npy`: (k, d) float32 unit centroids, row i belongs to `cluster_<i>`;
+  (one `<domain>.jsonl` per domain), so cluster files are named like domains. Not written
+  with one cluster per input file: those clusters are the input files themselves;
+- `centroids.npy`: (k, d) float32 unit centroids, row i belongs to the i-th cluster of
+  `clusters.json` (`cluster_<i>`, or the i-th input's domain name);
 - `embedder_state.npz`: the fitted TF-IDF vocabulary and projection (TF-IDF only);
 - `clusters.json`: embedder, seed, inputs and, per cluster, sizes, top terms and samples;
 - `assign_<name>.json`: a specific set's histogram over the clusters.
@@ -96,6 +98,25 @@ def write_cluster_files(
                         objects[index] = obj
                     obj["cluster"] = label
                     files[label - first].write(json.dumps(obj, ensure_ascii=False) + "\n")
+    return objects
+
+
+def read_objects(docs: Sequence[Document], indices: Iterable[int]) -> Dict[int, dict]:
+    """The parsed JSON lines of `docs[i]` for every i in `indices` (samples shown in clusters.json)."""
+    by_path: Dict[str, Dict[int, int]] = defaultdict(dict)
+    for i in indices:
+        by_path[docs[i].path][docs[i].line_no] = i
+    objects: Dict[int, dict] = {}
+    for path, lines in by_path.items():
+        last = max(lines)
+        for line_no, raw in _numbered_lines(path):
+            if line_no > last:
+                break
+            if line_no in lines:
+                try:
+                    objects[lines[line_no]] = json.loads(raw)
+                except ValueError:
+                    raise ValueError(f"{path}:{line_no}: changed while it was being clustered") from None
     return objects
 
 

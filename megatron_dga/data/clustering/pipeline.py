@@ -1,9 +1,10 @@
 """The two jobs of `tools/cluster_domains.py`: cluster a corpus, assign a specific set.
 
 Clustering reads the generic documents, embeds them (or takes the embeddings from the
-cache), runs k-means and writes the output folder described in `outputs`. Assignment
-embeds another set the way `clusters.json` says the clusters were made and counts how many
-of its documents fall nearest to each centroid: the histogram importance sampling needs.
+cache), runs k-means (or takes each input file as one cluster, see `per_input`) and writes
+the output folder described in `outputs`. Assignment embeds another set the way
+`clusters.json` says the clusters were made and counts how many of its documents fall
+nearest to each centroid: the histogram importance sampling needs.
 """
 
 from __future__ import annotations
@@ -24,14 +25,17 @@ from megatron_dga.data.clustering.embedders import Embedder, embedder_from_ident
 from megatron_dga.data.clustering.kmeans import assign, fit_kmeans
 from megatron_dga.data.clustering.outputs import (
     CENTROIDS_NPY,
+    CLUSTERS_JSON,
     EMBEDDER_STATE_NPZ,
     cluster_names,
     read_clusters_json,
+    read_objects,
     remove_stale_outputs,
     sample_entry,
     write_cluster_files,
     write_clusters_json,
 )
+from megatron_dga.data.clustering.per_input import domain_names, fit_per_input
 from megatron_dga.data.jsonl import SkipCounter
 
 log = logging.getLogger(__name__)
@@ -41,7 +45,7 @@ log = logging.getLogger(__name__)
 class ClusterConfig:
     inputs: List[str]
     output_dir: str
-    num_clusters: int
+    num_clusters: Optional[int]  # k-means; None with per_input
     embedder: str = "minilm"
     seed: int = 1234
     json_key: str = "text"
@@ -54,6 +58,7 @@ class ClusterConfig:
     restarts: int = 5
     samples_per_cluster: int = 3
     progress: bool = True
+    per_input: bool = False  # one cluster per input file, named after it, instead of k-means
 
 
 @dataclass
@@ -110,16 +115,25 @@ def embed_with_cache(embedder: Embedder, texts: Sequence[str], cache: EmbeddingC
     return vectors
 
 
-def _warn_empty_vectors(vectors: np.ndarray) -> None:
+def _warn_empty_vectors(vectors: np.ndarray, consequence: str = "put in the first cluster") -> None:
     empty = int((np.abs(vectors).sum(axis=1) == 0).sum())
     if empty:
         # A zero vector is equally far from every centroid; faiss then picks the first one.
-        log.warning("%d documents have no word the embedder knows: zero embedding, put in the first cluster", empty)
+        log.warning("%d documents have no word the embedder knows: zero embedding, %s", empty, consequence)
 
 
 def cluster_documents(cfg: ClusterConfig) -> dict:
-    """Cluster `cfg.inputs` into `cfg.num_clusters` domains; returns what clusters.json holds."""
-    if cfg.num_clusters < 1:
+    """Cluster `cfg.inputs` into domains; returns what clusters.json holds.
+
+    k-means into `cfg.num_clusters` clusters, or with `cfg.per_input` one cluster per input file.
+    """
+    if cfg.per_input:
+        return _cluster_per_input(cfg)
+    return _cluster_kmeans(cfg)
+
+
+def _cluster_kmeans(cfg: ClusterConfig) -> dict:
+    if cfg.num_clusters is None or cfg.num_clusters < 1:
         raise ValueError(f"--num-clusters must be at least 1, got {cfg.num_clusters}")
     embedder = make_embedder(cfg.embedder, cfg.max_chars, cfg.batch_size)
     docs, k = _load(cfg.inputs, cfg, embedder.max_chars), cfg.num_clusters
@@ -129,10 +143,7 @@ def cluster_documents(cfg: ClusterConfig) -> dict:
 
     names = cluster_names(k)
     _refuse_to_overwrite_inputs(cfg.inputs, cfg.output_dir, names)
-    os.makedirs(cfg.output_dir, exist_ok=True)
-    cache = EmbeddingCache(cfg.cache_dir or os.path.join(cfg.output_dir, "cache"))
-    texts = [d.text for d in docs]
-    vectors = embed_with_cache(embedder, texts, cache, fit=True, progress=cfg.progress)
+    texts, vectors = _embed_corpus(cfg, embedder, docs)
     _warn_empty_vectors(vectors)
 
     start = time.perf_counter()
@@ -141,51 +152,121 @@ def cluster_documents(cfg: ClusterConfig) -> dict:
 
     samples = describe.nearest_documents(result.labels, result.similarity, k, cfg.samples_per_cluster)
     objects = write_cluster_files(cfg.output_dir, docs, result.labels, names, {i for s in samples for i in s})
-    write_npy(os.path.join(cfg.output_dir, CENTROIDS_NPY), result.centroids)
-    state = embedder.state_arrays()
-    state_path = os.path.join(cfg.output_dir, EMBEDDER_STATE_NPZ)
-    if state is not None:
-        write_npz(state_path, state)
-    elif os.path.exists(state_path):  # left by an earlier TF-IDF run: not these clusters'
-        os.remove(state_path)
+    state_file = _write_centroids_and_state(cfg.output_dir, result.centroids, embedder)
 
-    sizes = describe.sizes(docs, result.labels, k)
-    terms = describe.top_terms(texts, result.labels, k)
-    sources = describe.sources(docs, result.labels, k)
-    empty = [names[c] for c in range(k) if sizes["documents"][c] == 0]
+    stats = _cluster_stats(docs, texts, result.labels, k, samples, objects)
+    empty = [names[c] for c in range(k) if stats[c]["documents"] == 0]
     if empty:
         log.warning("empty clusters (their files are empty): %s", ", ".join(empty))
     summary = {
         "embedder": embedder.identity(),
-        "embedder_state": EMBEDDER_STATE_NPZ if state is not None else None,
+        "embedder_state": state_file,
         "seed": cfg.seed,
         "num_clusters": k,
         "kmeans": {"library": "faiss", "spherical": True, "niter": cfg.niter, "restarts": cfg.restarts, "objective": result.objective},
+        **_corpus_fields(cfg, docs),
+        "clusters": [{"id": c, "name": names[c], "file": f"{names[c]}.jsonl", **stats[c]} for c in range(k)],
+    }
+    _replace_clusters_json(cfg.output_dir, summary, keep=[f"{n}.jsonl" for n in names])
+    return summary
+
+
+def _cluster_per_input(cfg: ClusterConfig) -> dict:
+    if cfg.num_clusters is not None:
+        raise ValueError("--num-clusters does not apply with --centroids-per-input: every input file is one cluster")
+    names = domain_names(cfg.inputs)  # before embedding: a naming clash should not cost an embedding run
+    embedder = make_embedder(cfg.embedder, cfg.max_chars, cfg.batch_size)
+    docs, k = _load(cfg.inputs, cfg, embedder.max_chars), len(names)
+    log.info("%d documents from %d files, one cluster per file", len(docs), k)
+
+    texts, vectors = _embed_corpus(cfg, embedder, docs)
+    _warn_empty_vectors(vectors, "adding nothing to their input's centroid")
+    result = fit_per_input(vectors, docs, cfg.inputs)
+
+    samples = describe.nearest_documents(result.labels, result.similarity, k, cfg.samples_per_cluster)
+    objects = read_objects(docs, [i for s in samples for i in s])
+    state_file = _write_centroids_and_state(cfg.output_dir, result.centroids, embedder)
+
+    stats = _cluster_stats(docs, texts, result.labels, k, samples, objects)
+    summary = {
+        "embedder": embedder.identity(),
+        "embedder_state": state_file,
+        "mode": "per-input",
+        "num_clusters": k,
+        **_corpus_fields(cfg, docs),
+        "clusters": [
+            {"id": c, "name": names[c], "input": os.path.abspath(cfg.inputs[c]), **stats[c]} for c in range(k)
+        ],
+    }
+    # The inputs are the clusters' documents: an input that sits in the output folder under a
+    # cluster file's name (cluster_003.jsonl of an earlier k-means run) is not a stale output.
+    _replace_clusters_json(cfg.output_dir, summary, keep=_inputs_in(cfg.output_dir, cfg.inputs))
+    return summary
+
+
+def _embed_corpus(cfg: ClusterConfig, embedder: Embedder, docs: Sequence[Document]):
+    """(texts, unit embeddings) of the documents to cluster, fitting the embedder on them."""
+    os.makedirs(cfg.output_dir, exist_ok=True)
+    cache = EmbeddingCache(cfg.cache_dir or os.path.join(cfg.output_dir, "cache"))
+    texts = [d.text for d in docs]
+    vectors = embed_with_cache(embedder, texts, cache, fit=True, progress=cfg.progress)
+    return texts, vectors
+
+
+def _write_centroids_and_state(out_dir: str, centroids: np.ndarray, embedder: Embedder) -> Optional[str]:
+    """centroids.npy and the fitted embedder state beside it; returns the state's file name, if any."""
+    write_npy(os.path.join(out_dir, CENTROIDS_NPY), centroids)
+    state = embedder.state_arrays()
+    state_path = os.path.join(out_dir, EMBEDDER_STATE_NPZ)
+    if state is not None:
+        write_npz(state_path, state)
+        return EMBEDDER_STATE_NPZ
+    if os.path.exists(state_path):  # left by an earlier TF-IDF run: not these clusters'
+        os.remove(state_path)
+    return None
+
+
+def _cluster_stats(docs, texts, labels, k, samples, objects) -> List[dict]:
+    """Per cluster: sizes, top terms, documents per input file and samples, in clusters.json order."""
+    sizes = describe.sizes(docs, labels, k)
+    terms = describe.top_terms(texts, labels, k)
+    sources = describe.sources(docs, labels, k)
+    return [
+        {
+            "documents": sizes["documents"][c],
+            "characters": sizes["characters"][c],
+            "top_terms": terms[c],
+            "inputs": sources[c],
+            "samples": [sample_entry(docs[i], objects.get(i, {})) for i in samples[c]],
+        }
+        for c in range(k)
+    ]
+
+
+def _corpus_fields(cfg: ClusterConfig, docs: Sequence[Document]) -> dict:
+    return {
         "json_key": cfg.json_key,
         "inputs": [os.path.abspath(p) for p in cfg.inputs],
         "max_docs_per_input": cfg.max_docs,
         "documents": len(docs),
         "characters": int(sum(d.chars for d in docs)),
         "centroids": CENTROIDS_NPY,
-        "clusters": [
-            {
-                "id": c,
-                "name": names[c],
-                "file": f"{names[c]}.jsonl",
-                "documents": sizes["documents"][c],
-                "characters": sizes["characters"][c],
-                "top_terms": terms[c],
-                "inputs": sources[c],
-                "samples": [sample_entry(docs[i], objects.get(i, {})) for i in samples[c]],
-            }
-            for c in range(k)
-        ],
     }
-    removed = remove_stale_outputs(cfg.output_dir, keep=[f"{n}.jsonl" for n in names])
+
+
+def _replace_clusters_json(out_dir: str, summary: dict, keep: Sequence[str]) -> None:
+    """Remove what an earlier run left that does not describe these clusters, then write clusters.json."""
+    removed = remove_stale_outputs(out_dir, keep=keep)
     if removed:
         log.info("removed outputs of an earlier run: %s", ", ".join(removed))
-    write_clusters_json(cfg.output_dir, summary)
-    return summary
+    write_clusters_json(out_dir, summary)
+
+
+def _inputs_in(out_dir: str, inputs: Sequence[str]) -> List[str]:
+    """File names, in `out_dir`, of the inputs that are in it."""
+    folder = os.path.realpath(out_dir)
+    # The folder the name is in, not where a link points: the name is what stale removal sees.
+    return [os.path.basename(p) for p in inputs if os.path.realpath(os.path.dirname(os.path.abspath(p))) == folder]
 
 
 def _refuse_to_overwrite_inputs(inputs: Sequence[str], out_dir: str, names: Sequence[str]) -> None:
@@ -206,6 +287,14 @@ def assign_name(inputs: Sequence[str]) -> str:
     return base
 
 
+def recorded_cluster_names(meta: dict, k: int, clusters_dir: str) -> List[str]:
+    """Cluster names in centroid order as clusters.json lists them (`cluster_000` ... or domain names)."""
+    names = [c.get("name") for c in meta.get("clusters", []) if isinstance(c, dict)]
+    if len(names) != k or not all(isinstance(n, str) and n for n in names) or len(set(names)) != k:
+        raise ValueError(f"{os.path.join(clusters_dir, CLUSTERS_JSON)}: does not name each of its {k} clusters once")
+    return names
+
+
 def assign_documents(cfg: AssignConfig) -> dict:
     """Histogram of `cfg.inputs` over the clusters of `cfg.clusters_dir`; written as JSON."""
     name = cfg.name or assign_name(cfg.inputs)
@@ -220,6 +309,7 @@ def assign_documents(cfg: AssignConfig) -> dict:
     k = centroids.shape[0]
     if k != meta["num_clusters"]:
         raise ValueError(f"{centroids_path} has {k} centroids but clusters.json lists {meta['num_clusters']}")
+    clusters = recorded_cluster_names(meta, k, cfg.clusters_dir)
 
     embedder = embedder_from_identity(meta["embedder"], cfg.batch_size)
     if meta.get("embedder_state"):
@@ -245,7 +335,7 @@ def assign_documents(cfg: AssignConfig) -> dict:
         "centroids": os.path.abspath(centroids_path),
         "embedder": meta["embedder"],
         "documents": len(docs),
-        "clusters": cluster_names(k),
+        "clusters": clusters,
         "counts": counts.tolist(),
         "weights": (counts / counts.sum()).tolist(),
         "mean_similarity": float(similarity.mean()),
