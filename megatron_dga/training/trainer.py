@@ -284,7 +284,7 @@ class Trainer:
         last_eval = last_save = self.iteration
         while self.iteration < cfg.training.train_iters:
             result = self.train_step()
-            if self.iteration % cfg.logging.log_interval == 0:
+            if self.iteration % cfg.logging.log_interval == 0 or self.iteration == cfg.training.train_iters:
                 self._log(result)
             if self.iteration % cfg.logging.eval_interval == 0 and self.evaluator.names:
                 self.evaluate()

@@ -1,0 +1,146 @@
+"""One training run of the Austen experiments: a method, a regime, a seed.
+
+    python examples/austen/run.py --prepared W/prepared.json --method dga-ema --regime token-limited \
+        --seed 1 --out W/runs/token-limited/dga-ema/seed1
+
+Methods (all with the same model, steps and tokens):
+    uniform, natural      fixed mixtures
+    importance            the specific set's histogram over the domains (tools/cluster_domains.py --assign)
+    dga, dga-ema          DGA without EMA (--dga-ema 0) and with it (--dga-ema EMA)
+Regimes:
+    plenty                all generic tokens, the whole specific set
+    token-limited         every generic domain capped to --domain-max-tokens, so domains repeat
+    few-specific          the specific set cut to --specific-train-samples sequences
+Every run evaluates each domain and the held-out novel, which is the run's
+--specific-valid-data-path and so is logged as `lm loss validation/specific`. It is launched on --nproc ranks by the deepspeed launcher, and
+skipped when its metrics file already reaches the last iteration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from typing import Dict, List
+
+METHODS = ["uniform", "natural", "importance", "dga", "dga-ema"]
+REGIMES = ["plenty", "token-limited", "few-specific"]
+
+# The models runs share: a 4 x 256 GPT on 128-token sequences, and a tiny one for smoke tests.
+MODELS = {
+    "small": ["--num-layers", "4", "--hidden-size", "256", "--num-attention-heads", "4", "--seq-length", "128"],
+    "tiny": ["--num-layers", "2", "--hidden-size", "64", "--num-attention-heads", "4", "--seq-length", "32"],
+}
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--prepared", required=True, help="prepared.json written by prepare.py")
+    p.add_argument("--method", required=True, choices=METHODS)
+    p.add_argument("--regime", default="plenty", choices=REGIMES)
+    p.add_argument("--domains", default="sources", choices=["sources", "clusters"],
+                   help="generic domains: the corpus sources, or the k-means clusters made by prepare.py --clusters")
+    p.add_argument("--model", default="small", choices=sorted(MODELS))
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--out", required=True, help="run folder (metrics.jsonl, tb/, log.txt)")
+    p.add_argument("--train-iters", type=int, default=300)
+    p.add_argument("--micro-batch-size", type=int, default=8)
+    p.add_argument("--global-batch-size", type=int, default=32)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--eval-interval", type=int, default=50)
+    p.add_argument("--eval-iters", type=int, default=2)
+    p.add_argument("--dga-update-interval", type=int, default=10)
+    p.add_argument("--dga-lr", type=float, default=1.0)
+    p.add_argument("--dga-ema", type=float, default=0.5, help="EMA of the dga-ema method")
+    p.add_argument("--domain-max-tokens", type=int, default=50_000, help="token-limited regime cap")
+    p.add_argument("--specific-train-samples", type=int, default=32, help="few-specific regime")
+    p.add_argument("--nproc", type=int, default=2)
+    p.add_argument("--launcher", default="deepspeed", choices=["deepspeed", "torchrun"])
+    p.add_argument("--extra", default="", help="more pretrain flags, space-separated")
+    return p.parse_args(argv)
+
+
+def method_flags(method: str, a, prepared: Dict) -> List[str]:
+    if method in ("uniform", "natural"):
+        return ["--mixing", method]
+    if method == "importance":
+        key = "clusters_histogram" if a.domains == "clusters" else "sources_histogram"
+        if key not in prepared:
+            raise SystemExit(f"{a.prepared} has no {key}: run prepare.py with importance histograms")
+        return ["--mixing", "importance", "--importance-histogram", prepared[key]]
+    ema = "0" if method == "dga" else str(a.dga_ema)
+    return ["--mixing", "dga", "--dga-ema", ema, "--dga-lr", str(a.dga_lr),
+            "--dga-update-interval", str(a.dga_update_interval)]
+
+
+def regime_flags(regime: str, a) -> List[str]:
+    if regime == "token-limited":
+        return ["--domain-max-tokens", str(a.domain_max_tokens)]
+    if regime == "few-specific":
+        return ["--specific-train-samples", str(a.specific_train_samples)]
+    return []
+
+
+def pretrain_args(a, prepared: Dict) -> List[str]:
+    manifest = prepared["clusters_manifest"] if a.domains == "clusters" else prepared["domains_manifest"]
+    return [
+        "--domains-manifest", manifest, *MODELS[a.model],
+        "--micro-batch-size", str(a.micro_batch_size), "--global-batch-size", str(a.global_batch_size),
+        "--train-iters", str(a.train_iters), "--lr", str(a.lr), "--min-lr", str(a.lr / 10),
+        "--lr-warmup-iters", str(max(1, a.train_iters // 20)), "--lr-decay-style", "cosine",
+        "--weight-decay", "0.1", "--seed", str(a.seed), "--split", "98,2,0",
+        "--specific-data-path", prepared["specific"], "--specific-valid-data-path", prepared["heldout"],
+        "--log-interval", "10", "--eval-interval", str(a.eval_interval), "--eval-iters", str(a.eval_iters),
+        "--metrics-file", os.path.join(a.out, "metrics.jsonl"), "--tensorboard-dir", os.path.join(a.out, "tb"),
+        *method_flags(a.method, a, prepared), *regime_flags(a.regime, a), *a.extra.split(),
+    ]
+
+
+def finished(out: str, train_iters: int) -> bool:
+    path = os.path.join(out, "run.json")
+    if not os.path.exists(path):
+        return False
+    with open(path) as f:
+        return json.load(f).get("train_iters") == train_iters
+
+
+def launcher_command(a, args: List[str]) -> List[str]:
+    if a.launcher == "deepspeed":
+        return [shutil.which("deepspeed") or os.path.join(os.path.dirname(sys.executable), "deepspeed"),
+                "--num_gpus", str(a.nproc), "--master_port", str(29500 + os.getpid() % 1000),
+                "--module", "megatron_dga.pretrain", *args]
+    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(a.nproc),
+            "--master_port", str(29500 + os.getpid() % 1000), "-m", "megatron_dga.pretrain", *args]
+
+
+def main(argv=None) -> int:
+    a = parse_args(argv)
+    with open(a.prepared) as f:
+        prepared = json.load(f)
+    if finished(a.out, a.train_iters):
+        print(f"{a.out}: already done", flush=True)
+        return 0
+    os.makedirs(a.out, exist_ok=True)
+    shutil.rmtree(os.path.join(a.out, "tb"), ignore_errors=True)  # a fresh run, not appended to
+    command = launcher_command(a, pretrain_args(a, prepared))
+    print("+", " ".join(command), flush=True)
+    start = time.time()
+    with open(os.path.join(a.out, "log.txt"), "w") as log:
+        result = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT)
+    if result.returncode != 0:
+        print(f"{a.out}: training failed ({result.returncode}); see {a.out}/log.txt", flush=True)
+        return result.returncode
+    info = {"method": a.method, "regime": a.regime, "domains": a.domains, "seed": a.seed,
+            "train_iters": a.train_iters, "wall_seconds": time.time() - start, "command": command}
+    with open(os.path.join(a.out, "run.json"), "w") as f:
+        json.dump(info, f, indent=2)
+    print(f"{a.out}: done in {info['wall_seconds']:.0f} s", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

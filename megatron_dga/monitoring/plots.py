@@ -1,0 +1,80 @@
+"""PNG figures of runs: mixture weights, alignment scores, losses."""
+
+from __future__ import annotations
+
+import os
+from typing import List, Optional, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no display
+import matplotlib.pyplot as plt  # noqa: E402
+
+from megatron_dga.monitoring.runs import Run  # noqa: E402
+
+
+def _steps_values(series):
+    return [s for s, _ in series], [v for _, v in series]
+
+
+def plot_weights(runs: Sequence[Run], path: str) -> Optional[str]:
+    """One stacked-area panel per run that logged `data-mixture/*`."""
+    runs = [r for r in runs if r.group("data-mixture")]
+    if not runs:
+        return None
+    fig, axes = plt.subplots(len(runs), 1, figsize=(10, 3.2 * len(runs)), squeeze=False)
+    for ax, run in zip(axes[:, 0], runs):
+        weights = run.group("data-mixture")
+        names = sorted(weights)
+        steps = _steps_values(weights[names[0]])[0]
+        ax.stackplot(steps, [_steps_values(weights[n])[1] for n in names], labels=names)
+        ax.set_ylim(0, 1)
+        ax.set_xlim(min(steps), max(steps))
+        ax.set_title(f"{run.name}: domain weights")
+        ax.set_ylabel("weight")
+        ax.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8)
+    axes[-1, 0].set_xlabel("iteration")
+    return _save(fig, path)
+
+
+def plot_alignment(runs: Sequence[Run], path: str) -> Optional[str]:
+    runs = [r for r in runs if r.group("alignment")]
+    if not runs:
+        return None
+    fig, axes = plt.subplots(len(runs), 1, figsize=(10, 3.2 * len(runs)), squeeze=False)
+    for ax, run in zip(axes[:, 0], runs):
+        for name, series in sorted(run.group("alignment").items()):
+            ax.plot(*_steps_values(series), label=name, marker=".")
+        ax.axhline(0.0, color="black", linewidth=0.5)
+        ax.set_title(f"{run.name}: alignment <grad L_i, grad L_spe>")
+        ax.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8)
+    axes[-1, 0].set_xlabel("iteration")
+    return _save(fig, path)
+
+
+def plot_losses(runs: Sequence[Run], path: str, validation_sets: List[str]) -> Optional[str]:
+    """Training loss, and each requested validation set, one panel each, runs overlaid."""
+    panels = [("lm loss", "training loss")] + [(f"lm loss validation/{s}", f"validation loss: {s}")
+                                               for s in validation_sets]
+    panels = [(tag, title) for tag, title in panels if any(r.series.get(tag) for r in runs)]
+    if not panels:
+        return None
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False)
+    for ax, (tag, title) in zip(axes[0], panels):
+        for run in runs:
+            if run.series.get(tag):
+                ax.plot(*_steps_values(run.series[tag]), label=run.name, marker="." if "validation" in tag else None)
+        ax.set_title(title)
+        ax.set_xlabel("iteration")
+        ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def _save(fig, path: str) -> str:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.tight_layout()
+    tmp = path + ".tmp.png"
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
