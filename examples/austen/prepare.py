@@ -149,24 +149,28 @@ def main(argv=None) -> Dict[str, str]:
         "heldout_novels": a.heldout_novels,
     }
     generic_inputs = [os.path.join(generic_dir, f"{d}.jsonl") for d in generic]
+    embeddings = ["--cache-dir", os.path.join(work, "embeddings")]  # one embedding pass for both uses
     if a.importance:
         centroids_dir = os.path.join(work, "source_centroids")
         if not os.path.exists(os.path.join(centroids_dir, "clusters.json")):
             tool("cluster_domains.py", "--input", *generic_inputs, "--output-dir", centroids_dir,
-                 "--centroids-per-input", "--embedder", a.embedder, "--max-docs", str(a.max_docs), "--no-progress")
+                 "--centroids-per-input", "--embedder", a.embedder, "--max-docs", str(a.max_docs), *embeddings,
+                 "--no-progress")
         histogram = os.path.join(centroids_dir, "assign_specific.json")
         if not os.path.exists(histogram):
-            tool("cluster_domains.py", "--assign", austen["specific"], "--output-dir", centroids_dir, "--no-progress")
+            tool("cluster_domains.py", "--assign", austen["specific"], "--output-dir", centroids_dir, *embeddings,
+                 "--no-progress")
         prepared["sources_histogram"] = histogram
     if a.clusters:
         clusters_dir = os.path.join(work, f"clusters{a.clusters}")
         if not os.path.exists(os.path.join(clusters_dir, "clusters.json")):
             tool("cluster_domains.py", "--input", *generic_inputs, "--output-dir", clusters_dir,
                  "--num-clusters", str(a.clusters), "--embedder", a.embedder, "--max-docs", str(a.max_docs),
-                 "--no-progress")
+                 *embeddings, "--no-progress")
         histogram = os.path.join(clusters_dir, "assign_specific.json")
         if not os.path.exists(histogram):
-            tool("cluster_domains.py", "--assign", austen["specific"], "--output-dir", clusters_dir, "--no-progress")
+            tool("cluster_domains.py", "--assign", austen["specific"], "--output-dir", clusters_dir, *embeddings,
+                 "--no-progress")
         cluster_data = os.path.join(work, f"clusters{a.clusters}_data")
         tool("build_domains.py", "--input-dir", clusters_dir, "--output-dir", cluster_data, *tok,
              "--workers", str(a.workers), "--no-progress")

@@ -56,7 +56,7 @@ def parse_args(argv=None):
     p.add_argument("--dga-update-interval", type=int, default=10)
     p.add_argument("--dga-lr", type=float, default=1.0)
     p.add_argument("--dga-ema", type=float, default=0.5, help="EMA of the dga-ema method")
-    p.add_argument("--domain-max-tokens", type=int, default=50_000, help="token-limited regime cap")
+    p.add_argument("--domain-max-tokens", type=int, default=20_000, help="token-limited regime cap")
     p.add_argument("--specific-train-samples", type=int, default=32, help="few-specific regime")
     p.add_argument("--nproc", type=int, default=2)
     p.add_argument("--launcher", default="deepspeed", choices=["deepspeed", "torchrun"])
@@ -118,6 +118,7 @@ def launcher_command(a, args: List[str]) -> List[str]:
 
 
 def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     a = parse_args(argv)
     with open(a.prepared) as f:
         prepared = json.load(f)
@@ -135,7 +136,8 @@ def main(argv=None) -> int:
         print(f"{a.out}: training failed ({result.returncode}); see {a.out}/log.txt", flush=True)
         return result.returncode
     info = {"method": a.method, "regime": a.regime, "domains": a.domains, "seed": a.seed,
-            "train_iters": a.train_iters, "wall_seconds": time.time() - start, "command": command}
+            "train_iters": a.train_iters, "wall_seconds": time.time() - start, "run_args": argv,
+            "command": command}
     with open(os.path.join(a.out, "run.json"), "w") as f:
         json.dump(info, f, indent=2)
     print(f"{a.out}: done in {info['wall_seconds']:.0f} s", flush=True)
