@@ -108,3 +108,12 @@ def test_every_rank_reads_its_share_of_the_global_batch(tmp_path):
         interleaved = [shares[m % 2][m // 2] for m in range(4)]
         for a, b in zip(whole, interleaved):
             assert np.array_equal(a.numpy(), b.numpy())
+
+
+def test_setting_the_same_weights_changes_nothing():
+    blend = DynamicBlend(3, [1, 1, 1], chunk_size=1000)
+    before = blend.lookup(0, 2000)
+    blend.set_weights(500, [1, 1, 1])
+    after = blend.lookup(0, 2000)
+    assert len(blend.history) == 1
+    np.testing.assert_array_equal(before[0], after[0])

@@ -122,3 +122,19 @@ def test_histogram_matching_and_smoothing():
 
     mixed = ImportanceMixing(names, np.array([0.75, 0.0, 0.25]), natural=np.array([1.0, 1.0, 2.0]), smoothing=0.2)
     np.testing.assert_allclose(mixed.weights(), 0.8 * np.array([0.75, 0.0, 0.25]) + 0.2 * np.array([0.25, 0.25, 0.5]))
+
+
+def test_dga_over_base_distributions(tmp_path, data):
+    """Distribution reweighting: DGA learns weights over N base distributions (here 2 over 3
+    domains), one probe per base; domains are sampled from the weighted mixture of bases."""
+    bases = tmp_path / "bases.json"
+    bases.write_text(json.dumps({"bases": [[0.0, 1.0, 0.0], [0.5, 0.0, 0.5]]}))
+    run_dir = str(tmp_path / "bases")
+    pretrain(args_for(data, run_dir, 30, ["--mixing", "dga", "--dga-base-distributions", str(bases),
+                                          "--dga-update-interval", "5", "--log-interval", "5", "--eval-interval", "100"]))
+    record = read_metrics(os.path.join(run_dir, "metrics.jsonl"))[-1]
+    assert set(record["alignment"]) == {"base_0", "base_1"}
+    w = record["dga_source_weights"]
+    assert w["base_0"] > w["base_1"]  # the base holding the specific set's domain wins
+    expected = {"dom0": 0.5 * w["base_1"], "dom1": w["base_0"], "dom2": 0.5 * w["base_1"]}
+    assert record["data_mixture"] == pytest.approx(expected)

@@ -1,6 +1,6 @@
 """The same run in every parallel layout: same losses, same parameters after the steps.
 
-Single rank, TP=2, PP=2, and DP=2 with ZeRO 0, 1 and 2 train 5 iterations on the same data
+Single rank, TP=2, PP=2 (ZeRO 0 and 1), and DP=2 with ZeRO 0, 1 and 2 train 5 iterations on the same data
 and seed in fp32; their per-iteration losses agree to 1e-4 (relative) and the merged
 parameters of their final checkpoints agree.
 """
@@ -17,6 +17,7 @@ LAYOUTS = {
     "single": (1, []),
     "tp2": (2, ["--tensor-model-parallel-size", "2"]),
     "pp2": (2, ["--pipeline-model-parallel-size", "2"]),
+    "pp2-zero1": (2, ["--pipeline-model-parallel-size", "2", "--zero-stage", "1"]),
     "dp2-zero0": (2, ["--zero-stage", "0"]),
     "dp2-zero1": (2, ["--zero-stage", "1"]),
     "dp2-zero2": (2, ["--zero-stage", "2"]),

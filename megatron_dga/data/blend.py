@@ -98,6 +98,8 @@ class DynamicBlend:
         last = self.history[-1][0]
         if position < last:
             raise ValueError(f"weights can only change at or after position {last}, not {position}")
+        if np.array_equal(w, self.history[-1][1]):
+            return  # not a change: a new chunk here would only restart the greedy pattern
         if position == last:
             self.history[-1] = (position, w)
         else:
