@@ -6,6 +6,8 @@ parameters of their final checkpoints agree.
 """
 
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -63,3 +65,35 @@ def test_parameters_agree_across_layouts(runs):
         assert sorted(params) == sorted(reference), name
         for key, value in reference.items():
             torch.testing.assert_close(params[key], value, rtol=1e-4, atol=1e-6, msg=lambda m: f"{name} {key}: {m}")
+
+
+def test_merge_tool_writes_one_full_state_dict(runs, tmp_path):
+    out = tmp_path / "model.pt"
+    result = subprocess.run([sys.executable, os.path.join(os.path.dirname(os.path.dirname(__file__)), "tools",
+                                                           "merge_checkpoint.py"),
+                             "--load", str(runs["tp2"] / "checkpoints"), "--output", str(out)],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    merged = torch.load(out, weights_only=False)
+    reference = load_merged_state_dict(latest_checkpoint_dir(str(runs["single"] / "checkpoints")))
+    assert merged["metadata"]["layout"]["tp"] == 2
+    for key, value in reference.items():
+        torch.testing.assert_close(merged["model"][key], value, rtol=1e-4, atol=1e-6)
+
+
+def test_llama_style_variant_agrees_across_layouts(tmp_path):
+    """Rotary positions, RMSNorm, SwiGLU, no linear biases, loss masked at EOD: same losses
+    with 1 rank, TP=2 and PP=2."""
+    manifest = make_domains(str(tmp_path / "data"))
+    losses = {}
+    for name, (nproc, layout_args) in {"single": LAYOUTS["single"], "tp2": LAYOUTS["tp2"], "pp2": LAYOUTS["pp2"]}.items():
+        metrics = str(tmp_path / f"{name}.jsonl")
+        pretrain(["--domains-manifest", manifest, *SMALL_MODEL, "--micro-batch-size", "2", "--global-batch-size", "4",
+                  "--train-iters", "3", "--hidden-dropout", "0", "--attention-dropout", "0", "--log-interval", "1",
+                  "--eval-interval", "100", "--split", "90,10,0", "--position-embedding-type", "rope",
+                  "--normalization", "RMSNorm", "--swiglu", "--disable-bias-linear", "--eod-mask-loss",
+                  "--metrics-file", metrics, *layout_args], nproc=nproc)
+        losses[name] = losses_by_iteration(metrics)
+    for name in ("tp2", "pp2"):
+        for iteration, loss in losses["single"].items():
+            assert abs(losses[name][iteration] - loss) <= 1e-4 * abs(loss), (name, iteration)

@@ -1,6 +1,6 @@
-"""The two small patches megatron-core needs to run on a machine without CUDA.
+"""The small patches megatron-core needs to run on a machine without CUDA.
 
-megatron-core is written for GPUs. Its tensor-parallel layers run on CPU except for two
+megatron-core is written for GPUs. Its tensor-parallel layers run on CPU except for three
 places, which this module patches, and only when CUDA is absent:
 
 1. `GlobalMemoryBuffer.get_tensor` allocates its scratch buffers on
@@ -9,6 +9,8 @@ places, which this module patches, and only when CUDA is absent:
    generator states, so that dropout inside tensor-parallel regions differs across TP ranks.
    `CpuRNGStatesTracker` keeps the same `add/fork/get_states/set_states/reset` interface over
    the CPU generator.
+3. `RotaryEmbedding.get_emb` (rotary positions) moves its inverse frequencies to
+   `torch.cuda.current_device()` on first use; on the CPU they stay where they are.
 
 Everything else (layers, collectives through gloo, cross entropy) is megatron-core as is.
 On a CUDA machine `apply_cpu_shims()` does nothing.
@@ -23,6 +25,7 @@ from typing import Dict
 
 import torch
 from megatron.core import utils as mcore_utils
+from megatron.core.models.common.embeddings.rotary_pos_embedding import RotaryEmbedding
 from megatron.core.tensor_parallel import random as mcore_random
 
 _APPLIED = False
@@ -35,6 +38,16 @@ def _cpu_get_tensor(self, tensor_shape, dtype, name, mem_alloc_context=None):
     if self.buffer.get(key) is None or self.buffer[key].numel() < required_len:
         self.buffer[key] = torch.empty(required_len, dtype=dtype, requires_grad=False)
     return self.buffer[key][0:required_len].view(*tensor_shape)
+
+
+def _cpu_rotary_get_emb(self, max_seq_len: int, offset: int = 0) -> torch.Tensor:
+    """`RotaryEmbedding.get_emb` without the move of `inv_freq` to CUDA: [s, 1, 1, dim]."""
+    freqs = self.get_freqs_non_repeated(max_seq_len, offset)
+    if not self.rotary_interleaved:
+        emb = torch.cat((freqs, freqs), dim=-1)
+    else:
+        emb = torch.stack((freqs.view(-1, 1), freqs.view(-1, 1)), dim=-1).view(freqs.shape[0], -1)
+    return emb[:, None, None, :]
 
 
 class CpuRNGStatesTracker(mcore_random.CudaRNGStatesTracker):
@@ -81,6 +94,7 @@ def apply_cpu_shims() -> bool:
         return False
     if not _APPLIED:
         mcore_utils.GlobalMemoryBuffer.get_tensor = _cpu_get_tensor
+        RotaryEmbedding.get_emb = _cpu_rotary_get_emb
         mcore_random._CUDA_RNG_STATE_TRACKER = CpuRNGStatesTracker()
         mcore_random._CUDA_RNG_STATE_TRACKER_INITIALIZED = True
         _APPLIED = True

@@ -67,6 +67,9 @@ def load_merged_state_dict(directory: str) -> Dict[str, torch.Tensor]:
             metadata = json.load(f)
     except FileNotFoundError:
         raise CheckpointError(f"not a megatron-dga checkpoint (no {metadata_path})") from None
+    missing = [key for key in ("layout", "sharding") if key not in metadata]
+    if missing:
+        raise CheckpointError(f"{metadata_path} has no {' and no '.join(missing)}: it cannot be merged")
     tp, pp = metadata["layout"]["tp"], metadata["layout"]["pp"]
     per_rank = _tp_state_dicts_pipeline(directory, tp) if pp > 1 else _tp_state_dicts_sequential(directory, tp)
     merged = {}

@@ -1,0 +1,51 @@
+#!/usr/bin/env python
+"""Merge a checkpoint's tensor- and pipeline-parallel shards into one state dict.
+
+    python tools/merge_checkpoint.py --load checkpoints/run --output model.pt [--iteration N]
+
+Writes {"model": state dict, "metadata": the checkpoint's metadata.json} with parameters named
+as on one rank (`tied_modules.embed.*`, `<layer index>.*`), full size: what a run with
+TP = PP = 1 holds, whatever layout saved it. The vocabulary stays padded (see
+"padded_vocab_size" in the metadata).
+"""
+
+import argparse
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import torch  # noqa: E402
+
+from megatron_dga.training.checkpointing import CheckpointError, checkpoint_name  # noqa: E402
+from megatron_dga.training.export import latest_checkpoint_dir, load_merged_state_dict  # noqa: E402
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--load", required=True, help="checkpoint folder given to --save")
+    p.add_argument("--iteration", type=int, help="which checkpoint (default: the latest)")
+    p.add_argument("--output", required=True, help="file to write (torch.save)")
+    a = p.parse_args(argv)
+    try:
+        directory = (os.path.join(a.load, checkpoint_name(a.iteration)) if a.iteration is not None
+                     else latest_checkpoint_dir(a.load))
+        if not os.path.isdir(directory):
+            raise CheckpointError(f"no checkpoint folder {directory}")
+        model = load_merged_state_dict(directory)
+    except (CheckpointError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    with open(os.path.join(directory, "metadata.json")) as f:
+        metadata = json.load(f)
+    tmp = a.output + ".tmp"
+    torch.save({"model": model, "metadata": metadata}, tmp)
+    os.replace(tmp, a.output)
+    print(f"{a.output}: {len(model)} tensors, {sum(t.numel() for t in model.values()):,} parameters "
+          f"from {directory} (layout TP={metadata['layout']['tp']} PP={metadata['layout']['pp']})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
