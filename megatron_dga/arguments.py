@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import typing
-from typing import List, Optional, Sequence
+from typing import Optional, Sequence
 
 from megatron_dga.config import PretrainConfig
 
@@ -100,29 +100,3 @@ def check_flags(config: PretrainConfig) -> None:
         raise ValueError("--specific-train-samples must be positive")
     if mix.dga_probe_microbatches <= 0:
         raise ValueError("--dga-probe-microbatches must be positive")
-
-
-def config_to_dict(config: PretrainConfig) -> dict:
-    return dataclasses.asdict(config)
-
-
-def config_to_argv(config: PretrainConfig) -> List[str]:
-    """The command line that reproduces a config (used to record runs)."""
-    argv: List[str] = []
-    for section in dataclasses.fields(config):
-        section_value = getattr(config, section.name)
-        hints = typing.get_type_hints(type(section_value))
-        for f in dataclasses.fields(section_value):
-            value = getattr(section_value, f.name)
-            if value is None or f.name == "local_rank":
-                continue
-            if hints[f.name] is bool:
-                default = f.default
-                if value != default:
-                    argv.append(_flag(f) if value else "--no-" + _flag(f)[2:])
-            elif isinstance(value, list):
-                if value:
-                    argv += [_flag(f), *map(str, value)]
-            else:
-                argv += [_flag(f), str(value)]
-    return argv

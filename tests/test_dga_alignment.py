@@ -8,7 +8,6 @@ linearity shortcut; the full all-reduce path gives them too.
 
 import json
 import os
-import sys
 
 import numpy as np
 import pytest

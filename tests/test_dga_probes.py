@@ -2,7 +2,6 @@
 schedule, RNG and the training data position. With --dga-lr 0 the weights never move, so a
 DGA run must train exactly like a uniform run, probes and all, in every engine path."""
 
-import os
 
 import numpy as np
 import pytest

@@ -5,7 +5,6 @@ and cosine decay; the data position and blend come from the checkpoint.
 """
 
 import os
-import subprocess
 import sys
 import textwrap
 

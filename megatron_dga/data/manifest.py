@@ -8,10 +8,11 @@ that a data folder can be moved or copied as a whole.
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import asdict, dataclass, field
 from typing import List, Optional
+
+from megatron_dga.files import read_json, write_json
 
 MANIFEST_VERSION = 1
 
@@ -57,22 +58,12 @@ class DomainsManifest:
 
     def save(self, path: str) -> None:
         """Write atomically: a reader never sees a half-written manifest."""
-        tmp = f"{path}.tmp.{os.getpid()}"
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(self.to_json(), f, indent=2)
-            f.write("\n")
-        os.replace(tmp, path)
+        write_json(path, self.to_json())
         self.path = path
 
     @classmethod
     def load(cls, path: str) -> "DomainsManifest":
-        try:
-            with open(path, encoding="utf-8") as f:
-                raw = json.load(f)
-        except FileNotFoundError:
-            raise FileNotFoundError(f"domains manifest not found: {path}") from None
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}: not valid JSON (line {e.lineno}): {e.msg}") from None
+        raw = read_json(path, "domains manifest")
         try:
             if raw.get("version") != MANIFEST_VERSION:
                 raise ValueError(f"unsupported manifest version {raw.get('version')!r}")

@@ -105,9 +105,6 @@ class DGAMixing(MixingAlgorithm):
     def domain_weights_of(self, source_weights: np.ndarray) -> np.ndarray:
         return normalise(source_weights @ self.bases)
 
-    def source_weights(self) -> np.ndarray:
-        return self.sampling.copy()
-
     # ---- updates -------------------------------------------------------------------------
     def wants_update(self, iteration: int) -> bool:
         h = self.hyper

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from typing import List, Optional
 
 import numpy as np
 
 from megatron_dga.config import MixingConfig
+from megatron_dga.files import read_json
 from megatron_dga.mixing.base import MixingAlgorithm, normalise, parse_weight_spec
 from megatron_dga.mixing.dga import DGAHyperparameters, DGAMixing
 from megatron_dga.mixing.importance import ImportanceMixing, read_histogram
@@ -16,17 +16,18 @@ from megatron_dga.mixing.static import NaturalMixing, StaticMixing, UniformMixin
 
 def load_base_distributions(path: str, num_domains: int) -> np.ndarray:
     """An N x k matrix from .npy or JSON (a list of rows, or {"bases": rows})."""
+    flag = "--dga-base-distributions"
+    if not path.endswith(".npy"):
+        raw = read_json(path, flag)
     try:
         if path.endswith(".npy"):
             matrix = np.load(path)
         else:
-            with open(path, encoding="utf-8") as f:
-                raw = json.load(f)
             matrix = np.asarray(raw["bases"] if isinstance(raw, dict) else raw, dtype=np.float64)
     except FileNotFoundError:
-        raise ValueError(f"--dga-base-distributions: file not found: {path}") from None
+        raise ValueError(f"{flag}: file not found: {path}") from None
     except (ValueError, KeyError, TypeError) as e:
-        raise ValueError(f"--dga-base-distributions {path}: cannot read an N x k matrix ({e})") from None
+        raise ValueError(f"{flag} {path}: cannot read an N x k matrix ({e})") from None
     if matrix.ndim != 2 or matrix.shape[1] != num_domains:
         raise ValueError(f"--dga-base-distributions {path}: expected N x {num_domains}, got shape {matrix.shape}")
     if not np.all(np.isfinite(matrix)) or np.any(matrix < 0) or np.any(matrix.sum(axis=1) <= 0):

@@ -16,6 +16,7 @@ from typing import Dict, List, Sequence
 
 import numpy as np
 
+from megatron_dga.files import read_json
 from megatron_dga.mixing.base import MixingAlgorithm, normalise
 
 
@@ -42,14 +43,7 @@ def histogram_weights(histogram: Dict, domain_names: List[str], source: str) -> 
 
 
 def read_histogram(path: str, domain_names: List[str]) -> np.ndarray:
-    try:
-        with open(path, encoding="utf-8") as f:
-            histogram = json.load(f)
-    except FileNotFoundError:
-        raise ValueError(f"--importance-histogram: file not found: {path}") from None
-    except json.JSONDecodeError as e:
-        raise ValueError(f"--importance-histogram {path}: invalid JSON at line {e.lineno}: {e.msg}") from None
-    return histogram_weights(histogram, domain_names, path)
+    return histogram_weights(read_json(path, "--importance-histogram"), domain_names, path)
 
 
 class ImportanceMixing(MixingAlgorithm):

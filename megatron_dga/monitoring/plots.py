@@ -10,6 +10,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 
+from megatron_dga.files import atomic_open  # noqa: E402
 from megatron_dga.monitoring.runs import Run  # noqa: E402
 
 
@@ -73,8 +74,7 @@ def plot_losses(runs: Sequence[Run], path: str, validation_sets: List[str]) -> O
 def _save(fig, path: str) -> str:
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     fig.tight_layout()
-    tmp = path + ".tmp.png"
-    fig.savefig(tmp, dpi=110)
+    with atomic_open(path, "wb") as f:
+        fig.savefig(f, format="png", dpi=110)
     plt.close(fig)
-    os.replace(tmp, path)
     return path

@@ -14,7 +14,7 @@ itself.
 
 from __future__ import annotations
 
-from typing import Iterable, List, Sequence
+from typing import Iterable, Sequence
 
 import torch
 import torch.distributed as dist
@@ -27,10 +27,6 @@ def counts_once(param: torch.nn.Parameter) -> bool:
     if getattr(param, "ds_pipe_replicated", False):
         return False
     return param_is_not_tensor_parallel_duplicate(param)
-
-
-def owned_parameters(model: torch.nn.Module) -> List[torch.nn.Parameter]:
-    return [p for p in model.parameters() if p.requires_grad and counts_once(p)]
 
 
 def model_parallel_sum(local: torch.Tensor) -> torch.Tensor:

@@ -25,6 +25,7 @@ import torch
 import torch.distributed as dist
 from megatron.core.tensor_parallel import random as mcore_random
 
+from megatron_dga.files import atomic_open, write_json, write_text
 from megatron_dga.parallel.initialize import ParallelContext
 from megatron_dga.parallel.layout import Layout
 
@@ -38,15 +39,6 @@ class CheckpointError(RuntimeError):
 
 def checkpoint_name(iteration: int) -> str:
     return f"iter_{iteration:07d}"
-
-
-def _write_atomic(path: str, text: str) -> None:
-    tmp = f"{path}.tmp.{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def rng_state() -> Dict[str, Any]:
@@ -105,11 +97,11 @@ class Checkpointer:
         rng_dir = os.path.join(staging, "rng")
         os.makedirs(rng_dir, exist_ok=True)
         rng_file = os.path.join(rng_dir, f"rank_{self.ctx.rank:05d}.pt")
-        torch.save(rng_state(), rng_file + ".tmp")
-        os.replace(rng_file + ".tmp", rng_file)
+        with atomic_open(rng_file, "wb") as f:
+            torch.save(rng_state(), f)
         dist.barrier()
         if self.ctx.rank == 0:
-            _write_atomic(os.path.join(staging, "metadata.json"), json.dumps(metadata, indent=2) + "\n")
+            write_json(os.path.join(staging, "metadata.json"), metadata)
             if os.path.exists(final):  # saving an iteration again: replace it only when complete
                 old = final + ".old"
                 shutil.rmtree(old, ignore_errors=True)
@@ -118,7 +110,7 @@ class Checkpointer:
                 shutil.rmtree(old, ignore_errors=True)
             else:
                 os.replace(staging, final)
-            _write_atomic(os.path.join(directory, TRACKER), f"{iteration}\n")
+            write_text(os.path.join(directory, TRACKER), f"{iteration}\n")
         dist.barrier()
         return final
 

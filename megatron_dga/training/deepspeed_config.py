@@ -8,10 +8,10 @@ JSON replaces the built-in AdamW or learning-rate schedule.
 
 from __future__ import annotations
 
-import json
 from typing import Any, Dict, Optional
 
 from megatron_dga.config import PretrainConfig
+from megatron_dga.files import read_json
 from megatron_dga.parallel.layout import Layout
 
 # DeepSpeed prints its own progress every `steps_per_print` steps; the trainer logs instead.
@@ -24,13 +24,7 @@ NO_CLIP = 1e30
 def load_user_config(path: Optional[str]) -> Dict[str, Any]:
     if not path:
         return {}
-    try:
-        with open(path, encoding="utf-8") as f:
-            user = json.load(f)
-    except FileNotFoundError:
-        raise ValueError(f"--deepspeed_config: file not found: {path}") from None
-    except json.JSONDecodeError as e:
-        raise ValueError(f"--deepspeed_config {path}: invalid JSON at line {e.lineno}: {e.msg}") from None
+    user = read_json(path, "--deepspeed_config")
     if not isinstance(user, dict):
         raise ValueError(f"--deepspeed_config {path}: expected a JSON object")
     return user

@@ -14,6 +14,8 @@ import os
 import sys
 from typing import Dict, Optional
 
+from megatron_dga.files import write_text
+
 
 def _truncate_after(path: str, iteration: int) -> None:
     """On resume, drop records from iterations after the checkpoint: they are about to be
@@ -29,10 +31,7 @@ def _truncate_after(path: str, iteration: int) -> None:
                 continue  # a line cut short by a crash
             if record.get("iteration", 0) <= iteration:
                 kept.append(line if line.endswith("\n") else line + "\n")
-    tmp = f"{path}.tmp.{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.writelines(kept)
-    os.replace(tmp, path)
+    write_text(path, "".join(kept))
 
 
 class MetricsLogger:

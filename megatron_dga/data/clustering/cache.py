@@ -16,7 +16,7 @@ from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
 
-from megatron_dga.data.clustering.atomic import write_npy, write_npz
+from megatron_dga.files import write_npy, write_npz
 
 
 def cache_key(identity: Dict, texts: Sequence[str]) -> str:

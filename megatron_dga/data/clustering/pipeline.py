@@ -18,7 +18,7 @@ from typing import List, Optional, Sequence
 import numpy as np
 
 from megatron_dga.data.clustering import describe
-from megatron_dga.data.clustering.atomic import write_json, write_npy, write_npz
+from megatron_dga.files import write_json, write_npy, write_npz
 from megatron_dga.data.clustering.cache import EmbeddingCache, cache_key
 from megatron_dga.data.clustering.corpus import Document, load_documents
 from megatron_dga.data.clustering.embedders import Embedder, embedder_from_identity, make_embedder

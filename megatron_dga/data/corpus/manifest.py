@@ -12,6 +12,8 @@ import json
 import os
 from typing import Any, Dict
 
+from megatron_dga.files import write_json
+
 MANIFEST_NAME = "manifest.json"
 MANIFEST_VERSION = 1
 
@@ -40,12 +42,7 @@ def load_manifest(output_dir: str) -> Dict[str, Any]:
 def save_manifest(output_dir: str, manifest: Dict[str, Any]) -> None:
     """Write atomically, domains sorted by name so that rebuilds diff cleanly."""
     manifest = dict(manifest, domains=dict(sorted(manifest["domains"].items())))
-    path = manifest_path(output_dir)
-    tmp = f"{path}.tmp.{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(manifest, f, indent=2, ensure_ascii=False)
-        f.write("\n")
-    os.replace(tmp, path)
+    write_json(manifest_path(output_dir), manifest)
 
 
 def record_domain(output_dir: str, name: str, entry: Dict[str, Any]) -> None:

@@ -1,4 +1,9 @@
-"""Atomic file writes: a reader sees the old file or the complete new one, never half of one."""
+"""File helpers shared by the tools and the trainer.
+
+Writes are atomic: a reader sees the old file or the complete new one, never half of one,
+and a failed write leaves nothing behind. JSON inputs are read with errors that name the file
+(and the flag it came from).
+"""
 
 from __future__ import annotations
 
@@ -22,6 +27,22 @@ def atomic_open(path: str, mode: str = "w") -> Iterator[IO]:
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def write_text(path: str, text: str) -> None:
+    with atomic_open(path) as f:
+        f.write(text)
+
+
+def read_json(path: str, what: str):
+    """The JSON value in `path`; `what` (a flag, or a description) prefixes every error."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise ValueError(f"{what}: file not found: {path}") from None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{what} {path}: invalid JSON at line {e.lineno}: {e.msg}") from None
 
 
 def write_json(path: str, obj) -> None:
