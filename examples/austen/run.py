@@ -71,6 +71,9 @@ def method_flags(method: str, a, prepared: Dict) -> List[str]:
         key = "clusters_histogram" if a.domains == "clusters" else "sources_histogram"
         if key not in prepared:
             raise SystemExit(f"{a.prepared} has no {key}: run prepare.py with importance histograms")
+        if a.regime == "few-specific":
+            # Only the few training sequences may inform the weights: assign them at start-up.
+            return ["--mixing", "importance", "--importance-clusters", os.path.dirname(prepared[key])]
         return ["--mixing", "importance", "--importance-histogram", prepared[key]]
     ema = "0" if method == "dga" else str(a.dga_ema)
     return ["--mixing", "dga", "--dga-ema", ema, "--dga-lr", str(a.dga_lr),

@@ -110,6 +110,10 @@ class FewExamples:
         self.samples_per_epoch = n
         self._order = {}
 
+    def examples(self):
+        """The n sequences, in their first pass's order."""
+        return [self.sample(i) for i in range(self.n)]
+
     def sample(self, draw: int) -> np.ndarray:
         epoch, within = divmod(int(draw), self.n)
         if epoch not in self._order:

@@ -19,7 +19,7 @@ from megatron_dga.config import PretrainConfig
 from megatron_dga.data.batches import TrainBatches
 from megatron_dga.data.blend import DynamicBlend
 from megatron_dga.data.domains import Domain, open_domains, open_specific_sets
-from megatron_dga.data.sequences import SequenceStream
+from megatron_dga.data.sequences import FewExamples, SequenceStream
 from megatron_dga.mixing.alignment import AlignmentMeter
 from megatron_dga.mixing.dga import DGAMixing
 from megatron_dga.mixing.factory import build_mixing
@@ -90,14 +90,18 @@ class Trainer:
         self._interval_times: List[float] = []
 
     def _startup_importance_histogram(self) -> np.ndarray:
-        """Rank 0 assigns the specific set's documents (turned back into text) to the clusters
-        of --importance-clusters; every rank receives the weights."""
+        """Rank 0 assigns what training knows of the specific set (its documents, or only the
+        --specific-train-samples sequences), turned back into text, to the clusters of
+        --importance-clusters; every rank receives the weights."""
         result = [None]
         if self.ctx.rank == 0:
             tokenizer = self.tokenizer.build()
-            dataset = self.specific_train.dataset if isinstance(self.specific_train, SequenceStream) \
-                else self.specific_train.stream.dataset
-            texts = [tokenizer.detokenize(dataset.get(i).tolist()) for i in range(len(dataset))]
+            if isinstance(self.specific_train, FewExamples):
+                token_lists = [seq.tolist() for seq in self.specific_train.examples()]
+            else:
+                dataset = self.specific_train.dataset
+                token_lists = [dataset.get(i).tolist() for i in range(len(dataset))]
+            texts = [tokenizer.detokenize(tokens) for tokens in token_lists]
             result[0] = assign_to_clusters(self.config.mixing.importance_clusters, texts, self.domain_names)
         dist.broadcast_object_list(result, src=0)
         return result[0]
