@@ -1,6 +1,7 @@
-"""Probes leave training untouched: optimizer state (and ZeRO partitions), learning-rate
-schedule, RNG and the training data position. With --dga-lr 0 the weights never move, so a
-DGA run must train exactly like a uniform run, probes and all, in every engine path."""
+"""Probes leave training untouched: optimizer state (and ZeRO partitions, bf16 master
+gradients), learning-rate schedule, RNG and the training data position. With --dga-lr 0 the
+weights never move, so a DGA run must train exactly like a uniform run, probes and all, in
+every engine path (bf16 runs on the CPU too, through DeepSpeed's bf16 optimizer)."""
 
 
 import numpy as np
@@ -22,7 +23,9 @@ def data(tmp_path_factory):
     (2, ["--pipeline-model-parallel-size", "2", "--zero-stage", "1"]),
     (2, ["--zero-stage", "2"]),
     (2, ["--tensor-model-parallel-size", "2"]),
-], ids=["single", "pp2-zero1", "dp2-zero2", "tp2"])
+    (1, ["--bf16"]),
+    (2, ["--pipeline-model-parallel-size", "2", "--zero-stage", "1", "--bf16"]),
+], ids=["single", "pp2-zero1", "dp2-zero2", "tp2", "single-bf16", "pp2-zero1-bf16"])
 def test_probes_do_not_change_training(tmp_path, data, nproc, layout):
     manifest, specific = data
     losses = {}
