@@ -30,6 +30,9 @@ import sys
 from typing import Dict, List
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, REPO)
+
+from megatron_dga.files import write_json  # noqa: E402
 GENERIC = ["scripture_kjv", "drama_shakespeare", "poetry_milton", "quotes_en", "wordnet_glosses",
            "docs_python", "code_python"]
 SPECIFIC_NOVELS = ["PRIDE AND PREJUDICE", "SENSE AND SENSIBILITY"]
@@ -105,6 +108,7 @@ def split_austen(austen_jsonl: str, out_dir: str, specific: List[str], heldout: 
 
 
 def main(argv=None) -> Dict[str, str]:
+    argv = list(sys.argv[1:] if argv is None else argv)
     a = parse_args(argv)
     work = os.path.abspath(a.work_dir)
     os.makedirs(work, exist_ok=True)
@@ -147,6 +151,7 @@ def main(argv=None) -> Dict[str, str]:
         "tokenizer": tokenizer,
         "specific_novels": a.specific_novels,
         "heldout_novels": a.heldout_novels,
+        "prepare_args": argv,  # so the report can print the exact command
     }
     generic_inputs = [os.path.join(generic_dir, f"{d}.jsonl") for d in generic]
     embeddings = ["--cache-dir", os.path.join(work, "embeddings")]  # one embedding pass for both uses
@@ -176,8 +181,7 @@ def main(argv=None) -> Dict[str, str]:
              "--workers", str(a.workers), "--no-progress")
         prepared["clusters_manifest"] = os.path.join(cluster_data, "domains.json")
         prepared["clusters_histogram"] = histogram
-    with open(os.path.join(work, "prepared.json"), "w", encoding="utf-8") as f:
-        json.dump(prepared, f, indent=2)
+    write_json(os.path.join(work, "prepared.json"), prepared)
     print(f"prepared: {os.path.join(work, 'prepared.json')}", flush=True)
     return prepared
 

@@ -61,8 +61,8 @@ def max_epochs(run: Run) -> str:
 
 
 def table(runs: List[dict]) -> List[str]:
-    lines = ["| method | held-out loss, final | held-out loss, best | final weights (seed 1) | "
-             "most epochs of a domain (seed 1) | wall time |", "|---|---:|---:|---|---|---:|"]
+    lines = ["| method | held-out loss, final | final, per seed | held-out loss, best | final weights (seed 1) | "
+             "most epochs of a domain (seed 1) | wall time |", "|---|---:|---:|---:|---|---|---:|"]
     by_method = defaultdict(list)
     for info in runs:
         by_method[info["method"]].append(info)
@@ -71,8 +71,27 @@ def table(runs: List[dict]) -> List[str]:
         final = [i["run"].last(HELDOUT) for i in infos]
         best = [min(v for _, v in i["run"].series[HELDOUT]) for i in infos]
         wall = statistics.mean(i["wall_seconds"] for i in infos)
-        lines.append(f"| {method} | {mean_sd(final)} | {mean_sd(best)} | {top_weights(infos[0]['run'])} | "
+        per_seed = " / ".join(f"{v:.3f}" for v in final)
+        lines.append(f"| {method} | {mean_sd(final)} | {per_seed} | {mean_sd(best)} | {top_weights(infos[0]['run'])} | "
                      f"{max_epochs(infos[0]['run'])} | {wall:.0f} s |")
+    return lines
+
+
+def commands(work: str, ordered) -> List[str]:
+    """The exact commands, with the work directory written as $WORK."""
+    work = os.path.abspath(work)
+
+    def shown(args: List[str]) -> str:
+        return " ".join(args).replace(work, "$WORK")
+
+    with open(os.path.join(work, "prepared.json")) as f:
+        prepare_args = json.load(f).get("prepare_args")
+    prepare = f"`python examples/austen/prepare.py {shown(prepare_args)}`" if prepare_args is not None \
+        else "`python examples/austen/prepare.py` as in `examples/austen/run_all.sh`"
+    lines = ["## Commands", "", f"`WORK={work}`. Data: {prepare}. Each run:", ""]
+    for _, runs in ordered:
+        for info in sorted(runs, key=lambda i: (METHOD_ORDER.index(i["method"]), i["seed"])):
+            lines.append(f"- `python examples/austen/run.py {shown(info.get('run_args', []))}`")
     return lines
 
 
@@ -108,10 +127,7 @@ def main(argv=None) -> int:
                                os.path.join(plots_dir, f"{name}-weights.png"))
         for path in filter(None, (losses, weights)):
             out += [f"![{os.path.basename(path)}]({os.path.relpath(path, os.path.dirname(os.path.abspath(a.output)))})", ""]
-    out += ["## Commands", "", "Data: `python examples/austen/prepare.py` as in `examples/austen/run_all.sh`. Each run:", ""]
-    for (domains, regime), runs in ordered:
-        for info in sorted(runs, key=lambda i: (METHOD_ORDER.index(i["method"]), i["seed"])):
-            out.append(f"- `python examples/austen/run.py {' '.join(info.get('run_args', []))}`")
+    out += commands(a.work_dir, ordered)
     os.makedirs(os.path.dirname(os.path.abspath(a.output)), exist_ok=True)
     with open(a.output, "w") as f:
         f.write("\n".join(out) + "\n")

@@ -1,0 +1,59 @@
+"""examples/austen/report.py on runs written here: tables, per-seed numbers, commands, plots."""
+
+import json
+import os
+import subprocess
+import sys
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def write_run(work, method, seed, final_loss, weights, epochs):
+    folder = work / "runs" / "sources" / "token-limited" / method / f"seed{seed}"
+    folder.mkdir(parents=True)
+    with open(folder / "metrics.jsonl", "w") as f:
+        for it in (10, 20):
+            f.write(json.dumps({"type": "train", "iteration": it, "lm_loss": 6.0 - it / 100,
+                                "data_mixture": weights, "domain_epochs": epochs}) + "\n")
+            loss = final_loss + (20 - it) / 10  # falls to final_loss at the last evaluation
+            f.write(json.dumps({"type": "validation", "iteration": it, "lm_loss_validation": loss,
+                                "per_set": {"specific": loss}}) + "\n")
+    run_args = ["--prepared", f"{work}/prepared.json", "--method", method, "--seed", str(seed),
+                "--out", str(folder)]
+    (folder / "run.json").write_text(json.dumps({
+        "method": method, "regime": "token-limited", "domains": "sources", "seed": seed, "train_iters": 20,
+        "wall_seconds": 100.0 * seed, "run_args": run_args}))
+
+
+def test_report_tables_commands_and_plots(tmp_path):
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "prepared.json").write_text(json.dumps({"prepare_args": ["--work-dir", str(work), "--importance"]}))
+    for seed, loss in ((1, 6.25), (2, 6.35)):
+        write_run(work, "uniform", seed, loss, {"a": 0.5, "b": 0.5}, {"a": 1.0, "b": 2.0})
+        write_run(work, "dga-ema", seed, loss - 0.1, {"a": 0.8, "b": 0.2}, {"a": 7.5, "b": 0.5})
+    notes = tmp_path / "notes.md"
+    notes.write_text("DGA helps here.\n")
+    output = tmp_path / "docs" / "results.md"
+    result = subprocess.run([sys.executable, os.path.join(REPO, "examples", "austen", "report.py"),
+                             "--work-dir", str(work), "--output", str(output), "--notes", str(notes)],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    text = output.read_text()
+    assert "DGA helps here." in text
+    rows = {line.split("|")[1].strip(): line for line in text.splitlines() if line.startswith("| ")}
+    assert "6.300 ± 0.071" in rows["uniform"] and "6.250 / 6.350" in rows["uniform"]
+    assert "6.200 ± 0.071" in rows["dga-ema"] and "a 0.80, b 0.20" in rows["dga-ema"]
+    assert "7.5 (a)" in rows["dga-ema"] and "150 s" in rows["dga-ema"]
+    assert f"`WORK={work}`" in text and "prepare.py --work-dir $WORK --importance" in text
+    assert "--method dga-ema --seed 2 --out $WORK/runs/sources/token-limited/dga-ema/seed2" in text
+    for name in ("sources-token-limited-losses.png", "sources-token-limited-weights.png"):
+        assert (tmp_path / "docs" / "results" / name).read_bytes()[:4] == b"\x89PNG"
+        assert f"(results/{name})" in text
+
+
+def test_report_refuses_an_empty_work_dir(tmp_path):
+    result = subprocess.run([sys.executable, os.path.join(REPO, "examples", "austen", "report.py"),
+                             "--work-dir", str(tmp_path), "--output", str(tmp_path / "r.md")],
+                            capture_output=True, text=True)
+    assert result.returncode == 2 and "no finished runs" in result.stderr
