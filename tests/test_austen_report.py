@@ -47,7 +47,8 @@ def test_report_tables_commands_and_plots(tmp_path):
     assert "7.5 (a)" in rows["dga-ema"] and "150 s" in rows["dga-ema"]
     assert f"`WORK={work}`" in text and "prepare.py --work-dir $WORK --importance" in text
     assert "--method dga-ema --seed 2 --out $WORK/runs/sources/token-limited/dga-ema/seed2" in text
-    for name in ("sources-token-limited-losses.png", "sources-token-limited-weights.png"):
+    for name in ("sources-token-limited-losses.png", "sources-token-limited-weights.png",
+                 "sources-token-limited-seed2-losses.png", "sources-token-limited-seed2-weights.png"):
         assert (tmp_path / "docs" / "results" / name).read_bytes()[:4] == b"\x89PNG"
         assert f"(results/{name})" in text
 

@@ -5,7 +5,7 @@
 For every group of runs (domains x regime) and method: the held-out Austen loss (the novel
 never trained on; `lm loss validation/specific`) at the end and at its best, averaged over
 seeds; the final weights; how many epochs the most sampled domain went through; wall time.
-Plots go next to the report (`<output stem>/`). --notes inserts hand-written findings.
+Plots of every seed go next to the report (`<output stem>/`). --notes inserts hand-written findings.
 """
 
 from __future__ import annotations
@@ -119,14 +119,17 @@ def main(argv=None) -> int:
         out += [f"## {regime} regime, {domains} as domains", "",
                 f"Seeds: {', '.join(map(str, seeds))}; {runs[0]['train_iters']} iterations.", ""]
         out += table(runs) + [""]
-        first = [i for i in runs if i["seed"] == seeds[0]]
-        first.sort(key=lambda i: METHOD_ORDER.index(i["method"]))
-        name = f"{domains}-{regime}"
-        losses = plot_losses([i["run"] for i in first], os.path.join(plots_dir, f"{name}-losses.png"), ["specific"])
-        weights = plot_weights([i["run"] for i in first if i["method"] in ("importance", "dga", "dga-ema")],
-                               os.path.join(plots_dir, f"{name}-weights.png"))
-        for path in filter(None, (losses, weights)):
-            out += [f"![{os.path.basename(path)}]({os.path.relpath(path, os.path.dirname(os.path.abspath(a.output)))})", ""]
+        for seed in seeds:
+            out += [f"Seed {seed}:", ""] if len(seeds) > 1 else []
+            same_seed = sorted((i for i in runs if i["seed"] == seed), key=lambda i: METHOD_ORDER.index(i["method"]))
+            name = f"{domains}-{regime}" + (f"-seed{seed}" if seed != seeds[0] else "")
+            losses = plot_losses([i["run"] for i in same_seed], os.path.join(plots_dir, f"{name}-losses.png"),
+                                 ["specific"])
+            weights = plot_weights([i["run"] for i in same_seed if i["method"] in ("importance", "dga", "dga-ema")],
+                                   os.path.join(plots_dir, f"{name}-weights.png"))
+            for path in filter(None, (losses, weights)):
+                relative = os.path.relpath(path, os.path.dirname(os.path.abspath(a.output)))
+                out += [f"![{os.path.basename(path)}]({relative})", ""]
     out += commands(a.work_dir, ordered)
     os.makedirs(os.path.dirname(os.path.abspath(a.output)), exist_ok=True)
     with open(a.output, "w") as f:

@@ -6,7 +6,8 @@
 #   examples/austen/run_all.sh --quick         # smoke run: tiny model, 20 iterations, 1 seed
 #
 # Environment: WORK (default runs/austen or runs/austen-quick), CORPUS_DIR (an existing
-# corpus of <domain>.jsonl; default: built from packages), SEEDS (default "1 2"),
+# corpus of <domain>.jsonl; default: built from packages, in the full mode by
+# tools/build_corpus.py with its default cap of 4 M characters per domain), SEEDS (default "1 2"),
 # REPORT (default docs/results.md; the quick mode writes into WORK).
 # Finished runs are skipped, so an interrupted suite resumes where it stopped.
 set -euo pipefail
@@ -26,7 +27,12 @@ else
     SEEDS=${SEEDS:-"1 2"}
     REPORT=${REPORT:-docs/results.md}
     RUN_ARGS=(--model small --train-iters 200 --eval-interval 25)
-    PREPARE_ARGS=(--vocab-size 8192 --max-chars-per-domain 1000000 --embedder minilm --max-docs 1500 --clusters 16)
+    PREPARE_ARGS=(--vocab-size 8192 --embedder minilm --max-docs 1500 --clusters 16)
+fi
+if (( ! QUICK )) && [[ -z "${CORPUS_DIR:-}" ]]; then
+    CORPUS_DIR=$WORK/corpus
+    python tools/build_corpus.py --output-dir "$CORPUS_DIR" \
+        --domains scripture_kjv,drama_shakespeare,poetry_milton,quotes_en,wordnet_glosses,docs_python,code_python,novels_austen
 fi
 [[ -n "${CORPUS_DIR:-}" ]] && PREPARE_ARGS+=(--corpus-dir "$CORPUS_DIR")
 
