@@ -17,12 +17,17 @@ import numpy as np
 
 @contextmanager
 def atomic_open(path: str, mode: str = "w") -> Iterator[IO]:
-    """Write to `path.tmp.<pid>` and move it over `path` only if the block succeeds."""
+    """Write to `path.tmp.<pid>` and move it over `path` only if the block succeeds.
+
+    The data reaches the disk before the rename, so after a crash the name holds the old
+    file or the complete new one (checkpoint trackers rely on it)."""
     tmp = f"{path}.tmp.{os.getpid()}"
     encoding = None if "b" in mode else "utf-8"
     try:
         with open(tmp, mode, encoding=encoding) as f:
             yield f
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

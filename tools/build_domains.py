@@ -20,6 +20,7 @@ import os
 import sys
 from typing import Dict, List, Optional, Sequence
 
+from megatron_dga.files import write_json
 from megatron_dga.data.manifest import DomainEntry, DomainsManifest
 from megatron_dga.data.preprocess import dataset_prefix, preprocess
 from megatron_dga.data.tokenizers import TOKENIZER_TYPES, Tokenizer, build_tokenizer, sha256_of_file
@@ -97,11 +98,7 @@ def describe(counts: dict) -> str:
 
 
 def write_stamp(stamp_path: str, prefix: str, source: dict, counts: dict) -> None:
-    tmp = f"{stamp_path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump({"source": source, "counts": counts, "file_sizes": _file_sizes(prefix)}, f, indent=2)
-        f.write("\n")
-    os.replace(tmp, stamp_path)
+    write_json(stamp_path, {"source": source, "counts": counts, "file_sizes": _file_sizes(prefix)})
 
 
 def build_domains(

@@ -18,6 +18,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
 
+from megatron_dga.files import atomic_open  # noqa: E402
 from megatron_dga.training.checkpointing import CheckpointError, checkpoint_name  # noqa: E402
 from megatron_dga.training.export import latest_checkpoint_dir, load_merged_state_dict  # noqa: E402
 
@@ -39,9 +40,8 @@ def main(argv=None) -> int:
         return 2
     with open(os.path.join(directory, "metadata.json")) as f:
         metadata = json.load(f)
-    tmp = a.output + ".tmp"
-    torch.save({"model": model, "metadata": metadata}, tmp)
-    os.replace(tmp, a.output)
+    with atomic_open(a.output, "wb") as f:
+        torch.save({"model": model, "metadata": metadata}, f)
     print(f"{a.output}: {len(model)} tensors, {sum(t.numel() for t in model.values()):,} parameters "
           f"from {directory} (layout TP={metadata['layout']['tp']} PP={metadata['layout']['pp']})")
     return 0

@@ -32,7 +32,7 @@ from typing import Dict, List
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, REPO)
 
-from megatron_dga.files import write_json  # noqa: E402
+from megatron_dga.files import write_json, write_text  # noqa: E402
 GENERIC = ["scripture_kjv", "drama_shakespeare", "poetry_milton", "quotes_en", "wordnet_glosses",
            "docs_python", "code_python"]
 SPECIFIC_NOVELS = ["PRIDE AND PREJUDICE", "SENSE AND SENSIBILITY"]
@@ -100,10 +100,7 @@ def split_austen(austen_jsonl: str, out_dir: str, specific: List[str], heldout: 
         absent = sorted(set(novels) - found)
         if absent:
             raise SystemExit(f"{austen_jsonl}: no chapters of {absent}; novels found: {sorted(found)}")
-        tmp = paths[name] + ".tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.writelines(groups[name])
-        os.replace(tmp, paths[name])
+        write_text(paths[name], "".join(groups[name]))
     return paths
 
 

@@ -27,6 +27,11 @@ import sys
 import time
 from typing import Dict, List
 
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, REPO)
+
+from megatron_dga.files import write_json  # noqa: E402
+
 METHODS = ["uniform", "natural", "importance", "dga", "dga-ema"]
 REGIMES = ["plenty", "token-limited", "few-specific"]
 
@@ -141,8 +146,7 @@ def main(argv=None) -> int:
     info = {"method": a.method, "regime": a.regime, "domains": a.domains, "seed": a.seed,
             "train_iters": a.train_iters, "wall_seconds": time.time() - start, "run_args": argv,
             "command": command}
-    with open(os.path.join(a.out, "run.json"), "w") as f:
-        json.dump(info, f, indent=2)
+    write_json(os.path.join(a.out, "run.json"), info)  # written last: it marks the run finished
     print(f"{a.out}: done in {info['wall_seconds']:.0f} s", flush=True)
     return 0
 

@@ -25,7 +25,10 @@ REPO = os.path.dirname(os.path.dirname(HERE))
 sys.path.insert(0, os.path.join(REPO, "examples", "austen"))
 
 import prepare  # noqa: E402
+import report  # noqa: E402
 import run as run_one  # noqa: E402
+
+from megatron_dga.files import write_text  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -68,11 +71,9 @@ def summary_table(runs) -> str:
         run = read_run(os.path.join(out, "metrics.jsonl"), method)
         with open(os.path.join(out, "run.json")) as f:
             wall = json.load(f)["wall_seconds"]
-        weights = {name: series[-1][1] for name, series in run.group("data-mixture").items()}
-        top = ", ".join(f"{n} {w:.2f}" for n, w in sorted(weights.items(), key=lambda x: -x[1])[:3])
         # The held-out novel is the run's --specific-valid-data-path: `lm loss validation/specific`.
         lines.append(f"| {method} | {run.last('lm loss validation/specific'):.3f} | "
-                     f"{run.last('lm loss validation'):.3f} | {top} | {wall:.0f} s |")
+                     f"{run.last('lm loss validation'):.3f} | {report.top_weights(run)} | {wall:.0f} s |")
     return "\n".join(lines)
 
 
@@ -90,8 +91,7 @@ def main(argv=None) -> int:
                     *[f"{m}={os.path.join(out, 'metrics.jsonl')}" for m, out in runs.items()],
                     "--output-dir", plots, "--validation", "specific"], check=True)
     table = summary_table(runs)
-    with open(os.path.join(a.work_dir, "summary.md"), "w") as f:
-        f.write(table + "\n")
+    write_text(os.path.join(a.work_dir, "summary.md"), table + "\n")
     print(f"\n{table}\n\nTensorBoard: tensorboard --logdir {os.path.join(a.work_dir, 'runs')}\nPlots: {plots}/")
     return 0
 

@@ -20,6 +20,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterable, List, Optional, Protocol, Set
 
+from megatron_dga.files import atomic_open
+
 from .document import Document, normalize_text
 from .domains import DomainSpec, Packages
 from .manifest import record_domain
@@ -74,20 +76,12 @@ def clean_documents(docs: Iterable[Document], stats: CleanStats) -> Iterable[Doc
 
 def write_jsonl_atomic(path: str, docs: Iterable[Document]) -> str:
     """Write `{"text", "src"}` lines to `path` via a temporary file; returns the sha256."""
-    directory, name = os.path.split(path)
-    tmp = os.path.join(directory, f".{name}.tmp-{os.getpid()}")
     digest = hashlib.sha256()
-    try:
-        with open(tmp, "wb") as f:
-            for doc in docs:
-                line = json.dumps({"text": doc.text, "src": doc.src}, ensure_ascii=False) + "\n"
-                data = line.encode("utf-8")
-                digest.update(data)
-                f.write(data)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    with atomic_open(path, "wb") as f:
+        for doc in docs:
+            data = (json.dumps({"text": doc.text, "src": doc.src}, ensure_ascii=False) + "\n").encode("utf-8")
+            digest.update(data)
+            f.write(data)
     return digest.hexdigest()
 
 
