@@ -17,10 +17,9 @@ from megatron_dga.mixing.static import NaturalMixing, StaticMixing, UniformMixin
 def load_base_distributions(path: str, num_domains: int) -> np.ndarray:
     """An N x k matrix from .npy or JSON (a list of rows, or {"bases": rows})."""
     flag = "--dga-base-distributions"
-    if not path.endswith(".npy"):
-        raw = read_json(path, flag)
+    raw = None if path.endswith(".npy") else read_json(path, flag)
     try:
-        if path.endswith(".npy"):
+        if raw is None:
             matrix = np.load(path)
         else:
             matrix = np.asarray(raw["bases"] if isinstance(raw, dict) else raw, dtype=np.float64)
@@ -29,9 +28,9 @@ def load_base_distributions(path: str, num_domains: int) -> np.ndarray:
     except (ValueError, KeyError, TypeError) as e:
         raise ValueError(f"{flag} {path}: cannot read an N x k matrix ({e})") from None
     if matrix.ndim != 2 or matrix.shape[1] != num_domains:
-        raise ValueError(f"--dga-base-distributions {path}: expected N x {num_domains}, got shape {matrix.shape}")
+        raise ValueError(f"{flag} {path}: expected N x {num_domains}, got shape {matrix.shape}")
     if not np.all(np.isfinite(matrix)) or np.any(matrix < 0) or np.any(matrix.sum(axis=1) <= 0):
-        raise ValueError(f"--dga-base-distributions {path}: rows must be non-negative and not all zero")
+        raise ValueError(f"{flag} {path}: rows must be non-negative and not all zero")
     return matrix / matrix.sum(axis=1, keepdims=True)
 
 
