@@ -11,8 +11,8 @@ from megatron_dga.parallel.layout import Layout
 from pretrain_helpers import make_domains
 
 
-def history_blend(chunk_size=1000):
-    blend = DynamicBlend(3, [0.5, 0.3, 0.2], chunk_size=chunk_size)
+def history_blend():
+    blend = DynamicBlend(3, [0.5, 0.3, 0.2])
     blend.lookup(0, 700)
     blend.set_weights(700, [0.1, 0.1, 0.8])
     blend.lookup(700, 1800)
@@ -22,7 +22,7 @@ def history_blend(chunk_size=1000):
 
 def test_same_history_gives_same_plan():
     # Two ranks that see the same weight history, asking in different orders and amounts.
-    a, b = history_blend(), DynamicBlend(3, [0.5, 0.3, 0.2], chunk_size=1000)
+    a, b = history_blend(), DynamicBlend(3, [0.5, 0.3, 0.2])
     b.set_weights(700, [0.1, 0.1, 0.8])  # planned lazily, never looked at before the change
     b.set_weights(1800, [0.2, 0.6, 0.2])
     da, ka = a.lookup(0, 5000)
@@ -32,7 +32,7 @@ def test_same_history_gives_same_plan():
 
 
 def test_replan_changes_only_unconsumed_positions():
-    blend = DynamicBlend(3, [0.5, 0.3, 0.2], chunk_size=1000)
+    blend = DynamicBlend(3, [0.5, 0.3, 0.2])
     before_d, before_k = blend.lookup(0, 3000)
     blend.set_weights(1234, [0.0, 0.0, 1.0])
     after_d, after_k = blend.lookup(0, 3000)
@@ -61,7 +61,7 @@ def test_resume_from_state_dict_plans_the_same():
     blend = history_blend()
     expected = blend.lookup(2500, 4000)
     blend.release_before(2500)
-    resumed = DynamicBlend(3, [1, 1, 1], chunk_size=1000)
+    resumed = DynamicBlend(3, [1, 1, 1])
     resumed.load_state_dict(blend.state_dict())
     got = resumed.lookup(2500, 4000)
     np.testing.assert_array_equal(got[0], expected[0])
@@ -111,9 +111,9 @@ def test_every_rank_reads_its_share_of_the_global_batch(tmp_path):
 
 
 def test_setting_the_same_weights_changes_nothing():
-    blend = DynamicBlend(3, [1, 1, 1], chunk_size=1000)
+    blend = DynamicBlend(3, [1, 1, 1])
     before = blend.lookup(0, 2000)
     blend.set_weights(500, [1, 1, 1])
     after = blend.lookup(0, 2000)
-    assert len(blend.history) == 1
+    assert blend.state_dict() == DynamicBlend(3, [1, 1, 1]).state_dict()
     np.testing.assert_array_equal(before[0], after[0])

@@ -34,7 +34,7 @@ def test_ema_sampling_mode_by_hand():
     m.update(10, [1.0, 0.0, -1.0])
     np.testing.assert_allclose(m.weights(), [0.5808913174033616, 0.27041743742270596, 0.14869124517393242], rtol=1e-12)
     # The mirror state moved unsmoothed, so the second step starts from the raw step ...
-    np.testing.assert_allclose(m.state, [0.6617826348067233, 0.24083487484541197, 0.09738249034786482], rtol=1e-12)
+    np.testing.assert_allclose(np.exp(m.log_state), [0.6617826348067233, 0.24083487484541197, 0.09738249034786482], rtol=1e-12)
     m.update(20, [0.0, 1.0, 0.0])
     # ... and only what is sampled is smoothed.
     np.testing.assert_allclose(m.weights(), [0.5766257185764003, 0.30691675463618473, 0.11645752678741492], rtol=1e-12)
@@ -90,27 +90,116 @@ def test_base_distributions_mix_domains():
     assert set(m.log_values()["alignment"]) == {"base_0", "base_1"}
 
 
-@settings(max_examples=200, deadline=None)
+EXTREME = st.one_of(st.floats(-1e6, 1e6), st.sampled_from([np.nan, np.inf, -np.inf, 1e300, -1e300, 1e-300, 0.0]))
+
+
+@settings(max_examples=300, deadline=None)
 @given(
     initial=st.lists(st.floats(1e-6, 1.0), min_size=2, max_size=8),
-    steps=st.lists(st.lists(st.one_of(st.floats(-1e6, 1e6), st.sampled_from([np.nan, np.inf, -np.inf])),
-                                   min_size=8, max_size=8),
-                   max_size=6),
-    lr=st.floats(0.0, 100.0),
+    steps=st.lists(st.lists(EXTREME, min_size=8, max_size=8), max_size=6),
+    lr=st.one_of(st.floats(0.0, 100.0), st.just(1e10)),
     ema=st.floats(0.0, 0.99),
     mode=st.sampled_from(["state", "sampling"]),
     floor=st.floats(0.0, 0.1),
+    scale=st.sampled_from(["none", "rms"]),
+    clip=st.sampled_from([0.0, 0.5, 5.0]),
+    score_ema=st.sampled_from([0.0, 0.5]),
 )
-def test_weights_stay_finite_on_the_simplex(initial, steps, lr, ema, mode, floor):
+def test_weights_stay_finite_on_the_simplex(initial, steps, lr, ema, mode, floor, scale, clip, score_ema):
     k = len(initial)
     names = [f"d{i}" for i in range(k)]
     floor = min(floor, 0.9 / k)
-    m = DGAMixing(names, np.array(initial), DGAHyperparameters(lr=lr, ema=ema, ema_mode=mode, min_weight=floor))
+    m = DGAMixing(names, np.array(initial), DGAHyperparameters(
+        lr=lr, ema=ema, ema_mode=mode, min_weight=floor, step_scale=scale, step_clip=clip, score_ema=score_ema))
     for t, step in enumerate(steps, start=1):
         m.update(t * 10, step[:k])
         w = m.weights()
         assert np.all(np.isfinite(w)) and abs(w.sum() - 1.0) < 1e-9
-        assert w.min() >= floor - 1e-12
+        assert w.min() >= floor * (1 - 1e-9)
+        if floor > 0:
+            assert w.min() > 0
+        assert np.all(np.isfinite(m.log_state)) and np.all(np.isfinite(m.log_smoothed))
+    assert m.updates + m.skipped == len(steps)
+
+
+def test_an_overflowing_step_is_skipped(caplog):
+    m = dga(lr=1e10)
+    before = m.weights()
+    assert m.update(10, [1e300, 0.0, 0.0]) is False  # 1e310 is not a double
+    np.testing.assert_array_equal(m.weights(), before)
+    assert m.skipped == 1 and "overflows" in caplog.text
+
+
+@pytest.mark.parametrize("mode", ["state", "sampling"])
+def test_the_floor_does_not_compound_with_the_ema(mode):
+    # A source that is always the worst tends to the floor m itself. Flooring an EMA of
+    # floored weights would leave it at m / (1 - (1 - N m) beta) = 0.087 here.
+    m = dga(initial=(1 / 3, 1 / 3, 1 / 3), lr=40.0, ema=0.5, ema_mode=mode, min_weight=0.05)
+    for t in range(1, 60):
+        m.update(10 * t, [-1.0, 0.0, 0.0])
+    assert m.weights()[0] == pytest.approx(0.05, abs=1e-6)
+
+
+def test_a_source_pushed_below_the_smallest_double_comes_back():
+    m = dga(initial=(1 / 3, 1 / 3, 1 / 3), lr=1.0, ema=0.0)
+    m.update(10, [-1e6, 0.0, 0.0])
+    assert m.weights()[0] < 1e-300  # exp(-1e6) is not a double ...
+    m.update(20, [800.0, 0.0, 0.0])
+    assert m.weights()[0] > 0.99  # ... but its log-weight stayed finite
+
+
+def test_centring_changes_nothing():
+    a, b = dga(lr=0.5), dga(lr=0.5)
+    a.update(10, [1.0, 0.0, -1.0])
+    b.update(10, [101.0, 100.0, 99.0])
+    np.testing.assert_allclose(a.weights(), b.weights(), rtol=1e-12)
+
+
+def test_rms_scale_makes_the_step_independent_of_the_gradient_scale():
+    small, large = dga(lr=0.5, step_scale="rms"), dga(lr=0.5, step_scale="rms")
+    for t, a in enumerate([[1.0, 0.0, -1.0], [0.2, 0.5, -0.1], [-1.0, 2.0, 0.0]], start=1):
+        small.update(10 * t, a)
+        large.update(10 * t, 1000.0 * np.array(a))
+    np.testing.assert_allclose(small.weights(), large.weights(), rtol=1e-10)
+    # The first update divides by the RMS of its own centred scores: a step of eta x
+    # (a - mean) / rms, with rms = sqrt(2/3) for [1, 0, -1].
+    first = dga(lr=0.5, step_scale="rms", ema=0.0)
+    first.update(10, [1.0, 0.0, -1.0])
+    np.testing.assert_allclose(first.last_step, 0.5 * np.array([1.0, 0.0, -1.0]) / np.sqrt(2 / 3), rtol=1e-12)
+
+
+def test_clip_bounds_the_change_of_every_log_weight():
+    m = dga(initial=(1 / 3, 1 / 3, 1 / 3), lr=1.0, ema=0.0, step_clip=0.5)
+    m.update(10, [80.0, 0.0, 0.0])  # one unlucky pair of probes
+    np.testing.assert_allclose(m.last_step, [0.5, -0.5, -0.5])
+    w = m.weights()
+    assert w[0] / w[1] == pytest.approx(np.exp(1.0))
+
+
+def test_learning_rate_factor_scales_the_step():
+    m = dga(lr=1.0, ema=0.0, scale_by_lr=True)
+    m.update(10, [1.0, 0.0, -1.0], lr_scale=0.25)
+    np.testing.assert_allclose(m.last_step, [0.25, 0.0, -0.25])
+    n = dga(lr=1.0, ema=0.0)  # without the flag the factor is ignored
+    n.update(10, [1.0, 0.0, -1.0], lr_scale=0.25)
+    np.testing.assert_allclose(n.last_step, [1.0, 0.0, -1.0])
+
+
+def test_score_ema_by_hand():
+    m = dga(lr=1.0, ema=0.0, score_ema=0.5)
+    m.update(10, [1.0, 0.0, -1.0])
+    np.testing.assert_allclose(m.last_step, [1.0, 0.0, -1.0])  # bias-corrected first average
+    m.update(20, [-1.0, 0.0, 1.0])
+    # (0.5 * 0.5 * [1, 0, -1] + 0.5 * [-1, 0, 1]) / (1 - 0.25) = [-1/3, 0, 1/3]
+    np.testing.assert_allclose(m.last_step, [-1 / 3, 0.0, 1 / 3])
+
+
+def test_stderr_is_logged():
+    m = dga()
+    m.update(10, [1.0, 0.0, -1.0], stderr=[0.1, 0.2, 0.3])
+    values = m.log_values()
+    assert values["alignment-stderr"] == {"a": 0.1, "b": 0.2, "c": 0.3}
+    assert values["dga-noise"]["stderr-rms"] == pytest.approx(np.sqrt((0.01 + 0.04 + 0.09) / 3))
 
 
 def test_bad_hyperparameters_are_refused():
@@ -120,3 +209,9 @@ def test_bad_hyperparameters_are_refused():
         dga(min_weight=0.5)
     with pytest.raises(ValueError, match="--dga-update-interval"):
         dga(update_interval=0)
+    with pytest.raises(ValueError, match="--dga-alignment"):
+        dga(alignment="sine")
+    with pytest.raises(ValueError, match="--dga-step-clip"):
+        dga(step_clip=-1.0)
+    with pytest.raises(ValueError, match="--dga-score-ema"):
+        dga(score_ema=1.0)

@@ -2,144 +2,95 @@
 
 Training consumes global sample positions 0, 1, 2, ... (iteration t consumes
 [t * global_batch, (t + 1) * global_batch)). The blend assigns each position a domain and
-that domain's draw number, following the mixture weights in effect, with megatron-core's
-greedy `build_blending_indices` (each position goes to the domain furthest behind its
-target share), so every batch follows the weights closely, without sampling noise.
+that domain's draw number, following the mixture weights in effect, by a low-discrepancy
+rule (`apportion.Apportioner`): every domain's draws stay within 1 of the integral of its
+weight over the positions so far, whatever the weight changes, so a domain of weight 1e-5 is
+sampled once every 100,000 positions even if the weights change every few hundred.
 
-Weights may change during training (online mixing). The plan is cut into chunks whose
-boundaries are the multiples of `chunk_size` and the positions where weights changed; each
-chunk is planned greedily from its own start with the weights in effect there, continuing
-every domain's draw count. Hence:
+Weights may change during training (online mixing), at the first position not yet planned
+or at a later one; a change discards the plan after it and carries every domain's deficit
+into the new weights. Hence:
 - the plan is a pure function of the weight history (position and value of each change),
   so every data-parallel rank derives the same plan without communicating;
-- a change at position p re-plans only positions >= p: the greedy rule is online, so the
-  part of a chunk before p is the same whether planned before or after the change;
-- planning work per change is at most one chunk (O(chunk_size x domains) in C++).
+- positions before a change keep their domains;
+- only positions that are asked for are planned (a batch at a time), so a change wastes
+  nothing.
+
+State: the rule's O(k) state at the start of the current segment, and every domain's draws
+at the first unconsumed position; the plan of positions between that one and the last one
+asked for is a cache, rebuilt on resume. Nothing grows with the number of updates.
 """
 
 from __future__ import annotations
 
-from typing import Dict, List, Tuple
+from typing import Dict, Tuple
 
 import numpy as np
-from megatron.core.datasets.helpers_cpp import build_blending_indices
 
-DEFAULT_CHUNK_SIZE = 1 << 16
-
-
-class _Chunk:
-    """Planned positions [start, stop): their domains, each one's draw number within the
-    chunk, and each domain's draws before the chunk."""
-
-    __slots__ = ("start", "stop", "domain", "local_draw", "draws_before")
-
-    def __init__(self, start, stop, domain, local_draw, draws_before):
-        self.start, self.stop = start, stop
-        self.domain, self.local_draw, self.draws_before = domain, local_draw, draws_before
-
-    def truncated(self, stop: int) -> "_Chunk":
-        n = stop - self.start
-        return _Chunk(self.start, stop, self.domain[:n], self.local_draw[:n], self.draws_before)
-
-    def draws_until(self, position: int) -> np.ndarray:
-        """Each domain's draws before `position` (start <= position <= stop)."""
-        counts = np.bincount(self.domain[: position - self.start], minlength=len(self.draws_before))
-        return self.draws_before + counts
-
-
-def greedy_blend(weights: np.ndarray, n: int) -> Tuple[np.ndarray, np.ndarray]:
-    """Domain of n consecutive positions and each one's draw number within them, by
-    megatron-core's greedy rule, over the domains of positive weight only: the rule treats
-    positions 0 and 1 alike, and at position 1 a zero-weight domain would tie and be picked."""
-    active = np.flatnonzero(weights > 0)
-    choice = np.zeros(n, dtype=np.int16)
-    local_draw = np.zeros(n, dtype=np.int64)
-    build_blending_indices(choice, local_draw, np.ascontiguousarray(weights[active]), len(active), n, False)
-    return active[choice].astype(np.int16), local_draw
-
-
-def check_weights(weights, num_domains: int) -> np.ndarray:
-    w = np.asarray(weights, dtype=np.float64)
-    if w.shape != (num_domains,) or not np.all(np.isfinite(w)) or np.any(w < 0) or w.sum() <= 0:
-        raise ValueError(f"mixture weights must be {num_domains} finite non-negative numbers, got {weights}")
-    return w / w.sum()
+from megatron_dga.data.apportion import Apportioner, check_weights
 
 
 class DynamicBlend:
-    def __init__(self, num_domains: int, initial_weights, chunk_size: int = DEFAULT_CHUNK_SIZE):
-        if num_domains > np.iinfo(np.int16).max:
-            raise ValueError(f"at most {np.iinfo(np.int16).max} domains, got {num_domains}")
+    def __init__(self, num_domains: int, initial_weights):
         self.num_domains = num_domains
-        self.chunk_size = int(chunk_size)
-        # (position, weights) of every change, the first at position 0.
-        self.history: List[Tuple[int, np.ndarray]] = [(0, check_weights(initial_weights, num_domains))]
-        # Planning resumes from an anchor: a chunk start and every domain's draws before it.
+        self._rule = Apportioner(check_weights(initial_weights, num_domains))
+        self._segment_start = 0  # where the current weights took effect
+        self._segment_draws = np.zeros(num_domains, dtype=np.int64)  # each domain's draws before it
+        # Planned positions [anchor, anchor + len(plan)): their domains and draw numbers.
         self._anchor = 0
         self._anchor_draws = np.zeros(num_domains, dtype=np.int64)
-        self._chunks: List[_Chunk] = []
+        self._domains = np.zeros(0, dtype=np.int64)
+        self._draws = np.zeros(0, dtype=np.int64)
 
     # ---- weights -------------------------------------------------------------------------
     @property
     def weights(self) -> np.ndarray:
-        return self.history[-1][1]
+        """The weights in effect from the last change on."""
+        return self._rule.weights
 
-    def weights_at(self, position: int) -> np.ndarray:
-        current = self.history[0][1]
-        for start, w in self.history:
-            if start > position:
-                break
-            current = w
-        return current
+    @property
+    def _frontier(self) -> int:
+        return self._anchor + len(self._domains)
 
     def set_weights(self, position: int, weights) -> None:
         """Use `weights` from global position `position` on (the first position not yet
-        consumed). Positions before it keep their domains."""
+        consumed, or later). Positions before it keep their domains."""
         w = check_weights(weights, self.num_domains)
-        last = self.history[-1][0]
-        if position < last:
-            raise ValueError(f"weights can only change at or after position {last}, not {position}")
-        if np.array_equal(w, self.history[-1][1]):
-            return  # not a change: a new chunk here would only restart the greedy pattern
-        if position == last:
-            self.history[-1] = (position, w)
-        else:
-            self.history.append((position, w))
-        self._drop_plan_from(position)
+        if position < max(self._segment_start, self._anchor):
+            raise ValueError(f"weights can only change at or after position "
+                             f"{max(self._segment_start, self._anchor)}, not {position}")
+        if np.array_equal(w, self.weights):
+            return  # not a change: a new segment would only move the rule's keys
+        self._plan_until(position)
+        self._forget_plan_from(position)
+        self._rule.start_segment(w)
+        self._segment_start = position
+        self._segment_draws = self.draws_before(position)
 
     # ---- planning ------------------------------------------------------------------------
-    def _next_boundary(self, start: int) -> int:
-        stop = (start // self.chunk_size + 1) * self.chunk_size
-        for change, _ in self.history:
-            if start < change < stop:
-                stop = change
-        return stop
+    def _plan_until(self, stop: int) -> None:
+        n = stop - self._frontier
+        if n <= 0:
+            return
+        domains, picks = self._rule.plan(n)
+        self._domains = np.concatenate([self._domains, domains])
+        self._draws = np.concatenate([self._draws, self._segment_draws[domains] + picks])
 
-    def _drop_plan_from(self, position: int) -> None:
-        """Forget planned positions >= position, keeping the prefix of the chunk holding it."""
-        kept = []
-        for chunk in self._chunks:
-            if chunk.stop <= position:
-                kept.append(chunk)
-            elif chunk.start < position:
-                kept.append(chunk.truncated(position))
-        self._chunks = kept
+    def _rule_state_at(self, position: int) -> Dict:
+        """The rule's state as it was at `position` (between the anchor and the frontier)."""
+        state = self._rule.state_dict()
+        dropped = self._domains[position - self._anchor:]
+        state["picks"] = (np.asarray(state["picks"]) - np.bincount(dropped, minlength=self.num_domains)).tolist()
+        state["offset"] -= len(dropped)
+        return state
 
-    def _frontier(self) -> Tuple[int, np.ndarray]:
-        """First unplanned position and each domain's draws before it."""
-        if not self._chunks:
-            return self._anchor, self._anchor_draws
-        last = self._chunks[-1]
-        return last.stop, last.draws_until(last.stop)
-
-    def _ensure_planned(self, stop: int) -> None:
-        start, draws = self._frontier()
-        while start < stop:
-            chunk_stop = self._next_boundary(start)
-            n = chunk_stop - start
-            domain, local_draw = greedy_blend(self.weights_at(start), n)
-            chunk = _Chunk(start, chunk_stop, domain, local_draw, draws.copy())
-            self._chunks.append(chunk)
-            start, draws = chunk_stop, chunk.draws_until(chunk_stop)
+    def _forget_plan_from(self, position: int) -> None:
+        """Drop planned positions >= position, and rewind the rule to that position."""
+        keep = position - self._anchor
+        if keep >= len(self._domains):
+            return
+        self._rule.load_state_dict(self._rule_state_at(position))
+        self._domains, self._draws = self._domains[:keep], self._draws[:keep]
 
     def _check_not_released(self, position: int) -> None:
         if position < self._anchor:
@@ -148,48 +99,49 @@ class DynamicBlend:
     def lookup(self, start: int, stop: int) -> Tuple[np.ndarray, np.ndarray]:
         """Domains and per-domain draw numbers of positions [start, stop)."""
         self._check_not_released(start)
-        self._ensure_planned(stop)
-        domains, draws = [], []
-        for chunk in self._chunks:
-            lo, hi = max(start, chunk.start), min(stop, chunk.stop)
-            if lo < hi:
-                domain = chunk.domain[lo - chunk.start:hi - chunk.start].astype(np.int64)
-                domains.append(domain)
-                draws.append(chunk.draws_before[domain] + chunk.local_draw[lo - chunk.start:hi - chunk.start])
-        return np.concatenate(domains), np.concatenate(draws)
+        self._plan_until(stop)
+        lo, hi = start - self._anchor, stop - self._anchor
+        return self._domains[lo:hi].copy(), self._draws[lo:hi].copy()
 
     def draws_before(self, position: int) -> np.ndarray:
         """How many samples each domain has given to positions < position."""
         self._check_not_released(position)
-        self._ensure_planned(position + 1)
-        for chunk in self._chunks:
-            if chunk.start <= position < chunk.stop:
-                return chunk.draws_until(position)
-        return self._anchor_draws.copy()
+        self._plan_until(position)
+        return self._anchor_draws + np.bincount(self._domains[: position - self._anchor], minlength=self.num_domains)
 
     def release_before(self, position: int) -> None:
-        """Free the plan of chunks that end at or before `position` (already consumed)."""
-        while self._chunks and self._chunks[0].stop <= position:
-            first = self._chunks.pop(0)
-            self._anchor, self._anchor_draws = first.stop, first.draws_until(first.stop)
+        """Forget the plan of positions before `position` (consumed)."""
+        if position <= self._anchor:
+            return
+        self._plan_until(position)
+        self._anchor_draws = self.draws_before(position)
+        cut = position - self._anchor
+        self._domains, self._draws = self._domains[cut:], self._draws[cut:]
+        self._anchor = position
 
     # ---- checkpointing -------------------------------------------------------------------
     def state_dict(self) -> Dict:
+        """O(k) numbers: the rule at the first unconsumed position, and the draws there."""
         return {
-            "chunk_size": self.chunk_size,
-            "history": [(int(p), w.tolist()) for p, w in self.history],
+            "rule": self._rule_state_at(self._anchor),
+            "segment_start": int(self._segment_start),
+            "segment_draws": self._segment_draws.tolist(),
             "anchor": int(self._anchor),
             "anchor_draws": self._anchor_draws.tolist(),
         }
 
     def load_state_dict(self, state: Dict) -> None:
-        if state["chunk_size"] != self.chunk_size:
-            raise ValueError(f"blend chunk size {state['chunk_size']} != {self.chunk_size}")
+        if "rule" not in state:
+            raise ValueError("this checkpoint's blend state is from an older version (a weight history); "
+                             "it cannot be resumed exactly by this version")
         if len(state["anchor_draws"]) != self.num_domains:
             raise ValueError(
                 f"checkpoint blends {len(state['anchor_draws'])} domains, this run has {self.num_domains}"
             )
-        self.history = [(int(p), np.asarray(w, dtype=np.float64)) for p, w in state["history"]]
+        self._rule.load_state_dict(state["rule"])
+        self._segment_start = int(state["segment_start"])
+        self._segment_draws = np.asarray(state["segment_draws"], dtype=np.int64)
         self._anchor = int(state["anchor"])
         self._anchor_draws = np.asarray(state["anchor_draws"], dtype=np.int64)
-        self._chunks = []
+        self._domains = np.zeros(0, dtype=np.int64)
+        self._draws = np.zeros(0, dtype=np.int64)

@@ -20,7 +20,14 @@ from megatron.core.datasets.indexed_dataset import IndexedDataset
 
 from megatron_dga.config import DataConfig
 from megatron_dga.data.manifest import DomainsManifest
-from megatron_dga.data.sequences import FewExamples, SequenceStream, cap_documents
+from megatron_dga.data.sequences import (
+    FewExamples,
+    SequenceStream,
+    StreamKind,
+    cap_documents,
+    epoch_key,
+    stream_key,
+)
 
 
 class DataError(ValueError):
@@ -135,6 +142,11 @@ def domain_prefixes(data: DataConfig) -> Tuple[List[str], List[str], Optional[Li
     return names, [p for _, p in pairs], weights, summary
 
 
+def cap_seed_key(seed: int, index: int):
+    """The seed of domain `index`'s --domain-max-tokens subset."""
+    return epoch_key(stream_key(seed, StreamKind.CAP, index), 0)
+
+
 def open_domain(name: str, prefix: str, data: DataConfig, seq_length: int, seed: int,
                 index: int) -> Domain:
     dataset = open_indexed_dataset(prefix, f"domain {name!r}")
@@ -145,12 +157,14 @@ def open_domain(name: str, prefix: str, data: DataConfig, seq_length: int, seed:
         raise DataError(f"domain {name!r} ({prefix}): --split {data.split} leaves no training documents")
     train_sizes = sizes
     if data.domain_max_tokens is not None and sizes[train_docs].sum() > data.domain_max_tokens:
-        train_docs, train_sizes = cap_documents(train_docs, sizes, data.domain_max_tokens, [seed, index])
-    train = SequenceStream(name, dataset, train_docs, train_sizes, seq_length, seed_key=(seed, index))
+        train_docs, train_sizes = cap_documents(train_docs, sizes, data.domain_max_tokens, cap_seed_key(seed, index))
+    train = SequenceStream(name, dataset, train_docs, train_sizes, seq_length,
+                           seed_key=stream_key(seed, StreamKind.TRAIN, index))
     valid = None
     valid_docs = np.arange(valid_lo, valid_hi, dtype=np.int32)
     if len(valid_docs) and sizes[valid_docs].sum() > seq_length + 1:
-        valid = SequenceStream(name, dataset, valid_docs, sizes, seq_length, seed_key=(seed, index), shuffle=False)
+        valid = SequenceStream(name, dataset, valid_docs, sizes, seq_length,
+                               seed_key=stream_key(seed, StreamKind.VALID, index), shuffle=False)
     return Domain(name, prefix, train, valid, int(sizes.astype(np.int64).sum()))
 
 
@@ -161,9 +175,6 @@ def open_domains(data: DataConfig, seq_length: int, seed: int):
     return domains, weights, tokenizer
 
 
-SPECIFIC_SEED_TAG = 1_000_003  # keeps the specific set's shuffles apart from the domains'
-
-
 def open_specific_sets(data: DataConfig, seq_length: int, seed: int):
     """The specific set's training stream (all its documents, or only
     --specific-train-samples sequences) and its held-out validation stream; None if absent."""
@@ -172,12 +183,14 @@ def open_specific_sets(data: DataConfig, seq_length: int, seed: int):
         dataset = open_indexed_dataset(data.specific_data_path, "--specific-data-path")
         sizes = np.asarray(dataset.sequence_lengths, dtype=np.int32)
         docs = np.arange(len(sizes), dtype=np.int32)
-        train = SequenceStream("specific", dataset, docs, sizes, seq_length, seed_key=(seed, SPECIFIC_SEED_TAG))
+        train = SequenceStream("specific", dataset, docs, sizes, seq_length,
+                               seed_key=stream_key(seed, StreamKind.SPECIFIC, 0))
         if data.specific_train_samples:
-            train = FewExamples(train, data.specific_train_samples, (seed, SPECIFIC_SEED_TAG, 1))
+            train = FewExamples(train, data.specific_train_samples,
+                                stream_key(seed, StreamKind.SPECIFIC_EXAMPLES, 0))
     if data.specific_valid_data_path:
         dataset = open_indexed_dataset(data.specific_valid_data_path, "--specific-valid-data-path")
         sizes = np.asarray(dataset.sequence_lengths, dtype=np.int32)
         valid = SequenceStream("specific", dataset, np.arange(len(sizes), dtype=np.int32), sizes, seq_length,
-                               seed_key=(seed, SPECIFIC_SEED_TAG), shuffle=False)
+                               seed_key=stream_key(seed, StreamKind.VALID, 0), shuffle=False)
     return train, valid

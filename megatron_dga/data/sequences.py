@@ -10,6 +10,7 @@ the k-th draw from a domain is a pure function of (seed, domain, k).
 from __future__ import annotations
 
 from collections import OrderedDict
+from enum import IntEnum
 from typing import Optional, Tuple
 
 import numpy as np
@@ -21,12 +22,36 @@ class DomainTooSmallError(ValueError):
     pass
 
 
+class StreamKind(IntEnum):
+    """What a random stream is for; part of every stream's seed key."""
+
+    TRAIN = 1  # a domain's training sequences
+    PROBE = 2  # a domain's sequences for DGA's probes
+    CAP = 3  # the subset of a domain's documents kept by --domain-max-tokens
+    SPECIFIC = 4  # the specific set's sequences
+    SPECIFIC_EXAMPLES = 5  # the order of the --specific-train-samples examples, pass after pass
+    VALID = 6  # validation sequences (read in order: this key draws nothing)
+
+
+def stream_key(seed: int, kind: StreamKind, index: int) -> Tuple[int, int, int]:
+    """The key of one stream: (run seed, kind, domain index)."""
+    return int(seed), int(kind), int(index)
+
+
+def epoch_key(key: Tuple[int, ...], epoch: int) -> Tuple[int, ...]:
+    """The seed of one epoch of a stream. Every such seed has four numbers: NumPy's
+    SeedSequence ignores trailing zeros, so seeds of different lengths could coincide
+    ((s, i, 1, 0) is (s, i, 1)); seeds of one length coincide only if equal."""
+    assert len(key) == 3, key
+    return (*key, int(epoch))
+
+
 def cap_documents(doc_ids: np.ndarray, sizes: np.ndarray, max_tokens: int,
-                  seed: int) -> Tuple[np.ndarray, np.ndarray]:
+                  seed_key: Tuple[int, ...]) -> Tuple[np.ndarray, np.ndarray]:
     """A seeded subset of documents holding exactly `max_tokens` tokens (the last one cut
     short). Returns the kept document ids (in their original order) and a copy of `sizes`
     where the cut document has its shortened length."""
-    order = np.random.default_rng(seed).permutation(doc_ids)
+    order = np.random.default_rng(list(seed_key)).permutation(doc_ids)
     cumulative = np.cumsum(sizes[order].astype(np.int64))
     n_keep = int(np.searchsorted(cumulative, max_tokens, side="left")) + 1
     n_keep = min(n_keep, len(order))
@@ -46,13 +71,13 @@ class SequenceStream:
     """
 
     def __init__(self, name: str, dataset: IndexedDataset, doc_ids: np.ndarray, sizes: np.ndarray,
-                 seq_length: int, seed_key: Tuple[int, ...], shuffle: bool = True):
+                 seq_length: int, seed_key: Tuple[int, int, int], shuffle: bool = True):
         self.name = name
         self.dataset = dataset
         self.doc_ids = np.asarray(doc_ids, dtype=np.int32)
         self.sizes = np.asarray(sizes, dtype=np.int32)
         self.seq_length = seq_length
-        self.seed_key = tuple(int(k) for k in seed_key)  # e.g. (run seed, domain index)
+        self.seed_key = tuple(int(k) for k in seed_key)  # stream_key(run seed, kind, domain index)
         self.shuffle = shuffle
         self.tokens_per_epoch = int(self.sizes[self.doc_ids].astype(np.int64).sum())
         # Each sequence takes seq_length new tokens and reads one more (the last label).
@@ -66,7 +91,7 @@ class SequenceStream:
 
     def _epoch_index(self, epoch: int):
         if epoch not in self._epochs:
-            rng = np.random.default_rng([*self.seed_key, epoch])
+            rng = np.random.default_rng(list(self.epoch_key(epoch))) if self.shuffle else None
             doc_order = rng.permutation(self.doc_ids) if self.shuffle else self.doc_ids
             sample_idx = build_sample_idx(
                 self.sizes, doc_order, self.seq_length, 1, self.tokens_per_epoch, True, True
@@ -76,6 +101,9 @@ class SequenceStream:
             while len(self._epochs) > 2:
                 self._epochs.popitem(last=False)
         return self._epochs[epoch]
+
+    def epoch_key(self, epoch: int) -> Tuple[int, ...]:
+        return epoch_key(self.seed_key, epoch)
 
     def epochs(self, draws: int) -> float:
         return draws / self.samples_per_epoch
@@ -110,6 +138,9 @@ class FewExamples:
         self.samples_per_epoch = n
         self._order = {}
 
+    def epoch_key(self, epoch: int) -> Tuple[int, ...]:
+        return epoch_key(self.seed_key, epoch)
+
     def examples(self):
         """The n sequences, in their first pass's order."""
         return [self.sample(i) for i in range(self.n)]
@@ -117,5 +148,5 @@ class FewExamples:
     def sample(self, draw: int) -> np.ndarray:
         epoch, within = divmod(int(draw), self.n)
         if epoch not in self._order:
-            self._order = {epoch: np.random.default_rng([*self.seed_key, epoch]).permutation(self.n)}
+            self._order = {epoch: np.random.default_rng(list(self.epoch_key(epoch))).permutation(self.n)}
         return self.stream.sample(int(self._order[epoch][within]))

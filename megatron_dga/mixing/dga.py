@@ -1,25 +1,37 @@
 """Dynamic Gradient Alignment (DGA): mixture weights that follow the specific set's gradient.
 
 Every T_r iterations the trainer measures, for each source i (a domain, or a base
-distribution over domains), the alignment a_i = <grad L_i(theta), grad L_spe(theta)> and
-hands it to `update`, which takes one exponentiated-gradient (mirror-descent) step on the
-simplex,
+distribution over domains), an alignment score a_i between the gradient of source i and the
+gradient of the specific set (`--dga-alignment`: raw inner product, Adam-preconditioned, or
+cosine; `alignment.py`), and hands it to `update`, which takes one exponentiated-gradient
+(mirror-descent) step on the simplex,
 
-    alpha_hat = softmax(log alpha + eta * a),
+    alpha_hat = softmax(log w + eta * x),        x: the controlled score (below),
 
 then smooths it with an exponential moving average of weight beta (`--dga-ema`):
 
-    mode "state"    (default): alpha <- beta * alpha + (1 - beta) * alpha_hat, and the
-                    smoothed alpha is both sampled from and the point of the next step;
-    mode "sampling":           the mirror state follows alpha_hat unsmoothed; only the
-                    sampling weights are smoothed, w <- beta * w + (1 - beta) * alpha_hat.
+    mode "state"    (default): q <- beta * q + (1 - beta) * alpha_hat, and the smoothed q is
+                    both sampled from and where the next step starts;
+    mode "sampling":           the mirror state r follows alpha_hat unsmoothed; only the
+                    sampling weights are smoothed, q <- beta * q + (1 - beta) * alpha_hat.
 
-beta = 0 turns the EMA off (both modes then coincide). A floor `--dga-min-weight` m keeps
-every source sampled: w <- m + (1 - N m) w. With base distributions P (N x k, one row per
-base) the weights live on the N-simplex and domains are sampled from p = w^T P.
+A floor `--dga-min-weight` m keeps every source sampled: the weights sampled from are
+w = m + (1 - N m) q, and each step starts from them (so a floored source recovers in one
+step when its alignment turns). The floor is applied once, to what is sampled, never to an
+iterate that is smoothed again: the smallest weight tends to m, not to m / (1 - (1 - N m) beta).
 
-An alignment that is not finite (NaN or inf, e.g. after an fp16 overflow) skips the update
-with a warning; the weights stay where they were, always finite and on the simplex.
+**Step control** (docs/dga.md has the derivation): the score x is the alignment centred
+across sources (the softmax ignores a common shift), optionally smoothed across updates
+(`--dga-score-ema`), divided by a running RMS of the centred alignment (`--dga-step-scale
+rms`, so eta is a step in log-weight units whatever the gradient scale), scaled by the
+learning-rate ratio gamma_t / gamma_max (`--dga-scale-by-lr`), and clipped to
+[-C, C] after multiplying by eta (`--dga-step-clip`).
+
+**Safety**: the iterates are kept as log-weights, clamped below at the log of the smallest
+normal double, so a source pushed to zero can come back. An alignment or step that is not
+finite skips the update with a warning; the weights stay where they were, finite and on the
+simplex. With base distributions P (N x k, one row per base) the weights live on the
+N-simplex and domains are sampled from p = w^T P.
 """
 
 from __future__ import annotations
@@ -34,6 +46,13 @@ from megatron_dga.mixing.base import MixingAlgorithm, normalise
 
 log = logging.getLogger(__name__)
 
+# log-weights never go below this: exp() of it is the smallest normal double, so a source's
+# weight can vanish in float64 and still be brought back by later steps.
+MIN_LOG_WEIGHT = float(np.log(np.finfo(np.float64).tiny))
+
+ALIGNMENTS = ("raw", "adam", "cosine")
+STEP_SCALES = ("none", "rms")
+
 
 @dataclass
 class DGAHyperparameters:
@@ -43,6 +62,12 @@ class DGAHyperparameters:
     ema_mode: str = "state"
     warmup_iters: int = 0
     min_weight: float = 0.0
+    alignment: str = "raw"
+    step_scale: str = "none"
+    rms_decay: float = 0.9
+    step_clip: float = 0.0
+    scale_by_lr: bool = False
+    score_ema: float = 0.0
 
     def check(self, num_sources: int) -> None:
         if self.update_interval < 1:
@@ -53,23 +78,32 @@ class DGAHyperparameters:
             raise ValueError("--dga-ema must be in [0, 1)")
         if self.ema_mode not in ("state", "sampling"):
             raise ValueError("--dga-ema-mode must be 'state' or 'sampling'")
-        if self.min_weight < 0 or self.min_weight * num_sources >= 1.0:
+        if not 0.0 <= self.min_weight or self.min_weight * num_sources >= 1.0:
             raise ValueError(
                 f"--dga-min-weight {self.min_weight} must be >= 0 and below 1/{num_sources} (number of sources)"
             )
+        if self.alignment not in ALIGNMENTS:
+            raise ValueError(f"--dga-alignment must be one of {', '.join(ALIGNMENTS)}")
+        if self.step_scale not in STEP_SCALES:
+            raise ValueError(f"--dga-step-scale must be one of {', '.join(STEP_SCALES)}")
+        if not 0.0 <= self.rms_decay < 1.0:
+            raise ValueError("--dga-rms-decay must be in [0, 1)")
+        if not (np.isfinite(self.step_clip) and self.step_clip >= 0):
+            raise ValueError("--dga-step-clip must be a finite number >= 0 (0: no clip)")
+        if not 0.0 <= self.score_ema < 1.0:
+            raise ValueError("--dga-score-ema must be in [0, 1)")
+
+
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits - np.max(logits)
+    return shifted - np.log(np.sum(np.exp(shifted)))
 
 
 def exponentiated_gradient_step(weights: np.ndarray, alignment: np.ndarray, lr: float) -> np.ndarray:
     """softmax(log w + lr * a), computed stably; zero weights stay zero."""
     with np.errstate(divide="ignore"):
         logits = np.log(weights) + lr * alignment
-    logits -= np.max(logits)
-    new = np.exp(logits)
-    return new / new.sum()
-
-
-def apply_floor(weights: np.ndarray, floor: float) -> np.ndarray:
-    return floor + (1.0 - floor * len(weights)) * weights if floor > 0 else weights
+    return np.exp(log_softmax(logits))
 
 
 class DGAMixing(MixingAlgorithm):
@@ -90,9 +124,15 @@ class DGAMixing(MixingAlgorithm):
         start = normalise(initial_weights)
         if len(start) != len(self.bases):
             raise ValueError(f"{len(start)} initial weights for {len(self.bases)} sources")
-        self.state = apply_floor(start, hyper.min_weight)  # the point of the mirror-descent steps
-        self.sampling = self.state.copy()  # the source weights domains are sampled from
+        with np.errstate(divide="ignore"):
+            start_log = np.maximum(np.log(start), MIN_LOG_WEIGHT)
+        self.log_state = start_log.copy()  # r: the mirror-descent iterate ("sampling" mode)
+        self.log_smoothed = start_log.copy()  # q: the smoothed iterate, sampled from (through the floor)
         self.last_alignment = np.full(len(self.bases), np.nan)
+        self.last_stderr = np.full(len(self.bases), np.nan)
+        self.last_step = np.zeros(len(self.bases))
+        self.score_average = np.zeros(len(self.bases))  # EMA of centred scores (bias-corrected on use)
+        self.mean_square = 0.0  # EMA of the centred alignment's mean square (bias-corrected on use)
         self.updates = 0
         self.skipped = 0
         super().__init__(domain_names, self.domain_weights_of(self.sampling))
@@ -102,6 +142,21 @@ class DGAMixing(MixingAlgorithm):
     def num_sources(self) -> int:
         return len(self.bases)
 
+    def _log_floored(self, log_q: np.ndarray) -> np.ndarray:
+        """log(m + (1 - N m) softmax(log_q)): the log of the weights sampled from, computed
+        in log space so that a weight too small for a double keeps a finite log."""
+        m = self.hyper.min_weight
+        log_p = log_softmax(log_q)
+        return np.logaddexp(np.log(m), np.log1p(-m * len(log_q)) + log_p) if m > 0 else log_p
+
+    def _floored(self, log_q: np.ndarray) -> np.ndarray:
+        return normalise(np.exp(self._log_floored(log_q)))
+
+    @property
+    def sampling(self) -> np.ndarray:
+        """The source weights domains are sampled from."""
+        return self._floored(self.log_smoothed)
+
     def domain_weights_of(self, source_weights: np.ndarray) -> np.ndarray:
         return normalise(source_weights @ self.bases)
 
@@ -110,31 +165,81 @@ class DGAMixing(MixingAlgorithm):
         h = self.hyper
         return iteration > 0 and iteration >= h.warmup_iters and iteration % h.update_interval == 0
 
-    def update(self, iteration: int, alignment) -> bool:
+    def controlled_step(self, alignment: np.ndarray, lr_scale: float) -> np.ndarray:
+        """eta * x: the step in log-weights, after centring, smoothing, scaling and clipping.
+        Updates the running averages; called only with a finite alignment."""
+        h = self.hyper
+        t = self.updates + 1
+        centred = alignment - alignment.mean()
+        score = centred
+        if h.score_ema > 0:
+            self.score_average = h.score_ema * self.score_average + (1.0 - h.score_ema) * centred
+            score = self.score_average / (1.0 - h.score_ema ** t)
+        if h.step_scale == "rms":
+            self.mean_square = h.rms_decay * self.mean_square + (1.0 - h.rms_decay) * float(np.mean(centred ** 2))
+            rms = np.sqrt(self.mean_square / (1.0 - h.rms_decay ** t))
+            score = score / rms if rms > 0 else np.zeros_like(score)
+        step = h.lr * (lr_scale if h.scale_by_lr else 1.0) * score
+        if h.step_clip > 0:
+            step = np.clip(step, -h.step_clip, h.step_clip)
+        return step
+
+    def _mirror_step(self, log_from: np.ndarray, step: np.ndarray) -> np.ndarray:
+        """log softmax(log F(from) + step): the step starts from the floored weights."""
+        return log_softmax(self._log_floored(log_from) + step)
+
+    def _smooth(self, log_q: np.ndarray, log_new: np.ndarray) -> np.ndarray:
+        beta = self.hyper.ema
+        if beta == 0:
+            return log_new
+        return log_softmax(np.logaddexp(np.log(beta) + log_q, np.log1p(-beta) + log_new))
+
+    def update(self, iteration: int, alignment, stderr=None, lr_scale: float = 1.0) -> bool:
         a = np.asarray(alignment, dtype=np.float64)
         self.last_alignment = a.copy()
+        self.last_stderr = np.full(self.num_sources, np.nan) if stderr is None else np.asarray(stderr, np.float64)
         if a.shape != (self.num_sources,) or not np.all(np.isfinite(a)):
-            self.skipped += 1
-            log.warning("DGA update at iteration %d skipped: alignment is not finite: %s", iteration, a)
-            return False
-        h = self.hyper
-        step = exponentiated_gradient_step(self.state, a, h.lr)
-        if h.ema_mode == "state":
-            self.state = h.ema * self.state + (1.0 - h.ema) * step
-            self.sampling = self.state
+            return self._skip(iteration, f"alignment is not finite: {a}")
+        saved = (self.score_average.copy(), self.mean_square)
+        with np.errstate(over="ignore", invalid="ignore"):
+            step = self.controlled_step(a, lr_scale)
+        if not np.all(np.isfinite(step)):
+            self.score_average, self.mean_square = saved
+            return self._skip(iteration, f"the step overflows (eta x alignment): {step}")
+        self.last_step = step
+        if self.hyper.ema_mode == "state":
+            new = self._mirror_step(self.log_smoothed, step)
+            self.log_smoothed = self._smooth(self.log_smoothed, new)
+            self.log_state = self.log_smoothed.copy()
         else:
-            self.state = step
-            self.sampling = h.ema * self.sampling + (1.0 - h.ema) * step
-        self.state = apply_floor(normalise(self.state), h.min_weight)
-        self.sampling = apply_floor(normalise(self.sampling), h.min_weight)
+            new = self._mirror_step(self.log_state, step)
+            self.log_state = new
+            self.log_smoothed = self._smooth(self.log_smoothed, new)
+        self.log_state = np.maximum(self.log_state, MIN_LOG_WEIGHT)
+        self.log_smoothed = np.maximum(self.log_smoothed, MIN_LOG_WEIGHT)
         self._weights = self.domain_weights_of(self.sampling)
         self.updates += 1
         return True
 
+    def _skip(self, iteration: int, why: str) -> bool:
+        self.skipped += 1
+        log.warning("DGA update at iteration %d skipped: %s", iteration, why)
+        return False
+
     def log_values(self) -> Dict[str, Dict[str, float]]:
-        values = {"alignment": {n: float(v) for n, v in zip(self.source_names, self.last_alignment)}}
+        names = self.source_names
+        values = {"alignment": {n: float(v) for n, v in zip(names, self.last_alignment)}}
+        if np.any(np.isfinite(self.last_stderr)):
+            values["alignment-stderr"] = {n: float(v) for n, v in zip(names, self.last_stderr)}
+            centred = self.last_alignment - np.mean(self.last_alignment)
+            noise = float(np.sqrt(np.nanmean(self.last_stderr ** 2)))
+            values["dga-noise"] = {
+                "score-rms": float(np.sqrt(np.mean(centred ** 2))),
+                "stderr-rms": noise,
+            }
+        values["dga-step"] = {n: float(v) for n, v in zip(names, self.last_step)}
         if self.num_sources != self.num_domains or self.source_names != self.domain_names:
-            values["dga-source-weights"] = {n: float(v) for n, v in zip(self.source_names, self.sampling)}
+            values["dga-source-weights"] = {n: float(v) for n, v in zip(names, self.sampling)}
         values["dga-updates"] = {"done": float(self.updates), "skipped": float(self.skipped)}
         return values
 
@@ -142,9 +247,13 @@ class DGAMixing(MixingAlgorithm):
     def state_dict(self) -> Dict:
         return {
             **super().state_dict(),
-            "state": self.state.tolist(),
-            "sampling": self.sampling.tolist(),
+            "log_state": self.log_state.tolist(),
+            "log_smoothed": self.log_smoothed.tolist(),
+            "score_average": self.score_average.tolist(),
+            "mean_square": self.mean_square,
             "last_alignment": self.last_alignment.tolist(),
+            "last_stderr": self.last_stderr.tolist(),
+            "last_step": self.last_step.tolist(),
             "updates": self.updates,
             "skipped": self.skipped,
             "bases": self.bases.tolist(),
@@ -154,8 +263,14 @@ class DGAMixing(MixingAlgorithm):
         super().load_state_dict(state)
         if np.asarray(state["bases"]).shape != self.bases.shape:
             raise ValueError("checkpoint DGA base distributions differ from this run's")
-        self.state = np.asarray(state["state"], dtype=np.float64)
-        self.sampling = np.asarray(state["sampling"], dtype=np.float64)
+        if "log_state" not in state:
+            raise ValueError("this checkpoint's DGA state is from an older version; it cannot be resumed exactly")
+        self.log_state = np.asarray(state["log_state"], dtype=np.float64)
+        self.log_smoothed = np.asarray(state["log_smoothed"], dtype=np.float64)
+        self.score_average = np.asarray(state["score_average"], dtype=np.float64)
+        self.mean_square = float(state["mean_square"])
         self.last_alignment = np.asarray(state["last_alignment"], dtype=np.float64)
+        self.last_stderr = np.asarray(state["last_stderr"], dtype=np.float64)
+        self.last_step = np.asarray(state["last_step"], dtype=np.float64)
         self.updates = int(state["updates"])
         self.skipped = int(state["skipped"])

@@ -1,33 +1,44 @@
-"""Gradients of the loss on a few micro batches, without touching training state.
+"""Gradients of the loss on probe micro batches, one micro batch at a time, without touching
+training state.
 
 A probe must leave the optimizer (its moments, ZeRO partitions, bf16 master gradients), the
 loss scale and the gradient buffers as they were. So probe gradients are never accumulated
-into `param.grad`, where DeepSpeed's hooks would pick them up: they are returned by
-`torch.autograd.grad` into a flat fp32 buffer of this rank's parameters (this stage's, this
-tensor-parallel shard's). Dropout is off during probes: the gradient is that of the model,
-not of one dropout mask.
+into `param.grad`, where DeepSpeed's hooks would pick them up: `torch.autograd.grad` returns
+each micro batch's gradient of this rank's parameters (this stage's, this tensor-parallel
+shard's), and `run(micro_batches, visit)` hands it to `visit(index, grads, unscale)` as soon
+as it exists. The caller dots it into a buffer or adds it to one; nothing else keeps it.
+Dropout is off during probes: the gradient is that of the model, not of one dropout mask.
+
+With fp16 the loss is multiplied by the engine's current loss scale before the backward, as
+DeepSpeed does for training, so that small gradients do not underflow in half precision;
+`unscale` (1 / scale) brings them back in the fp32 (float64 on CPU) buffers. An overflow gives
+a non-finite alignment, and the mixture update is skipped.
 
 The forward pass calls the model itself, never `engine.forward`: DeepSpeed's engine hooks the
 outputs of its forward so that their backward steps its ZeRO and loss-scaling bookkeeping.
 
 Without pipeline parallelism that is a forward and an autograd call per micro batch. With
-it, the micro batches go through DeepSpeed's pipeline engine with its own training schedule
-(same sends and receives of activations and gradients between stages) minus the gradient
-all-reduce and the optimizer step, and with forward and backward instructions that run the
-stage's module directly and return gradients instead of accumulating them. The two copies of
-the tied embedding (first and last stage) are then summed over their group, as DeepSpeed
-does for training gradients.
+it, all the micro batches of a call go through DeepSpeed's pipeline engine in one training
+schedule (same sends and receives of activations and gradients between stages) minus the
+gradient all-reduce and the optimizer step, with forward and backward instructions that run
+the stage's module directly and return gradients instead of accumulating them. Each stage
+runs its backward passes in micro-batch order, so the visit's index is the micro batch's.
+The two copies of the tied embedding (first and last stage) each get their own stage's part
+of its gradient; `reduce_tied` sums a buffer's parts over their group.
 """
 
 from __future__ import annotations
 
-from typing import List
+from typing import Callable, List, Optional, Sequence
 
 import torch
 import torch.distributed as dist
 from deepspeed.runtime.pipe import schedule as pipe_schedule
 
 from megatron_dga.data.batches import MicroBatch
+
+# visit(micro batch index, gradients of this rank's parameters (None where unused), unscale)
+Visit = Callable[[int, Sequence[Optional[torch.Tensor]], float], None]
 
 
 class FlatGradient:
@@ -52,33 +63,68 @@ class FlatGradient:
             if g is not None:
                 flat[lo:hi].add_(g.reshape(-1).to(self.dtype), alpha=scale)
 
+    def dot(self, flat: torch.Tensor, grads, scale: float = 1.0) -> torch.Tensor:
+        """scale * <flat, grads>, one parameter at a time (no flat copy of grads)."""
+        total = torch.zeros((), dtype=self.dtype, device=self.device)
+        for (lo, hi), g in zip(self.offsets, grads):
+            if g is not None:
+                total += torch.dot(flat[lo:hi], g.reshape(-1).to(self.dtype))
+        return total * scale
+
     def view(self, flat: torch.Tensor, param_index: int) -> torch.Tensor:
         lo, hi = self.offsets[param_index]
         return flat[lo:hi]
 
 
-class SequentialProbeGradients:
+def engine_loss_scale(engine) -> float:
+    """The loss scale DeepSpeed multiplies training losses by (1 without fp16)."""
+    if engine is None or not engine.fp16_enabled():
+        return 1.0
+    return float(engine.optimizer.loss_scale)
+
+
+class ProbeGradients:
+    """What both kinds share: the parameter layout and the mean gradient of micro batches."""
+
+    layout: FlatGradient
+
+    def run(self, micro_batches: List[MicroBatch], visit: Visit) -> None:
+        raise NotImplementedError
+
+    def reduce_tied(self, flat: torch.Tensor) -> None:
+        """Sum the parts of tied parameters held by several stages (none without PP)."""
+
+    def mean(self, micro_batches: List[MicroBatch]) -> torch.Tensor:
+        """The gradient of the mean loss over the micro batches, tied parts summed."""
+        flat = self.layout.zeros()
+        self.run(micro_batches,
+                 lambda index, grads, unscale: self.layout.add_(flat, grads, unscale / len(micro_batches)))
+        self.reduce_tied(flat)
+        return flat
+
+
+class SequentialProbeGradients(ProbeGradients):
     """PP = 1: forward and `torch.autograd.grad` on the model itself."""
 
-    def __init__(self, module: torch.nn.Module, device: torch.device):
+    def __init__(self, module: torch.nn.Module, device: torch.device, engine=None):
         self.module = module
+        self.engine = engine
         self.params = [p for p in module.parameters() if p.requires_grad]
         self.layout = FlatGradient(self.params, device)
         self.device = device
 
-    def __call__(self, micro_batches: List[MicroBatch]) -> torch.Tensor:
-        flat = self.layout.zeros()
+    def run(self, micro_batches: List[MicroBatch], visit: Visit) -> None:
+        scale = engine_loss_scale(self.engine)
         was_training = self.module.training
         self.module.eval()
         try:
-            for mb in micro_batches:
+            for index, mb in enumerate(micro_batches):
                 mb = mb.to(self.device)
                 loss = self.module(mb.tokens, mb.labels, mb.loss_mask)
-                grads = torch.autograd.grad(loss, self.params, allow_unused=True)
-                self.layout.add_(flat, grads, 1.0 / len(micro_batches))
+                grads = torch.autograd.grad(loss * scale if scale != 1.0 else loss, self.params, allow_unused=True)
+                visit(index, grads, 1.0 / scale)
         finally:
             self.module.train(was_training)
-        return flat
 
 
 class _ProbeSchedule(pipe_schedule.TrainSchedule):
@@ -91,7 +137,7 @@ class _ProbeSchedule(pipe_schedule.TrainSchedule):
             yield [c for c in commands if not isinstance(c, self._DROPPED)]
 
 
-class PipelineProbeGradients:
+class PipelineProbeGradients(ProbeGradients):
     """PP > 1: this stage's gradients, the micro batches run through the pipeline engine."""
 
     def __init__(self, engine, device: torch.device):
@@ -104,7 +150,8 @@ class PipelineProbeGradients:
         self.module = engine.module
         self.params = [p for p in self.module.parameters() if p.requires_grad]
         self.layout = FlatGradient(self.params, device)
-        self._flat = None
+        self._visit: Optional[Visit] = None
+        self._backward_count = 0
         self._scale = 1.0
 
     def _forward(self, engine, buffer_id: int) -> None:
@@ -117,30 +164,33 @@ class PipelineProbeGradients:
             engine.loss = self.module.loss_fn(outputs, engine.pipe_buffers["labels"][buffer_id])
 
     def _backward(self, engine, buffer_id: int) -> None:
-        """The pipeline's backward instruction, returning gradients instead of accumulating."""
+        """The pipeline's backward instruction, handing gradients to the visit instead of
+        accumulating them. The loss is scaled on the last stage; the gradients every stage
+        receives are then scaled too."""
         if engine.is_last_stage():
-            outputs, grad_outputs = engine.loss, None
+            outputs, grad_outputs = engine.loss * self._scale if self._scale != 1.0 else engine.loss, None
         else:
             outputs, grad_outputs = engine.pipe_buffers["outputs"][buffer_id], engine.grad_layer
         inputs = engine.pipe_buffers["inputs"][buffer_id]
         needs_input_grad = torch.is_tensor(inputs) and inputs.requires_grad
         wrt = self.params + ([inputs] if needs_input_grad else [])
         grads = torch.autograd.grad(outputs, wrt, grad_outputs=grad_outputs, allow_unused=True)
-        self.layout.add_(self._flat, grads[: len(self.params)], self._scale)
+        self._visit(self._backward_count, grads[: len(self.params)], 1.0 / self._scale)
+        self._backward_count += 1
         if needs_input_grad:
             inputs.grad = grads[-1]  # what SendGrad sends to the previous stage
         engine.pipe_buffers["outputs"][buffer_id] = None
 
-    def _reduce_tied(self) -> None:
+    def reduce_tied(self, flat: torch.Tensor) -> None:
         for comm in self.module.tied_comms.values():
             for attr in comm["weight_attr"]:
                 weight = self.module._recursive_getattr(comm["module"], attr)
                 index = next(i for i, p in enumerate(self.params) if p is weight)
-                dist.all_reduce(self.layout.view(self._flat, index), group=comm["group"])
+                dist.all_reduce(self.layout.view(flat, index), group=comm["group"])
 
-    def __call__(self, micro_batches: List[MicroBatch]) -> torch.Tensor:
+    def run(self, micro_batches: List[MicroBatch], visit: Visit) -> None:
         engine = self.engine
-        self._flat, self._scale = self.layout.zeros(), 1.0 / len(micro_batches)
+        self._visit, self._backward_count, self._scale = visit, 0, engine_loss_scale(engine)
         schedule = _ProbeSchedule(micro_batches=len(micro_batches), stages=engine.num_stages,
                                   stage_id=engine.stage_id)
         engine.set_dataiterator(iter([mb.as_pipeline_item() for mb in micro_batches]))
@@ -157,6 +207,5 @@ class PipelineProbeGradients:
             del engine._INSTRUCTION_MAP  # back to the class's map
             self.module.train(was_training)
             engine.total_loss = None
-        self._reduce_tied()
-        flat, self._flat = self._flat, None
-        return flat
+            self._visit = None
+        assert self._backward_count == len(micro_batches), (self._backward_count, len(micro_batches))

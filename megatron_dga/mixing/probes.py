@@ -1,12 +1,16 @@
 """The data DGA's probes read: micro batches of each source and of the specific set.
 
 Probes never touch the training data position: every domain has a second, independently
-seeded stream of its training sequences for probes, and the specific set has its own. At
-update u each source (a domain, or a base distribution over domains) gets
+seeded stream of its training sequences for probes (`StreamKind.PROBE`), and the specific set
+has its own. At update u each source (a domain, or a base distribution over domains) gets
 `probe_microbatches x DP` micro batches, one share per data-parallel rank, exactly as a
-training batch is split; a base distribution's sequences are spread over its domains with
-the same greedy rule as training batches. Counters of probe draws are part of the state, so
-a resumed run probes the same sequences.
+training batch is split.
+
+A base distribution P_j spreads its sequences over its domains by the same low-discrepancy
+rule as the training blend, with a state that persists from one update to the next: over
+updates, every domain of P_j is probed in proportion to its weight in P_j (a rule restarted
+at every update would always probe the same top domains). Counters of probe draws and these
+states are part of the checkpoint, so a resumed run probes the same sequences.
 """
 
 from __future__ import annotations
@@ -15,12 +19,39 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
+from megatron_dga.data.apportion import Apportioner
 from megatron_dga.data.batches import MicroBatch, make_microbatch
-from megatron_dga.data.blend import greedy_blend
-from megatron_dga.data.sequences import SequenceStream
+from megatron_dga.data.sequences import SequenceStream, StreamKind, stream_key
 from megatron_dga.parallel.layout import Layout
 
-PROBE_STREAM = 1  # seed-key tag of probe streams (training streams have none)
+
+def probe_streams(domains, seq_length: int, seed: int) -> List[SequenceStream]:
+    """Every domain's probe stream: its training sequences, in an order of their own."""
+    return [
+        SequenceStream(d.name, d.train.dataset, d.train.doc_ids, d.train.sizes, seq_length,
+                       seed_key=stream_key(seed, StreamKind.PROBE, i))
+        for i, d in enumerate(domains)
+    ]
+
+
+class BaseSampler:
+    """The domains of a base distribution's probe sequences, update after update."""
+
+    def __init__(self, distribution: np.ndarray):
+        self.support = np.flatnonzero(distribution > 0)
+        self._rule = Apportioner(distribution[self.support]) if len(self.support) > 1 else None
+
+    def next_block(self, n: int) -> np.ndarray:
+        if self._rule is None:
+            return np.full(n, self.support[0], dtype=np.int64)
+        return self.support[self._rule.plan(n)[0]]
+
+    def state_dict(self) -> Optional[Dict]:
+        return None if self._rule is None else self._rule.state_dict()
+
+    def load_state_dict(self, state: Optional[Dict]) -> None:
+        if self._rule is not None:
+            self._rule.load_state_dict(state)
 
 
 class ProbeData:
@@ -34,7 +65,8 @@ class ProbeData:
         self.block = probe_microbatches * layout.dp * layout.micro_batch_size
         self.domain_draws = np.zeros(len(probe_streams), dtype=np.int64)
         self.specific_draws = 0
-        self._plan = None  # (source domains, draw numbers) of the current update
+        self.samplers = [BaseSampler(row) for row in bases]
+        self._plan = None  # (source domains, draw numbers, counters after) of the current update
 
     @property
     def num_sources(self) -> int:
@@ -48,16 +80,14 @@ class ProbeData:
 
     def begin_update(self) -> None:
         """Plan this update's probe sequences: for every source, `block` (domain, draw) pairs."""
-        domains = np.zeros((self.num_sources, self.block), dtype=np.int16)
-        for j, weights in enumerate(self.bases):
-            domains[j] = greedy_blend(weights, self.block)[0]
-        flat = domains.reshape(-1).astype(np.int64)
+        domains = np.stack([sampler.next_block(self.block) for sampler in self.samplers])
+        flat = domains.reshape(-1)
         draws = np.empty_like(flat)
         counters = self.domain_draws.copy()
         for position, d in enumerate(flat):  # draws continue each domain's probe stream
             draws[position] = counters[d]
             counters[d] += 1
-        self._plan = (domains.astype(np.int64), draws.reshape(domains.shape), counters)
+        self._plan = (domains, draws.reshape(domains.shape), counters)
 
     def source_microbatches(self, source: int) -> List[MicroBatch]:
         domains, draws, _ = self._plan
@@ -81,8 +111,12 @@ class ProbeData:
         self._plan = None
 
     def state_dict(self) -> Dict:
-        return {"domain_draws": self.domain_draws.tolist(), "specific_draws": int(self.specific_draws)}
+        return {"domain_draws": self.domain_draws.tolist(), "specific_draws": int(self.specific_draws),
+                "base_samplers": [sampler.state_dict() for sampler in self.samplers]}
 
     def load_state_dict(self, state: Dict) -> None:
         self.domain_draws = np.asarray(state["domain_draws"], dtype=np.int64)
         self.specific_draws = int(state["specific_draws"])
+        for sampler, sampler_state in zip(self.samplers, state["base_samplers"]):
+            sampler.load_state_dict(sampler_state)
+        self._plan = None

@@ -19,13 +19,14 @@ from megatron_dga.config import PretrainConfig
 from megatron_dga.data.batches import TrainBatches
 from megatron_dga.data.blend import DynamicBlend
 from megatron_dga.data.domains import Domain, open_domains, open_specific_sets
-from megatron_dga.data.sequences import FewExamples, SequenceStream
+from megatron_dga.data.sequences import FewExamples
 from megatron_dga.mixing.alignment import AlignmentMeter
 from megatron_dga.mixing.dga import DGAMixing
 from megatron_dga.mixing.factory import build_mixing
 from megatron_dga.mixing.gradients import PipelineProbeGradients, SequentialProbeGradients
 from megatron_dga.mixing.importance import assign_to_clusters
-from megatron_dga.mixing.probes import PROBE_STREAM, ProbeData
+from megatron_dga.mixing.preconditioner import AdamPreconditioner
+from megatron_dga.mixing.probes import ProbeData, probe_streams
 from megatron_dga.model.gpt import build_model
 from megatron_dga.model.transformer_config import padded_vocab_size
 from megatron_dga.parallel.initialize import ParallelContext
@@ -108,18 +109,19 @@ class Trainer:
 
     def _build_alignment_meter(self) -> AlignmentMeter:
         cfg = self.config
-        probe_streams = [
-            SequenceStream(d.name, d.train.dataset, d.train.doc_ids, d.train.sizes, cfg.model.seq_length,
-                           seed_key=(cfg.training.seed, i, PROBE_STREAM))
-            for i, d in enumerate(self.domains)
-        ]
-        probes = ProbeData(probe_streams, self.specific_train, self.mixing.bases, self.layout, self.ctx.dp_rank,
+        streams = probe_streams(self.domains, cfg.model.seq_length, cfg.training.seed)
+        probes = ProbeData(streams, self.specific_train, self.mixing.bases, self.layout, self.ctx.dp_rank,
                            cfg.mixing.dga_probe_microbatches, self.tokenizer.eod, cfg.training.eod_mask_loss)
         if self.engine.pipelined:
-            gradient = PipelineProbeGradients(self.engine.engine, self.ctx.device)
+            gradients = PipelineProbeGradients(self.engine.engine, self.ctx.device)
         else:
-            gradient = SequentialProbeGradients(self.engine.module, self.ctx.device)
-        return AlignmentMeter(gradient, gradient.layout, probes, self.ctx)
+            gradients = SequentialProbeGradients(self.engine.module, self.ctx.device, self.engine.engine)
+        kind = cfg.mixing.dga_alignment
+        preconditioner = None
+        if kind == "adam":
+            preconditioner = AdamPreconditioner(self.engine.engine, gradients.layout, self.ctx.dp_group,
+                                                self.layout.dp)
+        return AlignmentMeter(gradients, probes, self.ctx, kind, preconditioner)
 
     # ---- bookkeeping ---------------------------------------------------------------------
     @property
@@ -132,7 +134,7 @@ class Trainer:
     def _domain_series(self) -> Dict[str, Dict[str, float]]:
         """Per-domain values to log: weights in use, epochs and tokens drawn so far."""
         draws = self._domain_draws()
-        weights = self.blend.weights_at(self.consumed_samples)
+        weights = self.blend.weights
         return {
             "data-mixture": dict(zip(self.domain_names, map(float, weights))),
             "domain-epochs": {d.name: d.train.epochs(int(n)) for d, n in zip(self.domains, draws)},
@@ -256,14 +258,16 @@ class Trainer:
 
     def update_mixture(self) -> None:
         """Measure the alignment, step the mixing algorithm, re-plan the blend from here on."""
-        scores = self.alignment.measure()
-        changed = self.mixing.update(self.iteration, scores)
+        measured = self.alignment.measure()
+        lr_scale = self.engine.learning_rate / self.config.optimizer.lr if self.config.optimizer.lr > 0 else 1.0
+        changed = self.mixing.update(self.iteration, measured.scores, measured.stderr, lr_scale)
         start = time.time()
         if changed:
             self.blend.set_weights(self.consumed_samples, self.mixing.weights())
             self.blend.lookup(self.consumed_samples, self.consumed_samples + self.layout.global_batch_size)
         else:
-            self.logger.print(f" DGA update at iteration {self.iteration} skipped: alignment {scores} is not finite")
+            self.logger.print(f" DGA update at iteration {self.iteration} skipped: alignment {measured.scores} "
+                              f"or its step is not finite")
         self.replan_seconds += time.time() - start
 
     def train_step(self):

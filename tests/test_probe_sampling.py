@@ -1,0 +1,53 @@
+"""Probes of a base distribution follow that distribution over updates, and resume exactly."""
+
+import numpy as np
+
+from megatron_dga.mixing.probes import ProbeData
+from megatron_dga.parallel.layout import Layout
+
+
+def probe_data(bases):
+    # 2 micro batches of 2 sequences per source and update, on one rank.
+    return ProbeData([None] * bases.shape[1], None, bases, Layout(1, 1, 1, 1, 2, 2), 0, 2, None, False)
+
+
+def planned_domains(probes, updates):
+    blocks = []
+    for _ in range(updates):
+        probes.begin_update()
+        blocks.append(probes._plan[0].copy())
+        probes.end_update()
+    return np.stack(blocks)  # [update, source, sequence]
+
+
+def test_every_domain_of_a_base_is_probed_in_proportion():
+    k = 50
+    rng = np.random.default_rng(0)
+    bases = rng.dirichlet(np.full(k, 0.5), size=3)
+    probes = probe_data(bases)
+    blocks = planned_domains(probes, 200)  # 800 sequences per base
+    for j in range(3):
+        counts = np.bincount(blocks[:, j].reshape(-1), minlength=k)
+        np.testing.assert_array_less(np.abs(counts - 800 * bases[j]), 1.0 + 1e-9)
+    # Not the same top domains at every update.
+    assert len({tuple(b) for b in blocks[:, 0]}) > 10
+
+
+def test_one_hot_bases_need_no_state_and_probe_their_domain():
+    probes = probe_data(np.eye(4))
+    blocks = planned_domains(probes, 3)
+    assert np.all(blocks == np.arange(4)[None, :, None])
+    assert probes.state_dict()["base_samplers"] == [None] * 4
+    np.testing.assert_array_equal(probes.domain_draws, [12, 12, 12, 12])
+
+
+def test_resumed_probes_plan_the_same_sequences():
+    bases = np.random.default_rng(1).dirichlet(np.ones(20), size=2)
+    straight = probe_data(bases)
+    first = planned_domains(straight, 5)
+    state = straight.state_dict()
+    expected = planned_domains(straight, 5)
+    resumed = probe_data(bases)
+    resumed.load_state_dict(state)
+    np.testing.assert_array_equal(planned_domains(resumed, 5), expected)
+    assert not np.array_equal(first, expected)
