@@ -71,12 +71,19 @@ def test_dga_prefers_the_specific_domain_and_helps_the_target(tmp_path, data):
     assert sum(final["domain_tokens"].values()) == 100 * 8 * 32
 
 
-def test_dga_resume_is_exact(tmp_path, data):
+STEP_CONTROL = ["--dga-alignment", "adam", "--dga-step-scale", "rms", "--dga-step-clip", "2", "--dga-score-ema", "0.5",
+                "--dga-scale-by-lr", "--dga-probe-microbatches", "2", "--dga-lr", "0.5"]
+
+
+@pytest.mark.parametrize("variant", ["raw", "adam-step-control"])
+def test_dga_resume_is_exact(tmp_path, data, variant):
     """2 x T_r + 3 iterations straight equal T_r + 1, stop, resume: losses, weights,
-    alignment and samples (tokens drawn per domain) at every iteration."""
+    alignment and samples (tokens drawn per domain) at every iteration. With step control the
+    running averages (score EMA, RMS) and Adam's moments cross the stop too."""
     t_r = 4
     common = ["--mixing", "dga", "--dga-update-interval", str(t_r), "--dga-lr", "3", "--log-interval", "1",
-              "--eval-interval", "100", "--hidden-dropout", "0.1", "--attention-dropout", "0.1"]
+              "--eval-interval", "100", "--hidden-dropout", "0.1", "--attention-dropout", "0.1",
+              *(STEP_CONTROL if variant != "raw" else [])]
     straight, resumed = str(tmp_path / "straight"), str(tmp_path / "resumed")
     checkpoints = os.path.join(resumed, "checkpoints")
     iters = 2 * t_r + 3
@@ -93,9 +100,12 @@ def test_dga_resume_is_exact(tmp_path, data):
         assert y["lm_loss"] == pytest.approx(x["lm_loss"], rel=1e-6), x["iteration"]
         assert y["data_mixture"] == pytest.approx(x["data_mixture"], rel=1e-9), x["iteration"]
         assert y["alignment"] == pytest.approx(x["alignment"], rel=1e-6, nan_ok=True), x["iteration"]
+        assert y["dga_step"] == pytest.approx(x["dga_step"], rel=1e-6), x["iteration"]
         assert y["domain_tokens"] == x["domain_tokens"], x["iteration"]
     # The weights did move: the resumed run had updates on both sides of the stop.
     assert a[-1]["dga_updates"]["done"] == 2 and a[-1]["data_mixture"]["dom0"] != pytest.approx(1 / 3)
+    if variant != "raw":  # two probe micro batches per source: a standard error for every score
+        assert all(np.isfinite(v) and v > 0 for v in a[-1]["alignment_stderr"].values())
 
 
 def test_importance_sampling_uses_the_histogram(tmp_path, data):
