@@ -6,7 +6,13 @@ update costs k + 1 forward/backward passes of one micro batch, so the ideal rati
 compute only, nothing wasted) is 1 + (k + 1) / (T_r x G). The script prints the measured
 ratio, the ideal one, and the time of probes and blend re-plans per update.
 
-    python bench/dga_overhead.py                 # k = 16, T_r = 10, G = 32 micro batches of 1
+    python bench/dga_overhead.py                                  # k = 16, T_r = 10, G = 32 micro batches of 1
+    python bench/dga_overhead.py --domains 64                     # k = 64
+    python bench/dga_overhead.py --domains 64 --pipeline-parallel 2   # PP = 2 (two processes, torchrun)
+
+With pipeline parallelism a probe phase costs its micro batches plus one pipeline fill and
+drain: the specific micro batches go through one schedule and all k sources' through a second,
+so an update wastes 2 (S - 1) slots where k + 1 separate schedules would waste (k + 1)(S - 1).
 """
 
 from __future__ import annotations
@@ -35,7 +41,9 @@ def parse():
     p.add_argument("--heads", type=int, default=4)
     p.add_argument("--seq-length", type=int, default=256)
     p.add_argument("--cycles", type=int, default=3, help="update cycles timed (after one of warmup)")
-    p.add_argument("--threads", type=int, default=os.cpu_count())
+    p.add_argument("--threads", type=int, default=os.cpu_count(), help="CPU threads in all")
+    p.add_argument("--pipeline-parallel", type=int, default=1, help="pipeline stages (one process each)")
+    p.add_argument("--alignment", default="raw", choices=["raw", "adam", "cosine"], help="--dga-alignment")
     return p.parse_args()
 
 
@@ -65,8 +73,12 @@ def write_data(directory: str, domains: int, tokens_per_domain: int) -> str:
 def run(a, directory: str, manifest: str, mixing: str):
     iters = a.update_interval * (a.cycles + 1)
     metrics = os.path.join(directory, f"{mixing}.jsonl")
+    launcher = [sys.executable, "-m", "megatron_dga.pretrain"]
+    if a.pipeline_parallel > 1:
+        launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(a.pipeline_parallel),
+                    "-m", "megatron_dga.pretrain", "--pipeline-model-parallel-size", str(a.pipeline_parallel)]
     args = [
-        sys.executable, "-m", "megatron_dga.pretrain", "--domains-manifest", manifest, "--mixing", mixing,
+        *launcher, "--domains-manifest", manifest, "--mixing", mixing, "--dga-alignment", a.alignment,
         "--specific-data-path", os.path.join(directory, "specific"), "--split", "100,0,0",
         "--dga-update-interval", str(a.update_interval), "--dga-probe-microbatches", "1",
         "--num-layers", str(a.layers), "--hidden-size", str(a.hidden), "--num-attention-heads", str(a.heads),
@@ -74,7 +86,8 @@ def run(a, directory: str, manifest: str, mixing: str):
         "--global-batch-size", str(a.microbatches * a.micro_batch_size), "--train-iters", str(iters),
         "--log-interval", "1", "--eval-interval", "1000000", "--metrics-file", metrics, "--lr", "1e-4",
     ]
-    subprocess.run(args, check=True, env=dict(os.environ, OMP_NUM_THREADS=str(a.threads)), stdout=subprocess.DEVNULL)
+    threads = max(1, a.threads // a.pipeline_parallel)
+    subprocess.run(args, check=True, env=dict(os.environ, OMP_NUM_THREADS=str(threads)), stdout=subprocess.DEVNULL)
     with open(metrics) as f:
         records = [json.loads(line) for line in f if '"train"' in line]
     # Iteration t's time includes the update made before it (at t - 1 = 10, 20, ...):
@@ -99,7 +112,8 @@ def main():
     ideal = 1 + (k + 1) / (t_r * g)
     measured = dga_time / uniform_time
     print(f"k = {k} domains, T_r = {t_r}, global batch = {g} micro batches of {a.micro_batch_size} x "
-          f"{a.seq_length} tokens, model {a.layers} x {a.hidden}, {a.threads} threads")
+          f"{a.seq_length} tokens, model {a.layers} x {a.hidden}, PP = {a.pipeline_parallel}, {a.threads} threads, "
+          f"--dga-alignment {a.alignment}")
     print(f"uniform: {uniform_time * 1000:9.1f} ms/iter   dga: {dga_time * 1000:9.1f} ms/iter   "
           f"(over {len(dga)} iterations, {a.cycles} update cycles)")
     print(f"per update: probes {probe * 1000:.1f} ms ({k + 1} micro batches), re-plan {replan * 1000:.2f} ms")

@@ -46,12 +46,24 @@ def parse_args(argv=None):
     p.add_argument("--generic", default=",".join(GENERIC), help="generic domains (comma-separated)")
     p.add_argument("--max-chars-per-domain", type=int, default=1_000_000,
                    help="corpus budget per generic domain (Austen is always built whole)")
+    p.add_argument("--target", default="novels_austen",
+                   help="the corpus domain to specialise to; it stays out of the generic mix. Austen is "
+                        "split by novel (--specific-novels, --heldout-novels), any other target by document "
+                        "(--heldout-every)")
     p.add_argument("--specific-novels", default=",".join(SPECIFIC_NOVELS))
     p.add_argument("--heldout-novels", default=",".join(HELDOUT_NOVELS))
+    p.add_argument("--heldout-every", type=int, default=4,
+                   help="targets other than Austen: every N-th document is held out, the others are the specific set")
+    p.add_argument("--specific-max-docs", type=int, default=0,
+                   help="targets other than Austen: keep only the first N specific documents (0: all)")
     p.add_argument("--vocab-size", type=int, default=8192)
     p.add_argument("--importance", action="store_true",
                    help="also compute the specific set's histogram over the generic domains")
-    p.add_argument("--clusters", type=int, default=0, help="also cluster the generic mix into K domains")
+    p.add_argument("--clusters", default="0",
+                   help="also cluster the generic mix into K domains (a comma-separated list for several K)")
+    p.add_argument("--bases", type=int, default=0,
+                   help="with --clusters: also group each clustering's domains into N base distributions "
+                        "(tools/make_base_distributions.py), for DGA's distribution reweighting")
     p.add_argument("--embedder", default="minilm", choices=["minilm", "tfidf"], help="for --importance and --clusters")
     p.add_argument("--max-docs", type=int, default=1500,
                    help="documents per generic domain embedded for --importance and --clusters")
@@ -70,9 +82,10 @@ def build_corpus(a, corpus_dir: str) -> None:
     if missing:
         tool("build_corpus.py", "--output-dir", corpus_dir, "--domains", ",".join(missing),
              "--max-chars-per-domain", str(a.max_chars_per_domain), "--no-progress")
-    if not os.path.exists(os.path.join(corpus_dir, "novels_austen.jsonl")):
-        tool("build_corpus.py", "--output-dir", corpus_dir, "--domains", "novels_austen",
-             "--max-chars-per-domain", "0", "--no-progress")
+    if not os.path.exists(os.path.join(corpus_dir, f"{a.target}.jsonl")):
+        cap = "0" if a.target == "novels_austen" else str(a.max_chars_per_domain)  # Austen whole
+        tool("build_corpus.py", "--output-dir", corpus_dir, "--domains", a.target,
+             "--max-chars-per-domain", cap, "--no-progress")
 
 
 def novel_of(document: Dict) -> str:
@@ -104,6 +117,26 @@ def split_austen(austen_jsonl: str, out_dir: str, specific: List[str], heldout: 
     return paths
 
 
+def split_by_document(target_jsonl: str, out_dir: str, every: int, max_docs: int) -> Dict[str, str]:
+    """specific.jsonl and heldout.jsonl: every `every`-th document of the target held out."""
+    paths = {"specific": os.path.join(out_dir, "specific.jsonl"), "heldout": os.path.join(out_dir, "heldout.jsonl")}
+    if all(os.path.exists(p) for p in paths.values()):
+        return paths
+    if every < 2:
+        raise SystemExit(f"--heldout-every {every}: must be at least 2")
+    groups = {"specific": [], "heldout": []}
+    with open(target_jsonl, encoding="utf-8") as f:
+        for index, line in enumerate(f):
+            groups["heldout" if index % every == every - 1 else "specific"].append(line)
+    if max_docs:
+        groups["specific"] = groups["specific"][:max_docs]
+    if not groups["heldout"] or not groups["specific"]:
+        raise SystemExit(f"{target_jsonl}: too few documents to hold out every {every}-th")
+    for name, lines in groups.items():
+        write_text(paths[name], "".join(lines))
+    return paths
+
+
 def main(argv=None) -> Dict[str, str]:
     argv = list(sys.argv[1:] if argv is None else argv)
     a = parse_args(argv)
@@ -114,20 +147,26 @@ def main(argv=None) -> Dict[str, str]:
         build_corpus(a, corpus_dir)
 
     generic = a.generic.split(",")
+    if a.target in generic:
+        raise SystemExit(f"--target {a.target} is also in --generic: the target must stay out of the generic mix")
     generic_dir = os.path.join(work, "generic_jsonl")  # only the generic domains, as links
     os.makedirs(generic_dir, exist_ok=True)
     for d in generic:
         link = os.path.join(generic_dir, f"{d}.jsonl")
         if not os.path.exists(link):
             os.symlink(os.path.join(corpus_dir, f"{d}.jsonl"), link)
-    austen = split_austen(os.path.join(corpus_dir, "novels_austen.jsonl"), work,
-                          [n.strip().upper() for n in a.specific_novels.split(",")],
-                          [n.strip().upper() for n in a.heldout_novels.split(",")])
+    if a.target == "novels_austen":
+        target = split_austen(os.path.join(corpus_dir, "novels_austen.jsonl"), work,
+                              [n.strip().upper() for n in a.specific_novels.split(",")],
+                              [n.strip().upper() for n in a.heldout_novels.split(",")])
+    else:
+        target = split_by_document(os.path.join(corpus_dir, f"{a.target}.jsonl"), work, a.heldout_every,
+                                   a.specific_max_docs)
 
     tokenizer = os.path.join(work, "tokenizer", "tokenizer.json")
     if not os.path.exists(tokenizer):
         tool("train_tokenizer.py", "--input", *[os.path.join(generic_dir, f"{d}.jsonl") for d in generic],
-             austen["specific"], "--vocab-size", str(a.vocab_size), "--output", tokenizer, "--no-progress")
+             target["specific"], "--vocab-size", str(a.vocab_size), "--output", tokenizer, "--no-progress")
     tok = ["--tokenizer-type", "HuggingFaceTokenizer", "--tokenizer-model", tokenizer]
 
     data_dir = os.path.join(work, "data")
@@ -138,7 +177,7 @@ def main(argv=None) -> Dict[str, str]:
         prefix = os.path.join(data_dir, name)
         prefixes[name] = prefix + "_text_document"
         if not os.path.exists(prefixes[name] + ".idx"):
-            tool("preprocess_data.py", "--input", austen[name], "--output-prefix", prefix, *tok, "--append-eod",
+            tool("preprocess_data.py", "--input", target[name], "--output-prefix", prefix, *tok, "--append-eod",
                  "--workers", str(a.workers), "--no-progress")
 
     prepared = {
@@ -146,6 +185,7 @@ def main(argv=None) -> Dict[str, str]:
         "specific": prefixes["specific"],
         "heldout": prefixes["heldout"],
         "tokenizer": tokenizer,
+        "target": a.target,
         "specific_novels": a.specific_novels,
         "heldout_novels": a.heldout_novels,
         "prepare_args": argv,  # so the report can print the exact command
@@ -160,24 +200,32 @@ def main(argv=None) -> Dict[str, str]:
                  "--no-progress")
         histogram = os.path.join(centroids_dir, "assign_specific.json")
         if not os.path.exists(histogram):
-            tool("cluster_domains.py", "--assign", austen["specific"], "--output-dir", centroids_dir, *embeddings,
+            tool("cluster_domains.py", "--assign", target["specific"], "--output-dir", centroids_dir, *embeddings,
                  "--no-progress")
         prepared["sources_histogram"] = histogram
-    if a.clusters:
-        clusters_dir = os.path.join(work, f"clusters{a.clusters}")
+    for k in [int(k) for k in str(a.clusters).split(",") if int(k) > 0]:
+        clusters_dir = os.path.join(work, f"clusters{k}")
         if not os.path.exists(os.path.join(clusters_dir, "clusters.json")):
             tool("cluster_domains.py", "--input", *generic_inputs, "--output-dir", clusters_dir,
-                 "--num-clusters", str(a.clusters), "--embedder", a.embedder, "--max-docs", str(a.max_docs),
+                 "--num-clusters", str(k), "--embedder", a.embedder, "--max-docs", str(a.max_docs),
                  *embeddings, "--no-progress")
         histogram = os.path.join(clusters_dir, "assign_specific.json")
         if not os.path.exists(histogram):
-            tool("cluster_domains.py", "--assign", austen["specific"], "--output-dir", clusters_dir, *embeddings,
+            tool("cluster_domains.py", "--assign", target["specific"], "--output-dir", clusters_dir, *embeddings,
                  "--no-progress")
-        cluster_data = os.path.join(work, f"clusters{a.clusters}_data")
+        cluster_data = os.path.join(work, f"clusters{k}_data")
         tool("build_domains.py", "--input-dir", clusters_dir, "--output-dir", cluster_data, *tok,
              "--workers", str(a.workers), "--no-progress")
-        prepared["clusters_manifest"] = os.path.join(cluster_data, "domains.json")
-        prepared["clusters_histogram"] = histogram
+        entry = {"manifest": os.path.join(cluster_data, "domains.json"), "histogram": histogram}
+        if a.bases:
+            entry["bases"] = os.path.join(cluster_data, f"bases{a.bases}.json")
+            if not os.path.exists(entry["bases"]):
+                tool("make_base_distributions.py", "--clusters-dir", clusters_dir, "--domains-manifest",
+                     entry["manifest"], "--num-bases", str(a.bases), "--output", entry["bases"])
+        prepared.setdefault("clusters", {})[str(k)] = entry
+        # The first clustering is also the default one (`run.py --domains clusters`).
+        prepared.setdefault("clusters_manifest", entry["manifest"])
+        prepared.setdefault("clusters_histogram", histogram)
     write_json(os.path.join(work, "prepared.json"), prepared)
     print(f"prepared: {os.path.join(work, 'prepared.json')}", flush=True)
     return prepared

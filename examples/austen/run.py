@@ -35,6 +35,21 @@ from megatron_dga.files import write_json  # noqa: E402
 METHODS = ["uniform", "natural", "importance", "dga", "dga-ema"]
 REGIMES = ["plenty", "token-limited", "few-specific"]
 
+# Variants of DGA's score and step (docs/dga.md), added to the flags of the dga methods.
+# "control": the step in log-weight units (running-RMS scale, eta 0.5), clipped to [-1, 1],
+# following a moving average of the scores, and scaled by the learning-rate ratio.
+SCALED = ["--dga-step-scale", "rms", "--dga-lr", "0.5"]
+CONTROL = [*SCALED, "--dga-step-clip", "1", "--dga-score-ema", "0.5", "--dga-scale-by-lr"]
+VARIANTS = {
+    "raw": [],
+    "raw-rms": ["--dga-alignment", "raw", *SCALED],
+    "adam-rms": ["--dga-alignment", "adam", *SCALED],
+    "cosine-rms": ["--dga-alignment", "cosine", *SCALED],
+    "raw-control": ["--dga-alignment", "raw", *CONTROL],
+    "adam-control": ["--dga-alignment", "adam", *CONTROL],
+    "cosine-control": ["--dga-alignment", "cosine", *CONTROL],
+}
+
 # The models runs share: a 4 x 256 GPT on 128-token sequences, and a tiny one for smoke tests.
 MODELS = {
     "small": ["--num-layers", "4", "--hidden-size", "256", "--num-attention-heads", "4", "--seq-length", "128"],
@@ -49,6 +64,11 @@ def parse_args(argv=None):
     p.add_argument("--regime", default="plenty", choices=REGIMES)
     p.add_argument("--domains", default="sources", choices=["sources", "clusters"],
                    help="generic domains: the corpus sources, or the k-means clusters made by prepare.py --clusters")
+    p.add_argument("--clusters-k", type=int, help="with --domains clusters: which clustering (default: the first)")
+    p.add_argument("--base-distributions", action="store_true",
+                   help="dga over the clusters' base distributions (prepare.py --bases)")
+    p.add_argument("--variant", default="raw", choices=sorted(VARIANTS), help="dga methods: score and step variant")
+    p.add_argument("--experiment", help="name of the group of runs in the report (default: the --domains value)")
     p.add_argument("--model", default="small", choices=sorted(MODELS))
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--out", required=True, help="run folder (metrics.jsonl, tb/, log.txt)")
@@ -73,16 +93,37 @@ def method_flags(method: str, a, prepared: Dict) -> List[str]:
     if method in ("uniform", "natural"):
         return ["--mixing", method]
     if method == "importance":
-        key = "clusters_histogram" if a.domains == "clusters" else "sources_histogram"
-        if key not in prepared:
-            raise SystemExit(f"{a.prepared} has no {key}: run prepare.py with importance histograms")
+        if a.domains == "clusters":
+            histogram = clustering(a, prepared)["histogram"]
+        elif "sources_histogram" in prepared:
+            histogram = prepared["sources_histogram"]
+        else:
+            raise SystemExit(f"{a.prepared} has no sources_histogram: run prepare.py with importance histograms")
         if a.regime == "few-specific":
             # Only the few training sequences may inform the weights: assign them at start-up.
-            return ["--mixing", "importance", "--importance-clusters", os.path.dirname(prepared[key])]
-        return ["--mixing", "importance", "--importance-histogram", prepared[key]]
+            return ["--mixing", "importance", "--importance-clusters", os.path.dirname(histogram)]
+        return ["--mixing", "importance", "--importance-histogram", histogram]
     ema = "0" if method == "dga" else str(a.dga_ema)
-    return ["--mixing", "dga", "--dga-ema", ema, "--dga-lr", str(a.dga_lr),
-            "--dga-update-interval", str(a.dga_update_interval)]
+    flags = ["--mixing", "dga", "--dga-ema", ema, "--dga-lr", str(a.dga_lr),
+             "--dga-update-interval", str(a.dga_update_interval), *VARIANTS[a.variant]]
+    if a.base_distributions:
+        flags += ["--dga-base-distributions", clustering(a, prepared)["bases"]]
+    return flags
+
+
+def clustering(a, prepared: Dict) -> Dict:
+    """The clustering's manifest, histogram and (optional) bases chosen by --clusters-k."""
+    entries = prepared.get("clusters")
+    if not entries:
+        if "clusters_manifest" not in prepared:
+            raise SystemExit(f"{a.prepared} has no clustering: run prepare.py --clusters")
+        entries = {"": {"manifest": prepared["clusters_manifest"], "histogram": prepared["clusters_histogram"]}}
+    if a.clusters_k is None:
+        return next(iter(entries.values()))
+    entry = entries.get(str(a.clusters_k))
+    if entry is None:
+        raise SystemExit(f"{a.prepared} has no clustering with k = {a.clusters_k}: run prepare.py --clusters")
+    return entry
 
 
 def regime_flags(regime: str, a) -> List[str]:
@@ -94,7 +135,7 @@ def regime_flags(regime: str, a) -> List[str]:
 
 
 def pretrain_args(a, prepared: Dict) -> List[str]:
-    manifest = prepared["clusters_manifest"] if a.domains == "clusters" else prepared["domains_manifest"]
+    manifest = clustering(a, prepared)["manifest"] if a.domains == "clusters" else prepared["domains_manifest"]
     return [
         "--domains-manifest", manifest, *MODELS[a.model],
         "--micro-batch-size", str(a.micro_batch_size), "--global-batch-size", str(a.global_batch_size),
@@ -106,6 +147,15 @@ def pretrain_args(a, prepared: Dict) -> List[str]:
         "--metrics-file", os.path.join(a.out, "metrics.jsonl"), "--tensorboard-dir", os.path.join(a.out, "tb"),
         *method_flags(a.method, a, prepared), *regime_flags(a.regime, a), *a.extra.split(),
     ]
+
+
+def label(a) -> str:
+    """How the report names the run's method: the method, with its DGA variant and bases."""
+    name = a.method
+    if a.method.startswith("dga"):
+        name += "" if a.variant == "raw" else f" {a.variant}"
+        name += " (bases)" if a.base_distributions else ""
+    return name
 
 
 def finished(out: str, train_iters: int) -> bool:
@@ -144,6 +194,8 @@ def main(argv=None) -> int:
         print(f"{a.out}: training failed ({result.returncode}); see {a.out}/log.txt", flush=True)
         return result.returncode
     info = {"method": a.method, "regime": a.regime, "domains": a.domains, "seed": a.seed,
+            "experiment": a.experiment or a.domains,
+            "label": label(a),
             "train_iters": a.train_iters, "wall_seconds": time.time() - start, "run_args": argv,
             "command": command}
     write_json(os.path.join(a.out, "run.json"), info)  # written last: it marks the run finished

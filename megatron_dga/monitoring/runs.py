@@ -18,7 +18,8 @@ Series = List[Tuple[int, float]]
 
 # Metrics-file groups and the TensorBoard prefixes they are logged under.
 _GROUPS = {"data_mixture": "data-mixture", "alignment": "alignment", "domain_epochs": "domain-epochs",
-           "domain_tokens": "domain-tokens", "mixing_time": "mixing-time", "dga_source_weights": "dga-source-weights"}
+           "domain_tokens": "domain-tokens", "mixing_time": "mixing-time", "dga_source_weights": "dga-source-weights",
+           "alignment_stderr": "alignment-stderr", "dga_step": "dga-step", "dga_noise": "dga-noise"}
 _SCALARS = {"lm_loss": "lm loss", "learning_rate": "learning-rate", "grad_norm": "grad-norm",
             "iteration_time": "iteration-time", "tokens_per_second": "tokens-per-second"}
 
