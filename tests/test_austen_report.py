@@ -5,6 +5,9 @@ import os
 import subprocess
 import sys
 
+import numpy as np
+import pytest
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -58,3 +61,12 @@ def test_report_refuses_an_empty_work_dir(tmp_path):
                              "--work-dir", str(tmp_path), "--output", str(tmp_path / "r.md")],
                             capture_output=True, text=True)
     assert result.returncode == 2 and "no finished runs" in result.stderr
+
+
+def test_unigram_baseline_by_hand():
+    sys.path.insert(0, os.path.join(REPO, "examples", "austen"))
+    from unigram import unigram_cross_entropy
+
+    # Counts of tokens 0, 1, 2 in training: 3, 1, 0; add-one: 4/7, 2/7, 1/7.
+    ce = unigram_cross_entropy(np.array([0, 0, 0, 1]), np.array([0, 2]), vocab_size=3)
+    assert ce == pytest.approx(-(np.log(4 / 7) + np.log(1 / 7)) / 2)

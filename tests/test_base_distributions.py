@@ -50,5 +50,17 @@ def test_a_manifest_of_other_domains_is_refused(tmp_path):
     result = subprocess.run([sys.executable, TOOL, "--clusters-dir", str(tmp_path), "--domains-manifest",
                              str(tmp_path / "domains.json"), "--num-bases", "2", "--output",
                              str(tmp_path / "b.json")], capture_output=True, text=True)
-    assert result.returncode != 0 and "lists 1 domains, not the 3 clusters" in result.stderr
+    assert result.returncode != 0 and "1 domains are not clusters of" in result.stderr
     assert not (tmp_path / "b.json").exists()
+
+
+def test_a_manifest_may_leave_clusters_out(tmp_path):
+    np.save(tmp_path / "centroids.npy", np.eye(4, dtype=np.float32))
+    names = cluster_names(4)
+    DomainsManifest(TokenizerInfo("synthetic", None, 256, 255),
+                    [DomainEntry(names[i], names[i], 1, 10) for i in (3, 0, 1)]).save(str(tmp_path / "domains.json"))
+    subprocess.run([sys.executable, TOOL, "--clusters-dir", str(tmp_path), "--domains-manifest",
+                    str(tmp_path / "domains.json"), "--num-bases", "3", "--output", str(tmp_path / "b.json")],
+                   check=True, capture_output=True)
+    bases = load_base_distributions(str(tmp_path / "b.json"), 3)
+    assert bases.shape == (3, 3) and np.all((bases > 0).sum(axis=0) == 1)

@@ -161,19 +161,24 @@ def test_rms_scale_makes_the_step_independent_of_the_gradient_scale():
         small.update(10 * t, a)
         large.update(10 * t, 1000.0 * np.array(a))
     np.testing.assert_allclose(small.weights(), large.weights(), rtol=1e-10)
-    # The first update divides by the RMS of its own centred scores: a step of eta x
-    # (a - mean) / rms, with rms = sqrt(2/3) for [1, 0, -1].
+    # The first update divides by its own robust spread: a step of eta x (a - median) /
+    # (1.4826 x median |a - median|), here 0.5 x [1, 0, -1] / 1.4826.
     first = dga(lr=0.5, step_scale="rms", ema=0.0)
     first.update(10, [1.0, 0.0, -1.0])
-    np.testing.assert_allclose(first.last_step, 0.5 * np.array([1.0, 0.0, -1.0]) / np.sqrt(2 / 3), rtol=1e-12)
+    np.testing.assert_allclose(first.last_step, 0.5 * np.array([1.0, 0.0, -1.0]) / 1.4826, rtol=1e-12)
+    # An outlier does not set the scale: [3, 80, 5, 4, 6] has median 5 and spread 1.4826 x 1.
+    outlier = DGAMixing([f"s{i}" for i in range(5)], np.full(5, 0.2),
+                        DGAHyperparameters(lr=1.0, step_scale="rms", ema=0.0))
+    outlier.update(10, [3.0, 80.0, 5.0, 4.0, 6.0])
+    np.testing.assert_allclose(outlier.last_step, np.array([-2.0, 75.0, 0.0, -1.0, 1.0]) / 1.4826, rtol=1e-12)
 
 
 def test_clip_bounds_the_change_of_every_log_weight():
     m = dga(initial=(1 / 3, 1 / 3, 1 / 3), lr=1.0, ema=0.0, step_clip=0.5)
     m.update(10, [80.0, 0.0, 0.0])  # one unlucky pair of probes
-    np.testing.assert_allclose(m.last_step, [0.5, -0.5, -0.5])
+    np.testing.assert_allclose(m.last_step, [0.5, 0.0, 0.0])  # centred on the median, 0
     w = m.weights()
-    assert w[0] / w[1] == pytest.approx(np.exp(1.0))
+    assert w[0] / w[1] == pytest.approx(np.exp(0.5))
 
 
 def test_learning_rate_factor_scales_the_step():
@@ -192,6 +197,13 @@ def test_score_ema_by_hand():
     m.update(20, [-1.0, 0.0, 1.0])
     # (0.5 * 0.5 * [1, 0, -1] + 0.5 * [-1, 0, 1]) / (1 - 0.25) = [-1/3, 0, 1/3]
     np.testing.assert_allclose(m.last_step, [-1 / 3, 0.0, 1 / 3])
+
+
+def test_the_score_average_is_taken_over_clipped_steps():
+    m = dga(lr=1.0, ema=0.0, score_ema=0.5, step_clip=1.0)
+    m.update(10, [0.0, 80.0, 0.0])  # clipped to [0, 1, 0] before it is averaged
+    m.update(20, [0.0, 0.0, 0.0])
+    np.testing.assert_allclose(m.last_step, [0.0, 0.25 / 0.75, 0.0])
 
 
 def test_stderr_is_logged():
@@ -215,3 +227,28 @@ def test_bad_hyperparameters_are_refused():
         dga(step_clip=-1.0)
     with pytest.raises(ValueError, match="--dga-score-ema"):
         dga(score_ema=1.0)
+
+
+def test_a_source_cut_by_one_noisy_update_recovers_under_step_control():
+    """One unlucky pair of probes scores source 1 at 80 (the others at most 6); from then on
+    source 0 aligns best. A raw step of eta = 1 puts all the weight on source 1 for dozens of
+    updates; with the step in RMS units, clipped, and a score average, source 0 leads within
+    a few updates."""
+    names = [f"s{i}" for i in range(5)]
+    noisy_first = [3.0, 80.0, 5.0, 4.0, 6.0]
+    later = [2.0, 0.5, 0.3, 0.2, 0.1]
+
+    def run(**hyper):
+        m = DGAMixing(names, np.full(5, 0.2), DGAHyperparameters(ema=0.0, **hyper))
+        m.update(10, noisy_first)
+        leads = []
+        for t in range(2, 12):
+            m.update(10 * t, later)
+            leads.append(int(np.argmax(m.weights())))
+        return m.weights(), leads
+
+    raw_weights, raw_leads = run(lr=1.0)
+    assert raw_leads == [1] * 10 and raw_weights[0] < 1e-20
+    weights, leads = run(lr=0.5, step_scale="rms", step_clip=1.0, score_ema=0.5)
+    assert leads[-1] == 0 and weights[0] > 0.5, (weights, leads)
+    assert leads.index(0) <= 5, leads

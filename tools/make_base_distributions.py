@@ -5,7 +5,8 @@
         --num-bases 16 --output bases.json
 
 Reads the centroids a clustering run wrote (clusters/centroids.npy, one row per cluster_NNN
-domain) and the token count of each domain (the domains.json of tools/build_domains.py),
+domain) and the token count of each domain (the domains.json of tools/build_domains.py, which
+may list a subset of the clusters),
 groups the k centroids into N groups with seeded spherical k-means, and writes an N x k matrix:
 base j holds the domains of group j, in proportion to their training tokens. JSON:
 {"bases": [[...], ...], "groups": [...], "domains": [...]}.
@@ -40,25 +41,24 @@ def main(argv=None) -> int:
         p.error(f"--clusters-dir: {centroids_path} not found (run tools/cluster_domains.py first)")
     centroids = np.load(centroids_path)
     manifest = DomainsManifest.load(a.domains_manifest)
-    # Centroid row i is domain cluster_<i>; the bases' columns follow the manifest's order,
-    # which is the order training numbers the domains in.
-    names = cluster_names(len(centroids))
-    if sorted(names) != sorted(manifest.names):
-        p.error(f"--domains-manifest {a.domains_manifest} lists {len(manifest.names)} domains, not the "
-                f"{len(centroids)} clusters of {centroids_path} ({names[0]} ...)")
-    column = [manifest.names.index(n) for n in names]
-    tokens = np.array([manifest.domains[c].tokens for c in column], dtype=np.float64)
+    # Centroid row i is domain cluster_<i>. The manifest may hold a subset of the clusters (the
+    # others left out, e.g. for being too small); the bases' columns follow the manifest's
+    # order, which is the order training numbers the domains in.
+    row_of = {name: i for i, name in enumerate(cluster_names(len(centroids)))}
+    unknown = [n for n in manifest.names if n not in row_of]
+    if unknown:
+        p.error(f"--domains-manifest {a.domains_manifest}: {len(unknown)} domains are not clusters of "
+                f"{centroids_path} ({unknown[0]} ...)")
+    rows = [row_of[n] for n in manifest.names]
+    tokens = np.array([d.tokens for d in manifest.domains], dtype=np.float64)
     try:
-        result = group_bases(centroids, tokens, a.num_bases, a.seed)
+        result = group_bases(centroids[rows], tokens, a.num_bases, a.seed)
     except ValueError as e:
         p.error(str(e))
-    bases = np.zeros((a.num_bases, len(names)))
-    bases[:, column] = np.array(result["bases"])
-    groups = np.zeros(len(names), dtype=np.int64)
-    groups[column] = result["groups"]
+    bases, groups = np.array(result["bases"]), np.array(result["groups"])
     write_json(a.output, {"bases": bases.tolist(), "groups": groups.tolist(), "domains": manifest.names})
     print("\n".join(describe(bases, manifest.names)))
-    print(f"wrote {a.output}: {a.num_bases} bases over {len(centroids)} domains")
+    print(f"wrote {a.output}: {a.num_bases} bases over {len(manifest.names)} domains")
     return 0
 
 

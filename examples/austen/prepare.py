@@ -61,6 +61,9 @@ def parse_args(argv=None):
                    help="also compute the specific set's histogram over the generic domains")
     p.add_argument("--clusters", default="0",
                    help="also cluster the generic mix into K domains (a comma-separated list for several K)")
+    p.add_argument("--min-cluster-tokens", type=int, default=1500,
+                   help="with --clusters: leave out clusters with fewer tokens (a domain must hold whole "
+                        "training sequences after the train/validation split)")
     p.add_argument("--bases", type=int, default=0,
                    help="with --clusters: also group each clustering's domains into N base distributions "
                         "(tools/make_base_distributions.py), for DGA's distribution reweighting")
@@ -216,8 +219,18 @@ def main(argv=None) -> Dict[str, str]:
         cluster_data = os.path.join(work, f"clusters{k}_data")
         tool("build_domains.py", "--input-dir", clusters_dir, "--output-dir", cluster_data, *tok,
              "--workers", str(a.workers), "--no-progress")
-        entry = {"manifest": os.path.join(cluster_data, "domains.json"), "histogram": histogram}
-        if a.bases:
+        manifest = os.path.join(cluster_data, "domains.json")
+        with open(manifest) as f:
+            sizes = {d["name"]: d["tokens"] for d in json.load(f)["domains"]}
+        kept = [name for name, tokens in sizes.items() if tokens >= a.min_cluster_tokens]
+        if len(kept) < len(sizes):
+            # Many clusters of a few short documents: too small to cut training sequences from.
+            print(f"clusters{k}: keeping {len(kept)} of {len(sizes)} clusters with >= {a.min_cluster_tokens} tokens",
+                  flush=True)
+            tool("build_domains.py", "--input-dir", clusters_dir, "--output-dir", cluster_data, *tok,
+                 "--domains", ",".join(kept), "--workers", str(a.workers), "--no-progress")
+        entry = {"manifest": manifest, "histogram": histogram}
+        if 0 < a.bases < k:
             entry["bases"] = os.path.join(cluster_data, f"bases{a.bases}.json")
             if not os.path.exists(entry["bases"]):
                 tool("make_base_distributions.py", "--clusters-dir", clusters_dir, "--domains-manifest",

@@ -25,10 +25,28 @@ sys.path.insert(0, REPO)
 from megatron_dga.monitoring.plots import plot_losses, plot_weights  # noqa: E402
 from megatron_dga.monitoring.runs import Run, read_run  # noqa: E402
 
-METHOD_ORDER = ["uniform", "natural", "importance", "dga", "dga-ema"]
-GROUP_ORDER = [("sources", "plenty"), ("sources", "token-limited"), ("sources", "few-specific"),
-               ("clusters", "plenty"), ("clusters", "token-limited"), ("clusters", "few-specific")]
+from run import VARIANTS  # noqa: E402
+from unigram import unigram_baseline  # noqa: E402
+
+BASE_METHODS = ["uniform", "natural", "importance", "dga", "dga-ema"]
+REGIME_ORDER = ["plenty", "token-limited", "few-specific"]
+# Groups of runs (run.json "experiment"), in the order the report shows them.
+EXPERIMENT_ORDER = ["sources", "clusters", "variants", "clusters64", "clusters256", "scale"]
 HELDOUT = "lm loss validation/specific"
+
+
+def label_rank(label: str):
+    """Base methods first, each followed by its DGA variants (VARIANTS order), bases last."""
+    method, _, rest = label.partition(" ")
+    variant = rest.replace(" (bases)", "").strip() or "raw"
+    return (BASE_METHODS.index(method) if method in BASE_METHODS else len(BASE_METHODS), "(bases)" in label,
+            list(VARIANTS).index(variant) if variant in VARIANTS else len(VARIANTS), label)
+
+
+def group_rank(key):
+    experiment, regime = key
+    order = EXPERIMENT_ORDER.index(experiment) if experiment in EXPERIMENT_ORDER else len(EXPERIMENT_ORDER)
+    return order, experiment, REGIME_ORDER.index(regime) if regime in REGIME_ORDER else len(REGIME_ORDER)
 
 
 def load_runs(work: str) -> Dict[tuple, List[dict]]:
@@ -36,10 +54,12 @@ def load_runs(work: str) -> Dict[tuple, List[dict]]:
     for info_path in sorted(glob.glob(os.path.join(work, "runs", "*", "*", "*", "seed*", "run.json"))):
         with open(info_path) as f:
             info = json.load(f)
+        info.setdefault("label", info["method"])
+        info.setdefault("experiment", info["domains"])
         folder = os.path.dirname(info_path)
-        info["run"] = read_run(os.path.join(folder, "metrics.jsonl"), info["method"])
+        info["run"] = read_run(os.path.join(folder, "metrics.jsonl"), info["label"])
         info["folder"] = folder
-        groups[(info["domains"], info["regime"])].append(info)
+        groups[(info["experiment"], info["regime"])].append(info)
     return groups
 
 
@@ -60,21 +80,42 @@ def max_epochs(run: Run) -> str:
     return f"{epochs[name]:.1f} ({name})"
 
 
+def domains_sampled(run: Run) -> str:
+    """How many domains gave at least one training sequence, of all."""
+    tokens = {name: series[-1][1] for name, series in run.group("domain-tokens").items()}
+    return f"{sum(1 for v in tokens.values() if v > 0)} / {len(tokens)}"
+
+
+def noise(run: Run) -> str:
+    """Median over updates of the score's standard error relative to its spread over sources."""
+    ratios = [stderr / spread for (_, stderr), (_, spread) in
+              zip(run.series.get("dga-noise/stderr-rms", []), run.series.get("dga-noise/score-rms", []))
+              if spread > 0]
+    return f"{statistics.median(ratios):.2f}" if ratios else ""
+
+
 def table(runs: List[dict]) -> List[str]:
-    lines = ["| method | held-out loss, final | final, per seed | held-out loss, best | final weights (seed 1) | "
-             "most epochs of a domain (seed 1) | wall time |", "|---|---:|---:|---:|---|---|---:|"]
-    by_method = defaultdict(list)
+    lines = ["| method | held-out loss, final | final, per seed | held-out loss, best | final weights (first seed) | "
+             "most epochs of a domain | domains sampled | probe noise | wall time |",
+             "|---|---:|---:|---:|---|---|---:|---:|---:|"]
+    by_label = defaultdict(list)
     for info in runs:
-        by_method[info["method"]].append(info)
-    for method in [m for m in METHOD_ORDER if m in by_method]:
-        infos = sorted(by_method[method], key=lambda i: i["seed"])
+        by_label[info["label"]].append(info)
+    for label in sorted(by_label, key=label_rank):
+        infos = sorted(by_label[label], key=lambda i: i["seed"])
         final = [i["run"].last(HELDOUT) for i in infos]
         best = [min(v for _, v in i["run"].series[HELDOUT]) for i in infos]
         wall = statistics.mean(i["wall_seconds"] for i in infos)
         per_seed = " / ".join(f"{v:.3f}" for v in final)
-        lines.append(f"| {method} | {mean_sd(final)} | {per_seed} | {mean_sd(best)} | {top_weights(infos[0]['run'])} | "
-                     f"{max_epochs(infos[0]['run'])} | {wall:.0f} s |")
+        first = infos[0]["run"]
+        lines.append(f"| {label} | {mean_sd(final)} | {per_seed} | {mean_sd(best)} | {top_weights(first)} | "
+                     f"{max_epochs(first)} | {domains_sampled(first)} | {noise(first)} | {wall:.0f} s |")
     return lines
+
+
+def prepared_of(info: dict) -> str:
+    args = info.get("run_args", [])
+    return args[args.index("--prepared") + 1] if "--prepared" in args else ""
 
 
 def commands(work: str, ordered) -> List[str]:
@@ -84,13 +125,19 @@ def commands(work: str, ordered) -> List[str]:
     def shown(args: List[str]) -> str:
         return " ".join(args).replace(work, "$WORK")
 
-    with open(os.path.join(work, "prepared.json")) as f:
-        prepare_args = json.load(f).get("prepare_args")
-    prepare = f"`python examples/austen/prepare.py {shown(prepare_args)}`" if prepare_args is not None \
-        else "`python examples/austen/prepare.py` as in `examples/austen/run_all.sh`"
-    lines = ["## Commands", "", f"`WORK={work}`. Data: {prepare}. Each run:", ""]
+    prepared_files = sorted({prepared_of(info) for _, runs in ordered for info in runs} - {""}) \
+        or [os.path.join(work, "prepared.json")]
+    lines = ["## Commands", "", f"`WORK={work}`. Data:", ""]
+    for path in prepared_files:
+        prepare_args = None
+        if os.path.exists(path):
+            with open(path) as f:
+                prepare_args = json.load(f).get("prepare_args")
+        lines.append(f"- `python examples/austen/prepare.py {shown(prepare_args)}`" if prepare_args is not None
+                     else "- `python examples/austen/prepare.py` as in `examples/austen/run_all.sh`")
+    lines += ["", "Each run:", ""]
     for _, runs in ordered:
-        for info in sorted(runs, key=lambda i: (METHOD_ORDER.index(i["method"]), i["seed"])):
+        for info in sorted(runs, key=lambda i: (label_rank(i["label"]), i["seed"])):
             lines.append(f"- `python examples/austen/run.py {shown(info.get('run_args', []))}`")
     return lines
 
@@ -111,18 +158,27 @@ def main(argv=None) -> int:
         with open(a.notes) as f:
             out += [f.read().rstrip(), ""]
     out += ["Generated by `examples/austen/report.py` from the runs of `examples/austen/run_all.sh`. The",
-            "held-out loss is on a novel never seen in training (`lm loss validation/specific`); mean ± standard",
-            "deviation over seeds.", ""]
-    ordered = sorted(groups.items(), key=lambda kv: GROUP_ORDER.index(kv[0]))
-    for (domains, regime), runs in ordered:
+            "held-out loss is on target text never seen in training (`lm loss validation/specific`; for Austen a",
+            "novel); mean ± standard deviation over seeds. *Domains sampled*: domains that gave at least one",
+            "training sequence. *Probe noise*: median over updates of the RMS standard error of the alignment",
+            "scores over their RMS spread across sources (1: the differences between sources are as large as",
+            "the measurement error), where the probes allow it.", ""]
+    ordered = sorted(groups.items(), key=lambda kv: group_rank(kv[0]))
+    for (experiment, regime), runs in ordered:
         seeds = sorted({i["seed"] for i in runs})
-        out += [f"## {regime} regime, {domains} as domains", "",
+        title = f"{regime} regime, {experiment} as domains" if experiment in ("sources", "clusters") \
+            else f"{experiment}: {regime} regime"
+        out += [f"## {title}", "",
                 f"Seeds: {', '.join(map(str, seeds))}; {runs[0]['train_iters']} iterations.", ""]
+        baseline = unigram_baseline(prepared_of(runs[0]))
+        if baseline is not None:
+            out += [f"Unigram baseline (add-one smoothed unigram of the specific set, on the held-out set): "
+                    f"{baseline:.3f}.", ""]
         out += table(runs) + [""]
         for seed in seeds:
             out += [f"Seed {seed}:", ""] if len(seeds) > 1 else []
-            same_seed = sorted((i for i in runs if i["seed"] == seed), key=lambda i: METHOD_ORDER.index(i["method"]))
-            name = f"{domains}-{regime}" + (f"-seed{seed}" if seed != seeds[0] else "")
+            same_seed = sorted((i for i in runs if i["seed"] == seed), key=lambda i: label_rank(i["label"]))
+            name = f"{experiment}-{regime}" + (f"-seed{seed}" if seed != seeds[0] else "")
             losses = plot_losses([i["run"] for i in same_seed], os.path.join(plots_dir, f"{name}-losses.png"),
                                  ["specific"])
             weights = plot_weights([i["run"] for i in same_seed if i["method"] in ("importance", "dga", "dga-ema")],

@@ -21,11 +21,12 @@ step when its alignment turns). The floor is applied once, to what is sampled, n
 iterate that is smoothed again: the smallest weight tends to m, not to m / (1 - (1 - N m) beta).
 
 **Step control** (docs/dga.md has the derivation): the score x is the alignment centred
-across sources (the softmax ignores a common shift), optionally smoothed across updates
-(`--dga-score-ema`), divided by a running RMS of the centred alignment (`--dga-step-scale
-rms`, so eta is a step in log-weight units whatever the gradient scale), scaled by the
-learning-rate ratio gamma_t / gamma_max (`--dga-scale-by-lr`), and clipped to
-[-C, C] after multiplying by eta (`--dga-step-clip`).
+across sources (on its median: the softmax ignores a common shift), divided by a running RMS
+of its spread across sources (`--dga-step-scale rms`, so eta is a step in log-weight units
+whatever the gradient scale), scaled by the learning-rate ratio gamma_t / gamma_max
+(`--dga-scale-by-lr`), clipped to [-C, C] after multiplying by eta (`--dga-step-clip`), and
+averaged over updates (`--dga-score-ema`, a bias-corrected moving average of the clipped
+steps).
 
 **Safety**: the iterates are kept as log-weights, clamped below at the log of the smallest
 normal double, so a source pushed to zero can come back. An alignment or step that is not
@@ -51,6 +52,7 @@ log = logging.getLogger(__name__)
 MIN_LOG_WEIGHT = float(np.log(np.finfo(np.float64).tiny))
 
 ALIGNMENTS = ("raw", "adam", "cosine")
+MAD_TO_SD = 1.4826  # the median absolute deviation of Gaussian samples times this is their standard deviation
 STEP_SCALES = ("none", "rms")
 
 
@@ -131,8 +133,8 @@ class DGAMixing(MixingAlgorithm):
         self.last_alignment = np.full(len(self.bases), np.nan)
         self.last_stderr = np.full(len(self.bases), np.nan)
         self.last_step = np.zeros(len(self.bases))
-        self.score_average = np.zeros(len(self.bases))  # EMA of centred scores (bias-corrected on use)
-        self.mean_square = 0.0  # EMA of the centred alignment's mean square (bias-corrected on use)
+        self.score_average = np.zeros(len(self.bases))  # EMA of the clipped steps (bias-corrected on use)
+        self.mean_square = 0.0  # EMA of the squared spread of the centred alignment (bias-corrected)
         self.updates = 0
         self.skipped = 0
         super().__init__(domain_names, self.domain_weights_of(self.sampling))
@@ -166,22 +168,32 @@ class DGAMixing(MixingAlgorithm):
         return iteration > 0 and iteration >= h.warmup_iters and iteration % h.update_interval == 0
 
     def controlled_step(self, alignment: np.ndarray, lr_scale: float) -> np.ndarray:
-        """eta * x: the step in log-weights, after centring, smoothing, scaling and clipping.
-        Updates the running averages; called only with a finite alignment."""
+        """The step in log-weights, eta * x: centred, scaled, clipped, then averaged over
+        updates. Updates the running averages; called only with a finite alignment.
+
+        Every statistic is robust to one outlying source, the failure seen in practice (one
+        pair of probes scoring 80 where the others score below 6): the centre is the median
+        (the softmax ignores a common shift, so any centre gives the same unclipped step), the
+        scale a running RMS of each update's robust spread (1.4826 x the median absolute
+        deviation, the standard deviation for Gaussian scores), and the average is taken over
+        clipped steps, so an outlier moves one update by at most C and never the ones after."""
         h = self.hyper
         t = self.updates + 1
-        centred = alignment - alignment.mean()
+        centred = alignment - np.median(alignment)
         score = centred
-        if h.score_ema > 0:
-            self.score_average = h.score_ema * self.score_average + (1.0 - h.score_ema) * centred
-            score = self.score_average / (1.0 - h.score_ema ** t)
         if h.step_scale == "rms":
-            self.mean_square = h.rms_decay * self.mean_square + (1.0 - h.rms_decay) * float(np.mean(centred ** 2))
+            spread = MAD_TO_SD * np.median(np.abs(centred))
+            if spread == 0.0:  # more than half the sources tie: fall back on the mean deviation
+                spread = np.mean(np.abs(centred))
+            self.mean_square = float(h.rms_decay * self.mean_square + (1.0 - h.rms_decay) * np.square(spread))
             rms = np.sqrt(self.mean_square / (1.0 - h.rms_decay ** t))
-            score = score / rms if rms > 0 else np.zeros_like(score)
+            score = centred / rms if rms > 0 else np.zeros_like(centred)
         step = h.lr * (lr_scale if h.scale_by_lr else 1.0) * score
         if h.step_clip > 0:
             step = np.clip(step, -h.step_clip, h.step_clip)
+        if h.score_ema > 0:
+            self.score_average = h.score_ema * self.score_average + (1.0 - h.score_ema) * step
+            step = self.score_average / (1.0 - h.score_ema ** t)
         return step
 
     def _mirror_step(self, log_from: np.ndarray, step: np.ndarray) -> np.ndarray:
