@@ -48,6 +48,9 @@ VARIANTS = {
     "raw-control": ["--dga-alignment", "raw", *CONTROL],
     "adam-control": ["--dga-alignment", "adam", *CONTROL],
     "cosine-control": ["--dga-alignment", "cosine", *CONTROL],
+    # Probe size against update frequency at the same probe cost: 4 micro batches per source
+    # every 4 x T_r iterations instead of 1 every T_r.
+    "adam-control-m4": ["--dga-alignment", "adam", *CONTROL, "--dga-probe-microbatches", "4", "--dga-update-interval", "40"],
 }
 
 # The models runs share: a 4 x 256 GPT on 128-token sequences, and a tiny one for smoke tests.

@@ -1,57 +1,130 @@
 #!/usr/bin/env bash
-# The Austen experiments: 3 regimes x 5 methods x 2 seeds on source domains, and DGA,
-# importance sampling and uniform on 16 k-means clusters of the generic mix; then the report.
+# The experiments of docs/results.md, then the report. Each phase is a group of tables:
 #
-#   examples/austen/run_all.sh                 # full suite, a few hours on 2 CPU cores
-#   examples/austen/run_all.sh --quick         # smoke run: tiny model, 20 iterations, 1 seed
+#   variants   DGA's score (raw, adam, cosine) with and without step control, and probe size
+#              against update frequency; Austen target, 7 source domains, 3 regimes, 3 seeds
+#   large-k    k-means clusters of the generic mix as domains (k = 64 and 256): DGA over the
+#              clusters and over 16 base distributions of them, against uniform
+#   scale      a 2,048-token vocabulary and 3x longer training, so that uniform ends well below
+#              the unigram baseline: uniform, natural, importance, DGA and DGA + EMA, 2 regimes, 2 seeds
+#   targets    two more targets (Python documentation, Go source), each with 6 generic
+#              domains of which one or two are plainly closest to it
 #
-# Environment: WORK (default runs/austen or runs/austen-quick), CORPUS_DIR (an existing
-# corpus of <domain>.jsonl; default: built from packages, in the full mode by
-# tools/build_corpus.py with its default cap of 4 M characters per domain), SEEDS (default "1 2"),
-# REPORT (default docs/results.md; the quick mode writes into WORK).
+#   examples/austen/run_all.sh                  # everything, about 8 hours on 2 CPU cores
+#   PHASES="variants" examples/austen/run_all.sh   # some phases (the report covers every finished run)
+#   examples/austen/run_all.sh --quick          # smoke run: tiny model, 20 iterations, 1 seed
+#
+# Environment: WORK (default runs, or runs/austen-quick), CORPUS_DIR (an existing corpus of
+# <domain>.jsonl; default: built from packages by tools/build_corpus.py with its default cap of
+# 4 M characters per domain), SEEDS (default "1 2 3"; the scale and target phases use the
+# first two), REPORT (default docs/results.md; the quick mode writes into WORK).
 # Finished runs are skipped, so an interrupted suite resumes where it stopped.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
 QUICK=0
 [[ "${1:-}" == "--quick" ]] && QUICK=1
+PHASES=${PHASES:-"variants large-k scale targets"}
+GENERIC=scripture_kjv,drama_shakespeare,poetry_milton,quotes_en,wordnet_glosses,docs_python,code_python
 
+BUILD_ARGS=()
 if (( QUICK )); then
     WORK=${WORK:-runs/austen-quick}
+    BUILD_ARGS=(--max-chars-per-domain 300000)
     SEEDS=${SEEDS:-1}
     REPORT=${REPORT:-$WORK/results.md}
     RUN_ARGS=(--model tiny --train-iters 20 --eval-interval 10 --global-batch-size 8 --micro-batch-size 2)
-    PREPARE_ARGS=(--vocab-size 2048 --max-chars-per-domain 300000 --embedder tfidf --max-docs 200 --clusters 16)
+    SCALE_ARGS=("${RUN_ARGS[@]}")
+    PREPARE_ARGS=(--max-chars-per-domain 300000 --embedder tfidf --max-docs 200)
+    VOCAB=2048 SCALE_VOCAB=1024 CLUSTERS=16,32 BASES=4
 else
-    WORK=${WORK:-runs/austen}
-    SEEDS=${SEEDS:-"1 2"}
+    WORK=${WORK:-runs}
+    SEEDS=${SEEDS:-"1 2 3"}
     REPORT=${REPORT:-docs/results.md}
     RUN_ARGS=(--model small --train-iters 200 --eval-interval 25)
-    PREPARE_ARGS=(--vocab-size 8192 --embedder minilm --max-docs 1500 --clusters 16)
+    SCALE_ARGS=(--model small --train-iters 600 --eval-interval 50)
+    PREPARE_ARGS=(--embedder minilm --max-docs 1500)
+    VOCAB=8192 SCALE_VOCAB=2048 CLUSTERS=64,256 BASES=16
 fi
-if (( ! QUICK )) && [[ -z "${CORPUS_DIR:-}" ]]; then
+TWO_SEEDS=$(echo $SEEDS | cut -d' ' -f1-2)
+if [[ -z "${CORPUS_DIR:-}" ]]; then
     CORPUS_DIR=$WORK/corpus
     python tools/build_corpus.py --output-dir "$CORPUS_DIR" \
-        --domains scripture_kjv,drama_shakespeare,poetry_milton,quotes_en,wordnet_glosses,docs_python,code_python,novels_austen
+        --domains $GENERIC,novels_austen,docs_perl_pod,code_go,code_java,code_rust,quotes_pt "${BUILD_ARGS[@]}"
 fi
-[[ -n "${CORPUS_DIR:-}" ]] && PREPARE_ARGS+=(--corpus-dir "$CORPUS_DIR")
+PREPARE_ARGS+=(--corpus-dir "$CORPUS_DIR")
 
-python examples/austen/prepare.py --work-dir "$WORK" --importance "${PREPARE_ARGS[@]}"
-PREPARED="$WORK/prepared.json"
+has_phase() { [[ " $PHASES " == *" $1 "* ]]; }
 
-for regime in plenty token-limited few-specific; do
-    for method in uniform natural importance dga dga-ema; do
+# run PREPARED EXPERIMENT REGIME LABEL_DIR SEED [run.py flags]
+run() {
+    local prepared=$1 experiment=$2 regime=$3 label=$4 seed=$5
+    shift 5
+    python examples/austen/run.py --prepared "$prepared" --experiment "$experiment" --regime "$regime" \
+        --seed "$seed" --out "$WORK/runs/$experiment/$regime/$label/seed$seed" "$@"
+}
+
+# Austen with the 8,192-token vocabulary: source domains, and clusterings of the generic mix.
+python examples/austen/prepare.py --work-dir "$WORK/austen" --importance --vocab-size $VOCAB \
+    --clusters $CLUSTERS --bases $BASES "${PREPARE_ARGS[@]}"
+AUSTEN="$WORK/austen/prepared.json"
+
+if has_phase variants; then
+    for regime in plenty few-specific token-limited; do
         for seed in $SEEDS; do
-            python examples/austen/run.py --prepared "$PREPARED" --method "$method" --regime "$regime" \
-                --seed "$seed" --out "$WORK/runs/sources/$regime/$method/seed$seed" "${RUN_ARGS[@]}"
+            run "$AUSTEN" variants $regime uniform $seed --method uniform "${RUN_ARGS[@]}"
+            for variant in raw adam-rms cosine-rms raw-control adam-control cosine-control adam-control-m4; do
+                run "$AUSTEN" variants $regime dga-$variant $seed --method dga --variant $variant "${RUN_ARGS[@]}"
+            done
         done
     done
-done
+fi
 
-# Domains from clustering: the 16 k-means clusters of the generic mix replace the sources.
-for method in uniform importance dga-ema; do
-    python examples/austen/run.py --prepared "$PREPARED" --method "$method" --regime plenty --domains clusters \
-        --seed 1 --out "$WORK/runs/clusters/plenty/$method/seed1" "${RUN_ARGS[@]}"
-done
+if has_phase large-k; then
+    for k in ${CLUSTERS//,/ }; do
+        experiment=clusters$k
+        common=(--domains clusters --clusters-k $k "${RUN_ARGS[@]}")
+        run "$AUSTEN" $experiment plenty uniform 1 --method uniform "${common[@]}"
+        run "$AUSTEN" $experiment plenty importance 1 --method importance "${common[@]}"
+        run "$AUSTEN" $experiment plenty dga-bases 1 --method dga --variant adam-control --base-distributions \
+            "${common[@]}"
+        # Over every cluster: k + 1 probes per update, so updates are rarer (T_r = 50).
+        run "$AUSTEN" $experiment plenty dga 1 --method dga --variant adam-control --dga-update-interval 50 \
+            "${common[@]}"
+    done
+fi
 
-python examples/austen/report.py --work-dir "$WORK" --output "$REPORT"
+if has_phase scale; then
+    python examples/austen/prepare.py --work-dir "$WORK/austen-v$SCALE_VOCAB" --importance \
+        --vocab-size $SCALE_VOCAB "${PREPARE_ARGS[@]}"
+    SCALE="$WORK/austen-v$SCALE_VOCAB/prepared.json"
+    for regime in plenty few-specific; do
+        for seed in $TWO_SEEDS; do
+            for method in uniform natural importance; do
+                run "$SCALE" scale $regime $method $seed --method $method "${SCALE_ARGS[@]}"
+            done
+            run "$SCALE" scale $regime dga $seed --method dga --variant adam-control "${SCALE_ARGS[@]}"
+            run "$SCALE" scale $regime dga-ema $seed --method dga-ema --variant adam-control "${SCALE_ARGS[@]}"
+        done
+    done
+fi
+
+if has_phase targets; then
+    # target: generic domains (the closest first)
+    declare -A TARGETS=(
+        [docs_python]=code_python,docs_perl_pod,scripture_kjv,drama_shakespeare,quotes_pt,code_go
+        [code_go]=code_java,code_rust,scripture_kjv,drama_shakespeare,wordnet_glosses,quotes_en
+    )
+    for target in docs_python code_go; do
+        python examples/austen/prepare.py --work-dir "$WORK/target-$target" --target $target \
+            --generic "${TARGETS[$target]}" --vocab-size $VOCAB "${PREPARE_ARGS[@]}"
+        for seed in $TWO_SEEDS; do
+            run "$WORK/target-$target/prepared.json" target-$target plenty uniform $seed --method uniform "${RUN_ARGS[@]}"
+            run "$WORK/target-$target/prepared.json" target-$target plenty dga $seed --method dga \
+                --variant adam-control "${RUN_ARGS[@]}"
+        done
+    done
+fi
+
+python examples/austen/report.py --work-dir "$WORK" --output "$REPORT" \
+    $( [[ -f examples/austen/notes.md ]] && (( ! QUICK )) && echo --notes examples/austen/notes.md )
