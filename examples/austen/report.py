@@ -57,9 +57,15 @@ def load_runs(work: str) -> Dict[tuple, List[dict]]:
         info.setdefault("label", info["method"])
         info.setdefault("experiment", info["domains"])
         folder = os.path.dirname(info_path)
+        # A method that does not read the specific set's training sequences (uniform, natural)
+        # is the same run in the plenty and few-specific regimes: run_all.sh links one folder to
+        # the other, and the report shows it under both.
+        regime = os.path.basename(os.path.dirname(os.path.dirname(folder)))
+        if regime != info["regime"]:
+            info["label"] += f" (= {info['regime']} run)"
         info["run"] = read_run(os.path.join(folder, "metrics.jsonl"), info["label"])
         info["folder"] = folder
-        groups[(info["experiment"], info["regime"])].append(info)
+        groups[(info["experiment"], regime)].append(info)
     return groups
 
 
