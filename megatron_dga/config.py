@@ -70,7 +70,10 @@ class ParallelConfig:
         None, "torch.distributed backend (default: nccl with CUDA, gloo without).",
         choices=["nccl", "gloo"],
     )
-    distributed_timeout_minutes: int = arg(10, "Timeout of collective operations.")
+    distributed_timeout_minutes: float = arg(
+        10, "Timeout of collective operations, for every process group (fractions allowed: 0.5 is 30 s). A rank "
+        "that makes no progress for this long plus 30 s is ended by a watchdog.",
+    )
     local_rank: Optional[int] = arg(
         None, "Set by the deepspeed launcher; the LOCAL_RANK environment variable is used.",
         flag="--local_rank",
@@ -88,6 +91,17 @@ class TrainingConfig:
     train_iters: int = arg(100, "Number of training iterations.")
     exit_interval: Optional[int] = arg(
         None, "Stop when the iteration is a multiple of this (after saving, with --save)."
+    )
+    exit_duration_in_mins: Optional[float] = arg(
+        None, "Save a checkpoint and exit after this many minutes of training (before a wall-time limit)."
+    )
+    exit_signal_handler: bool = arg(
+        False, "On SIGTERM (Slurm preemption, scancel): finish the current iteration, save a checkpoint and "
+        "exit with status 0.",
+    )
+    check_for_nan_in_loss_and_grad: bool = arg(
+        True, "Stop, without saving, at the first iteration whose loss or gradient norm is not finite (fp16 "
+        "overflow steps, which DeepSpeed skips, excepted), naming the iteration and the domains of its batch.",
     )
     seed: int = arg(1234, "Random seed of initialisation, data order and dropout.")
     bf16: bool = arg(False, "bf16 mixed precision (GPU).")

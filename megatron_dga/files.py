@@ -64,3 +64,20 @@ def write_npy(path: str, array: np.ndarray) -> None:
 def write_npz(path: str, arrays: dict) -> None:
     with atomic_open(path, "wb") as f:
         np.savez(f, **arrays)
+
+
+def fsync_tree(root: str) -> None:
+    """Flush every file under `root`, and the folders themselves, to the disk: what another
+    library wrote there survives a crash once `root` is renamed into place."""
+    for folder, _, files in os.walk(root):
+        for name in files:
+            fd = os.open(os.path.join(folder, name), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)

@@ -6,6 +6,7 @@ without CUDA), `deepspeed --hostfile H` for several nodes, or `torchrun`.
 
 from __future__ import annotations
 
+import os
 import sys
 import warnings
 from typing import Optional, Sequence
@@ -32,7 +33,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from megatron_dga.parallel.initialize import world_size_from_env
     from megatron_dga.training.checkpointing import CheckpointError
     from megatron_dga.training.deepspeed_config import apply_user_config, load_user_config
-    from megatron_dga.training.trainer import Trainer
+    from megatron_dga.training.trainer import Trainer, TrainingDivergedError
 
     try:
         apply_user_config(config, load_user_config(config.training.deepspeed_config))
@@ -44,10 +45,23 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
     try:
         trainer.train()
-    finally:
-        trainer.close()
-        destroy_parallel()
+    except (TrainingDivergedError, DataError) as e:
+        return _fail(trainer, 3 if isinstance(e, TrainingDivergedError) else 2, f"error: {e}")
+    except Exception as e:  # a collective that timed out or lost a peer, a failed save, ...
+        return _fail(trainer, 1, f"rank {trainer.ctx.rank}: {trainer.watchdog.operation} failed: "
+                                 f"{type(e).__name__}: {e}")
+    trainer.close()
+    destroy_parallel()
     return 0
+
+
+def _fail(trainer, status: int, message: str) -> int:
+    """Report and leave at once: tearing the process groups down could wait on the peer that
+    failed. The launcher ends the other ranks."""
+    print(message, file=sys.stderr, flush=True)
+    trainer.close()
+    sys.stdout.flush()
+    os._exit(status)
 
 
 if __name__ == "__main__":

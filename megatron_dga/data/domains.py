@@ -19,8 +19,11 @@ from megatron.core.datasets.blended_megatron_dataset_config import (
 from megatron.core.datasets.indexed_dataset import IndexedDataset
 
 from megatron_dga.config import DataConfig
+from megatron_dga.data.checks import check_bin_matches_idx, check_tokenizer_stamp
+from megatron_dga.data.errors import DataError
 from megatron_dga.data.manifest import DomainsManifest
 from megatron_dga.data.sequences import (
+    DomainTooSmallError,
     FewExamples,
     SequenceStream,
     StreamKind,
@@ -28,10 +31,6 @@ from megatron_dga.data.sequences import (
     epoch_key,
     stream_key,
 )
-
-
-class DataError(ValueError):
-    """Training data that cannot be used, named by file or flag."""
 
 
 @dataclass
@@ -67,10 +66,14 @@ def open_indexed_dataset(prefix: str, what: str) -> IndexedDataset:
     for suffix in (".bin", ".idx"):
         if not os.path.isfile(prefix + suffix):
             raise DataError(f"{what}: data file not found: {prefix}{suffix}")
+    if os.path.getsize(prefix + ".bin") == 0:
+        raise DataError(f"{what}: {prefix}.bin is empty: no documents")
     try:
-        return IndexedDataset(prefix, mmap=True)
+        dataset = IndexedDataset(prefix, mmap=True)
     except Exception as e:  # a corrupt or foreign .idx
         raise DataError(f"{what}: cannot read indexed dataset {prefix}.idx: {e}") from None
+    check_bin_matches_idx(dataset, prefix)
+    return dataset
 
 
 def split_document_ranges(split: str, num_docs: int) -> List[Tuple[int, int]]:
@@ -97,13 +100,23 @@ def parse_data_path(data_path: List[str]) -> List[Tuple[Optional[float], str]]:
         except ValueError:
             return False
 
-    if len(data_path) % 2 == 0 and all(is_number(w) for w in data_path[0::2]):
+    if not data_path:
+        raise DataError("--data-path: no prefixes given")
+    if is_number(data_path[0]):  # weights: every other item must be one
+        if len(data_path) % 2:
+            raise DataError(f"--data-path: {len(data_path)} items; 'w1 prefix1 w2 prefix2 ...' needs pairs: {data_path}")
+        for w, p in zip(data_path[0::2], data_path[1::2]):
+            if not is_number(w):
+                raise DataError(f"--data-path: weight {w!r} (of prefix {p!r}) is not a number")
         pairs = [(float(w), p) for w, p in zip(data_path[0::2], data_path[1::2])]
-        if any(w < 0 for w, _ in pairs):
-            raise DataError(f"--data-path: weights must be non-negative: {data_path}")
+        for w, p in pairs:
+            if not np.isfinite(w) or w < 0:
+                raise DataError(f"--data-path: weight {w} of prefix {p!r} must be a finite number >= 0")
         return pairs
-    if any(is_number(p) for p in data_path):
-        raise DataError(f"--data-path: expected 'w1 prefix1 w2 prefix2 ...' or prefixes, got {data_path}")
+    numbers = [p for p in data_path if is_number(p)]
+    if numbers:
+        raise DataError(f"--data-path: {numbers[0]!r} looks like a weight, but the first item {data_path[0]!r} "
+                        f"is not a number: give 'w1 prefix1 w2 prefix2 ...' or prefixes only")
     return [(None, p) for p in data_path]
 
 
@@ -125,6 +138,9 @@ def domain_prefixes(data: DataConfig) -> Tuple[List[str], List[str], Optional[Li
         prefixes = [manifest.resolve_prefix(d) for d in manifest.domains]
         if not names:
             raise DataError(f"--domains-manifest {data.domains_manifest}: no domains")
+        for prefix in prefixes:
+            check_tokenizer_stamp(prefix, {"type": tok.type, "vocab_size": tok.vocab_size, "eod": tok.eod},
+                                  data.domains_manifest)
         return names, prefixes, None, summary
 
     pairs = parse_data_path(data.data_path)
@@ -158,8 +174,11 @@ def open_domain(name: str, prefix: str, data: DataConfig, seq_length: int, seed:
     train_sizes = sizes
     if data.domain_max_tokens is not None and sizes[train_docs].sum() > data.domain_max_tokens:
         train_docs, train_sizes = cap_documents(train_docs, sizes, data.domain_max_tokens, cap_seed_key(seed, index))
-    train = SequenceStream(name, dataset, train_docs, train_sizes, seq_length,
-                           seed_key=stream_key(seed, StreamKind.TRAIN, index))
+    try:
+        train = SequenceStream(name, dataset, train_docs, train_sizes, seq_length,
+                               seed_key=stream_key(seed, StreamKind.TRAIN, index))
+    except DomainTooSmallError as e:
+        raise DataError(f"{e} ({prefix}.bin, training split --split {data.split})") from None
     valid = None
     valid_docs = np.arange(valid_lo, valid_hi, dtype=np.int32)
     if len(valid_docs) and sizes[valid_docs].sum() > seq_length + 1:
@@ -183,14 +202,20 @@ def open_specific_sets(data: DataConfig, seq_length: int, seed: int):
         dataset = open_indexed_dataset(data.specific_data_path, "--specific-data-path")
         sizes = np.asarray(dataset.sequence_lengths, dtype=np.int32)
         docs = np.arange(len(sizes), dtype=np.int32)
-        train = SequenceStream("specific", dataset, docs, sizes, seq_length,
-                               seed_key=stream_key(seed, StreamKind.SPECIFIC, 0))
+        try:
+            train = SequenceStream("specific", dataset, docs, sizes, seq_length,
+                                   seed_key=stream_key(seed, StreamKind.SPECIFIC, 0))
+        except DomainTooSmallError as e:
+            raise DataError(f"--specific-data-path {data.specific_data_path}: {e}") from None
         if data.specific_train_samples:
             train = FewExamples(train, data.specific_train_samples,
                                 stream_key(seed, StreamKind.SPECIFIC_EXAMPLES, 0))
     if data.specific_valid_data_path:
         dataset = open_indexed_dataset(data.specific_valid_data_path, "--specific-valid-data-path")
         sizes = np.asarray(dataset.sequence_lengths, dtype=np.int32)
-        valid = SequenceStream("specific", dataset, np.arange(len(sizes), dtype=np.int32), sizes, seq_length,
-                               seed_key=stream_key(seed, StreamKind.VALID, 0), shuffle=False)
+        try:
+            valid = SequenceStream("specific", dataset, np.arange(len(sizes), dtype=np.int32), sizes, seq_length,
+                                   seed_key=stream_key(seed, StreamKind.VALID, 0), shuffle=False)
+        except DomainTooSmallError as e:
+            raise DataError(f"--specific-valid-data-path {data.specific_valid_data_path}: {e}") from None
     return train, valid

@@ -17,6 +17,8 @@ import numpy as np
 from megatron.core.datasets.helpers import build_sample_idx
 from megatron.core.datasets.indexed_dataset import IndexedDataset
 
+from megatron_dga.data.checks import check_token_ids
+
 
 class DomainTooSmallError(ValueError):
     pass
@@ -88,6 +90,7 @@ class SequenceStream:
                 f"documents, fewer than one sequence of {seq_length + 1} tokens"
             )
         self._epochs: "OrderedDict[int, Tuple[np.ndarray, np.ndarray, Optional[np.ndarray]]]" = OrderedDict()
+        self.vocab_size: Optional[int] = None  # set by the trainer: every token id read is checked against it
 
     def _epoch_index(self, epoch: int):
         if epoch not in self._epochs:
@@ -119,7 +122,9 @@ class SequenceStream:
             start = int(first_offset) if position == first_doc else 0
             # The last document contributes up to and including last_offset.
             stop = int(last_offset) + 1 if position == last_doc else int(self.sizes[doc])
-            parts.append(self.dataset.get(doc, offset=start, length=stop - start))
+            part = self.dataset.get(doc, offset=start, length=stop - start)
+            check_token_ids(part, self.vocab_size, f"domain {self.name!r} ({self.dataset.path_prefix}.bin), document {doc}")
+            parts.append(part)
         tokens = np.concatenate(parts) if len(parts) > 1 else parts[0]
         assert len(tokens) == self.seq_length + 1, (self.name, draw, len(tokens))
         return tokens.astype(np.int64)

@@ -88,6 +88,19 @@ def world_size_from_env() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
+def use_timeout_for_every_group(timeout: timedelta) -> None:
+    """Make `timeout` the default of every process group created from now on.
+
+    `torch.distributed.new_group` without a timeout takes the module default (30 minutes), and
+    DeepSpeed creates its pipeline and tied-weight groups that way: a rank stuck in one of
+    their collectives would hang the job for half an hour whatever --distributed-timeout-minutes
+    says. torch reads the default from these two module globals at each call."""
+    from torch.distributed import distributed_c10d
+
+    distributed_c10d.default_pg_timeout = timeout
+    distributed_c10d.default_pg_nccl_timeout = timeout
+
+
 def initialize_parallel(config: PretrainConfig) -> ParallelContext:
     """Start torch.distributed, build megatron-core's groups and the matching DeepSpeed
     topology, and seed every generator. The layout is validated before anything starts."""
@@ -106,12 +119,10 @@ def initialize_parallel(config: PretrainConfig) -> ParallelContext:
     else:
         device = torch.device("cpu")
     backend = config.parallel.distributed_backend or ("nccl" if torch.cuda.is_available() else "gloo")
+    timeout = timedelta(minutes=config.parallel.distributed_timeout_minutes)
+    use_timeout_for_every_group(timeout)
     if not dist.is_initialized():
-        deepspeed.init_distributed(
-            dist_backend=backend,
-            timeout=timedelta(minutes=config.parallel.distributed_timeout_minutes),
-            verbose=False,
-        )
+        deepspeed.init_distributed(dist_backend=backend, timeout=timeout, verbose=False)
     if dist.get_world_size() != layout.world_size:
         layout = resolve_layout(config, dist.get_world_size())
 
@@ -119,7 +130,8 @@ def initialize_parallel(config: PretrainConfig) -> ParallelContext:
     if ps.model_parallel_is_initialized():
         ps.destroy_model_parallel()
     ps.initialize_model_parallel(
-        tensor_model_parallel_size=layout.tp, pipeline_model_parallel_size=layout.pp
+        tensor_model_parallel_size=layout.tp, pipeline_model_parallel_size=layout.pp,
+        distributed_timeout_minutes=config.parallel.distributed_timeout_minutes,
     )
     topology = PipeModelDataParallelTopology(num_pp=layout.pp, num_mp=layout.tp, num_dp=layout.dp)
     rank = dist.get_rank()

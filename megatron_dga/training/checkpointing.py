@@ -25,7 +25,7 @@ import torch
 import torch.distributed as dist
 from megatron.core.tensor_parallel import random as mcore_random
 
-from megatron_dga.files import atomic_open, write_json, write_text
+from megatron_dga.files import atomic_open, fsync_tree, write_json, write_text
 from megatron_dga.parallel.initialize import ParallelContext
 from megatron_dga.parallel.layout import Layout
 
@@ -85,23 +85,60 @@ class Checkpointer:
         self.engine = engine  # the DeepSpeed engine
 
     def save(self, directory: str, iteration: int, client_state: Dict[str, Any], metadata: Dict[str, Any]) -> str:
+        """Write the checkpoint; on any rank's failure (a full disk, a lost mount) every rank
+        raises CheckpointError naming the path, the staging folder is removed and the tracker
+        still names the previous checkpoint."""
         name = checkpoint_name(iteration)
         staging = os.path.join(directory, name + PARTIAL_SUFFIX)
         final = os.path.join(directory, name)
+        failure = self._on_every_rank(lambda: self._prepare(directory, staging))
+        if failure is None:
+            failure = self._on_every_rank(lambda: self._write(directory, name, staging, client_state))
+        if failure is None and self.ctx.rank == 0:
+            failure = self._publish(directory, staging, final, iteration, metadata)
+        failure = self._agree(failure)
+        if failure is not None:
+            if self.ctx.rank == 0:
+                shutil.rmtree(staging, ignore_errors=True)
+            previous = read_tracker(directory) if os.path.isdir(directory) else None
+            raise CheckpointError(f"saving checkpoint {final} failed: {failure}; the latest checkpoint is still "
+                                  f"{'iteration ' + str(previous) if previous is not None else 'none'}")
+        return final
+
+    def _on_every_rank(self, step) -> Optional[str]:
+        """Run `step` on this rank; the first failure of any rank, the same on every rank."""
+        try:
+            step()
+            failure = None
+        except (OSError, RuntimeError) as e:
+            failure = f"rank {self.ctx.rank}: {type(e).__name__}: {e}"
+        return self._agree(failure)
+
+    def _agree(self, failure: Optional[str]) -> Optional[str]:
+        failures = [None] * dist.get_world_size()
+        dist.all_gather_object(failures, failure)
+        return next((f for f in failures if f is not None), None)
+
+    def _prepare(self, directory: str, staging: str) -> None:
         if self.ctx.rank == 0:
             os.makedirs(directory, exist_ok=True)
             shutil.rmtree(staging, ignore_errors=True)  # left by a crashed save
+
+    def _write(self, directory: str, name: str, staging: str, client_state: Dict[str, Any]) -> None:
         dist.barrier()
         self.engine.save_checkpoint(directory, tag=name + PARTIAL_SUFFIX, client_state=client_state,
                                     save_latest=False)
         rng_dir = os.path.join(staging, "rng")
         os.makedirs(rng_dir, exist_ok=True)
-        rng_file = os.path.join(rng_dir, f"rank_{self.ctx.rank:05d}.pt")
-        with atomic_open(rng_file, "wb") as f:
+        with atomic_open(os.path.join(rng_dir, f"rank_{self.ctx.rank:05d}.pt"), "wb") as f:
             torch.save(rng_state(), f)
-        dist.barrier()
-        if self.ctx.rank == 0:
+
+    def _publish(self, directory: str, staging: str, final: str, iteration: int,
+                 metadata: Dict[str, Any]) -> Optional[str]:
+        """Rank 0, once every rank has written: make the checkpoint durable, then visible."""
+        try:
             write_json(os.path.join(staging, "metadata.json"), metadata)
+            fsync_tree(staging)  # DeepSpeed's files too: they must be on disk before the rename
             if os.path.exists(final):  # saving an iteration again: replace it only when complete
                 old = final + ".old"
                 shutil.rmtree(old, ignore_errors=True)
@@ -111,8 +148,9 @@ class Checkpointer:
             else:
                 os.replace(staging, final)
             write_text(os.path.join(directory, TRACKER), f"{iteration}\n")
-        dist.barrier()
-        return final
+        except OSError as e:
+            return f"rank 0: {type(e).__name__}: {e}"
+        return None
 
     def read_metadata(self, directory: str) -> Optional[Dict[str, Any]]:
         iteration = read_tracker(directory)
@@ -125,30 +163,48 @@ class Checkpointer:
         except (FileNotFoundError, json.JSONDecodeError) as e:
             raise CheckpointError(f"checkpoint {path} is unreadable: {e}") from None
 
-    def check_layout(self, metadata: Dict[str, Any], layout: Layout, loading_optimizer: bool, zero_stage: int) -> None:
+    def check_layout(self, metadata: Dict[str, Any], layout: Layout, loading_optimizer: bool) -> None:
         saved, now = metadata["layout"], layout_dict(layout)
         if (saved["tp"], saved["pp"]) != (now["tp"], now["pp"]):
             raise CheckpointError(
                 f"checkpoint at iteration {metadata['iteration']} was saved with layout {_describe(saved)}; "
                 f"this run uses {_describe(now)}. Tensor- and pipeline-parallel sizes must match."
             )
-        if saved["dp"] != now["dp"] and loading_optimizer and zero_stage > 0:
+        sharded = self.optimizer_sharded_over_dp()
+        if saved["dp"] != now["dp"] and loading_optimizer and sharded:
             raise CheckpointError(
                 f"checkpoint at iteration {metadata['iteration']} was saved with {_describe(saved)}; this run "
-                f"uses {_describe(now)}. ZeRO-{zero_stage} optimizer shards need the same data-parallel "
-                f"size (or --no-load-optim)."
+                f"uses {_describe(now)}. {sharded} optimizer state is saved in one shard per data-parallel "
+                f"rank and needs the same data-parallel size (or --no-load-optim)."
             )
 
+    def optimizer_sharded_over_dp(self) -> Optional[str]:
+        """What shards this run's optimizer state over data-parallel ranks, if anything: ZeRO,
+        or DeepSpeed's bf16 optimizer (used for bf16 without ZeRO), which partitions its fp32
+        master weights over data-parallel ranks the same way."""
+        if self.engine.zero_optimization_stage() > 0:
+            return f"ZeRO-{self.engine.zero_optimization_stage()}"
+        if self.engine.bfloat16_enabled():
+            return "DeepSpeed's bf16 optimizer"
+        return None
+
     def load(self, directory: str, load_optimizer: bool, load_rng: bool) -> Dict[str, Any]:
+        """Model, optimizer (unless not wanted), DeepSpeed's own learning-rate scheduler when
+        the run uses one (a `scheduler` section in --deepspeed_config; the built-in schedule
+        travels in the client state), and this rank's RNG states. RNG states exist per rank:
+        when the number of ranks changed they cannot follow, and every generator is seeded
+        from --seed and the iteration instead (the caller's `seed_fallback`)."""
         iteration = read_tracker(directory)
         name = checkpoint_name(iteration)
         path, client_state = self.engine.load_checkpoint(
-            directory, tag=name, load_optimizer_states=load_optimizer, load_lr_scheduler_states=False,
-            load_module_strict=True,
+            directory, tag=name, load_optimizer_states=load_optimizer,
+            load_lr_scheduler_states=self.engine.lr_scheduler is not None, load_module_strict=True,
         )
         if path is None:
             raise CheckpointError(f"DeepSpeed could not load {os.path.join(directory, name)}")
-        if load_rng:
-            rng_file = os.path.join(directory, name, "rng", f"rank_{self.ctx.rank:05d}.pt")
+        rng_file = os.path.join(directory, name, "rng", f"rank_{self.ctx.rank:05d}.pt")
+        self.rng_restored = load_rng and os.path.exists(rng_file) and \
+            len(os.listdir(os.path.dirname(rng_file))) == dist.get_world_size()
+        if self.rng_restored:
             set_rng_state(torch.load(rng_file, weights_only=False))
         return client_state

@@ -45,7 +45,10 @@ class MetricsLogger:
         if tensorboard_dir:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.writer = SummaryWriter(log_dir=tensorboard_dir, max_queue=100)
+            # After a resume, TensorBoard hides the events of steps after the checkpoint that an
+            # earlier, interrupted run wrote: they are about to be written again.
+            purge_step = resumed_iteration + 1 if resumed_iteration > 0 else None
+            self.writer = SummaryWriter(log_dir=tensorboard_dir, max_queue=100, purge_step=purge_step)
         if metrics_file:
             os.makedirs(os.path.dirname(os.path.abspath(metrics_file)), exist_ok=True)
             if resumed_iteration > 0:

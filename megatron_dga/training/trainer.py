@@ -8,10 +8,13 @@
 from __future__ import annotations
 
 import dataclasses
+import math
+import signal
 import time
 from typing import Dict, List, Optional
 
 import numpy as np
+import torch
 import torch.distributed as dist
 
 import megatron_dga
@@ -29,14 +32,19 @@ from megatron_dga.mixing.preconditioner import AdamPreconditioner
 from megatron_dga.mixing.probes import ProbeData, probe_streams
 from megatron_dga.model.gpt import build_model
 from megatron_dga.model.transformer_config import padded_vocab_size
-from megatron_dga.parallel.initialize import ParallelContext
+from megatron_dga.parallel.initialize import ParallelContext, seed_everything
 from megatron_dga.parallel.layout import LayoutError
-from megatron_dga.training.checkpointing import Checkpointer, layout_dict
+from megatron_dga.training.checkpointing import Checkpointer, layout_dict, read_tracker
 from megatron_dga.training.deepspeed_config import load_user_config
 from megatron_dga.training.engine import TrainingEngine
 from megatron_dga.training.evaluation import Evaluator, overall_loss
 from megatron_dga.training.export import sharding_map
 from megatron_dga.training.metrics import MetricsLogger
+from megatron_dga.training.watchdog import Watchdog
+
+
+class TrainingDivergedError(RuntimeError):
+    """A loss or gradient norm that is not finite."""
 
 
 def model_vocab_size(config: PretrainConfig, tokenizer_vocab: Optional[int]) -> int:
@@ -55,6 +63,7 @@ def model_vocab_size(config: PretrainConfig, tokenizer_vocab: Optional[int]) -> 
 class Trainer:
     def __init__(self, config: PretrainConfig, ctx: ParallelContext):
         self.config, self.ctx, self.layout = config, ctx, ctx.layout
+        self.watchdog = Watchdog(ctx.rank, 60.0 * config.parallel.distributed_timeout_minutes)
         seq_length = config.model.seq_length
         self.domains: List[Domain]
         self.domains, data_path_weights, self.tokenizer = open_domains(config.data, seq_length, config.training.seed)
@@ -66,6 +75,11 @@ class Trainer:
                             config.training.seed)
         self.engine = TrainingEngine(model, config, ctx, load_user_config(config.training.deepspeed_config))
         self.specific_train, specific_valid = open_specific_sets(config.data, seq_length, config.training.seed)
+        self.vocab_size = vocab
+        specific_streams = [getattr(self.specific_train, "stream", self.specific_train), specific_valid]
+        for stream in [s for d in self.domains for s in (d.train, d.valid)] + specific_streams:
+            if stream is not None:
+                stream.vocab_size = vocab  # a token id beyond it is a data error, not an index error
         importance_histogram = None
         if config.mixing.importance_clusters:
             importance_histogram = self._startup_importance_histogram()
@@ -110,6 +124,8 @@ class Trainer:
     def _build_alignment_meter(self) -> AlignmentMeter:
         cfg = self.config
         streams = probe_streams(self.domains, cfg.model.seq_length, cfg.training.seed)
+        for stream in streams:
+            stream.vocab_size = self.vocab_size
         probes = ProbeData(streams, self.specific_train, self.mixing.bases, self.layout, self.ctx.dp_rank,
                            cfg.mixing.dga_probe_microbatches, self.tokenizer.eod, cfg.training.eod_mask_loss)
         if self.engine.pipelined:
@@ -170,6 +186,10 @@ class Trainer:
         return {name: split for m in maps for name, split in m.items()}
 
     def save(self) -> None:
+        with self.watchdog.watch(f"checkpoint save at iteration {self.iteration}"):
+            self._save()
+
+    def _save(self) -> None:
         metadata = {
             "sharding": self._sharding(),
             "padded_vocab_size": self.padded_vocab,
@@ -192,11 +212,17 @@ class Trainer:
                 print(f"no checkpoint in {directory} ({directory}/latest_checkpointed_iteration.txt "
                       f"is missing): training from scratch", flush=True)
             return
-        self.checkpointer.check_layout(metadata, self.layout, not ck.no_load_optim, self.config.parallel.zero_stage)
+        self.checkpointer.check_layout(metadata, self.layout, not ck.no_load_optim)
         if metadata["domains"] != self.domain_names:
             raise LayoutError(f"checkpoint domains {metadata['domains']} differ from this run's {self.domain_names}")
         state = self.checkpointer.load(directory, load_optimizer=not ck.no_load_optim, load_rng=not ck.no_load_rng)
         self.iteration = int(state["iteration"])
+        if not ck.no_load_rng and not self.checkpointer.rng_restored:
+            # Another number of ranks: per-rank RNG states cannot follow them.
+            seed_everything(self.config.training.seed + self.iteration + 100 * self.ctx.pp_rank, self.ctx.tp_rank)
+            if self.ctx.rank == 0:
+                print(f"checkpoint RNG states are for {metadata['layout']}, not this layout: generators seeded "
+                      f"from --seed and the iteration", flush=True)
         self.blend.load_state_dict(state["blend"])
         self.mixing.load_state_dict(state["mixing"])
         if self.alignment is not None:
@@ -258,7 +284,8 @@ class Trainer:
 
     def update_mixture(self) -> None:
         """Measure the alignment, step the mixing algorithm, re-plan the blend from here on."""
-        measured = self.alignment.measure()
+        with self.watchdog.watch(f"DGA probes before iteration {self.iteration + 1}"):
+            measured = self.alignment.measure()
         lr_scale = self.engine.learning_rate / self.config.optimizer.lr if self.config.optimizer.lr > 0 else 1.0
         changed = self.mixing.update(self.iteration, measured.scores, measured.stderr, lr_scale)
         start = time.time()
@@ -281,6 +308,51 @@ class Trainer:
         self._interval_losses.append(result.loss)
         return result
 
+    # ---- stopping ------------------------------------------------------------------------
+    def _check_finite(self, result) -> None:
+        """--check-for-nan-in-loss-and-grad: stop at a loss or gradient norm that is not finite
+        (a skipped fp16 overflow step is DeepSpeed's business, not divergence)."""
+        bad = []
+        if not math.isfinite(result.loss):
+            bad.append(f"the loss is {result.loss}")
+        if result.grad_norm is not None and not math.isfinite(result.grad_norm) and not result.skipped:
+            bad.append(f"the gradient norm is {result.grad_norm}")
+        if not bad:
+            return
+        domains = self.batches.global_domains(self.iteration - 1)
+        counts = np.bincount(domains, minlength=len(self.domain_names))
+        drawn = ", ".join(f"{self.domain_names[d]} x{counts[d]}" for d in np.flatnonzero(counts))
+        last = read_tracker(self.config.checkpoint.save) if self.config.checkpoint.save else None
+        raise TrainingDivergedError(
+            f"iteration {self.iteration}: {' and '.join(bad)}; its global batch drew from {drawn}. "
+            f"Nothing was saved; the last checkpoint is "
+            f"{'iteration ' + str(last) if last is not None else 'none'}."
+        )
+
+    def _stop_requested(self, started: float) -> Optional[str]:
+        """Whether any rank got SIGTERM (--exit-signal-handler) or the run reached
+        --exit-duration-in-mins; every rank gets the same answer."""
+        cfg = self.config.training
+        if not (cfg.exit_signal_handler or cfg.exit_duration_in_mins):
+            return None
+        flags = torch.tensor([float(self._signal_received),
+                              float(bool(cfg.exit_duration_in_mins)
+                                    and time.time() - started > 60.0 * cfg.exit_duration_in_mins)],
+                             device=self.ctx.device)
+        dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+        if flags[0] > 0:
+            return "SIGTERM received (--exit-signal-handler)"
+        if flags[1] > 0:
+            return f"--exit-duration-in-mins {cfg.exit_duration_in_mins} reached"
+        return None
+
+    def _install_signal_handler(self) -> None:
+        self._signal_received = False
+        if self.config.training.exit_signal_handler:
+            def received(signum, frame):
+                self._signal_received = True
+            signal.signal(signal.SIGTERM, received)
+
     def train(self) -> None:
         cfg = self.config
         self.logger.print(
@@ -289,24 +361,39 @@ class Trainer:
             f"accumulation {self.layout.grad_accumulation_steps} | {len(self.domains)} domains | mixing "
             f"{self.mixing.name} | vocabulary {self.padded_vocab} (padded)"
         )
+        self._install_signal_handler()
+        started = time.time()
         last_eval = last_save = self.iteration
+        stop = None
         while self.iteration < cfg.training.train_iters:
-            result = self.train_step()
+            with self.watchdog.watch(f"iteration {self.iteration + 1}"):
+                result = self.train_step()
+            if cfg.training.check_for_nan_in_loss_and_grad:
+                self._check_finite(result)
             if self.iteration % cfg.logging.log_interval == 0 or self.iteration == cfg.training.train_iters:
                 self._log(result)
             if self.iteration % cfg.logging.eval_interval == 0 and self.evaluator.names:
-                self.evaluate()
+                with self.watchdog.watch(f"evaluation at iteration {self.iteration}"):
+                    self.evaluate()
                 last_eval = self.iteration
             if cfg.checkpoint.save_interval and self.iteration % cfg.checkpoint.save_interval == 0:
                 self.save()
                 last_save = self.iteration
             if cfg.training.exit_interval and self.iteration % cfg.training.exit_interval == 0:
                 break
-        if self.evaluator.names and last_eval != self.iteration:
-            self.evaluate()
+            stop = self._stop_requested(started)
+            if stop:
+                self.logger.print(f" stopping at iteration {self.iteration}: {stop}")
+                break
+        if self.evaluator.names and last_eval != self.iteration and not stop:
+            with self.watchdog.watch(f"evaluation at iteration {self.iteration}"):
+                self.evaluate()
         if cfg.checkpoint.save and last_save != self.iteration:
             self.save()
+        elif stop and not cfg.checkpoint.save:
+            self.logger.print(" no --save: nothing to resume from")
         self.logger.flush()
 
     def close(self) -> None:
+        self.watchdog.stop()
         self.logger.close()
