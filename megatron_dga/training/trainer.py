@@ -299,11 +299,12 @@ class Trainer:
 
     def train_step(self):
         start = time.time()  # the iteration's time includes its mixture update, if any
+        # The previous iteration's batch stays planned until now, for the checks after its step.
+        self.blend.release_before(self.consumed_samples)
         if self.mixing.wants_update(self.iteration):
             self.update_mixture()
         result = self.engine.train_step(self.batches.microbatches(self.iteration))
         self.iteration += 1
-        self.blend.release_before(self.consumed_samples)
         self._interval_times.append(time.time() - start)
         self._interval_losses.append(result.loss)
         return result
@@ -366,8 +367,8 @@ class Trainer:
         last_eval = last_save = self.iteration
         stop = None
         while self.iteration < cfg.training.train_iters:
-            with self.watchdog.watch(f"iteration {self.iteration + 1}"):
-                result = self.train_step()
+            self.watchdog.now(f"iteration {self.iteration + 1}")
+            result = self.train_step()
             if cfg.training.check_for_nan_in_loss_and_grad:
                 self._check_finite(result)
             if self.iteration % cfg.logging.log_interval == 0 or self.iteration == cfg.training.train_iters:

@@ -34,9 +34,13 @@ class Watchdog:
             self._thread = threading.Thread(target=self._watch, name="megatron-dga-watchdog", daemon=True)
             self._thread.start()
 
+    def now(self, operation: str) -> None:
+        """Name what the rank does from now on; its clock restarts."""
+        self.operation, self._since = operation, time.monotonic()
+
     @contextmanager
     def watch(self, operation: str):
-        """Name what the rank is doing; its clock restarts."""
+        """Name what the rank does inside the block, then go back to the outer operation."""
         previous = self.operation
         self.operation, self._since = operation, time.monotonic()
         try:
