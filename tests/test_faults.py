@@ -58,7 +58,7 @@ def rank_processes(launcher: subprocess.Popen, nproc: int, timeout: float = 120.
     raise AssertionError(f"{nproc} rank processes did not start")
 
 
-def wait_for_iteration(metrics_file: str, iteration: int, launcher, timeout: float = 180.0) -> None:
+def wait_for_iteration(metrics_file: str, iteration: int, launcher, timeout: float = 300.0) -> None:
     deadline = time.time() + timeout
     while time.time() < deadline:
         if os.path.exists(metrics_file) and any(r["iteration"] >= iteration for r in read_metrics(metrics_file)):
@@ -116,7 +116,7 @@ def test_a_hung_rank_fails_the_job_within_the_timeout(tmp_path, manifest):
 def test_sigterm_saves_and_the_resumed_run_is_the_same_run(tmp_path, manifest):
     iters = 30
     straight = str(tmp_path / "straight")
-    pretrain(train_args(manifest, straight, iters))
+    pretrain(train_args(manifest, straight, iters), nproc=2)
     resumed = str(tmp_path / "resumed")
     checkpoints = os.path.join(resumed, "checkpoints")
     args = train_args(manifest, resumed, iters, ["--save", checkpoints, "--load", checkpoints,

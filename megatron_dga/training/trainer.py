@@ -262,6 +262,8 @@ class Trainer:
             "tokens-per-second": tokens_per_second,
             "batch-size": self.layout.global_batch_size,
             "consumed-samples": self.consumed_samples,
+            # fp16 steps DeepSpeed skipped for an overflow, since the start of the run
+            "skipped-iterations": self.engine.engine.skipped_steps,
         }
         for group, values in series.items():
             scalars.update({f"{group}/{name}": value for name, value in values.items()})
@@ -270,7 +272,8 @@ class Trainer:
             "type": "train", "iteration": self.iteration, "consumed_samples": self.consumed_samples,
             "lm_loss": loss, "learning_rate": self.engine.learning_rate, "grad_norm": result.grad_norm,
             "iteration_time": iteration_time, "tokens_per_second": tokens_per_second,
-            "skipped": result.skipped, **{k.replace("-", "_"): v for k, v in series.items()},
+            "skipped": result.skipped, "skipped_iterations": self.engine.engine.skipped_steps,
+            **{k.replace("-", "_"): v for k, v in series.items()},
         })
         grad_norm = "n/a" if result.grad_norm is None else f"{result.grad_norm:.3f}"
         self.logger.print(
