@@ -8,6 +8,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
@@ -126,3 +127,49 @@ def read_metrics(path: str, kind: str = "train") -> List[dict]:
 
 def losses_by_iteration(path: str) -> Dict[int, float]:
     return {r["iteration"]: r["lm_loss"] for r in read_metrics(path)}
+
+
+# ---- processes of a running job (fault tests and benchmarks) ----------------------------------
+def start(command):
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
+
+
+def rank_processes(launcher: subprocess.Popen, nproc: int, timeout: float = 120.0):
+    """{rank: psutil.Process} of the training processes under a launcher."""
+    import psutil
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        ranks = {}
+        for child in psutil.Process(launcher.pid).children(recursive=True):
+            try:
+                env = child.environ()
+                if "megatron_dga.pretrain" in " ".join(child.cmdline()) and "RANK" in env \
+                        and "LOCAL_RANK" in env and "torch.distributed.run" not in " ".join(child.cmdline()):
+                    ranks[int(env["RANK"])] = child
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                continue
+        if len(ranks) == nproc:
+            return ranks
+        time.sleep(0.2)
+    raise AssertionError(f"{nproc} rank processes did not start")
+
+
+def wait_for_iteration(metrics_file: str, iteration: int, launcher, timeout: float = 300.0) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if os.path.exists(metrics_file) and any(r["iteration"] >= iteration for r in read_metrics(metrics_file)):
+            return
+        assert launcher.poll() is None, launcher.communicate()
+        time.sleep(0.2)
+    raise AssertionError(f"iteration {iteration} not reached")
+
+
+def seconds_to_exit(launcher, limit: float) -> float:
+    start_time = time.time()
+    try:
+        launcher.wait(timeout=limit)
+    except subprocess.TimeoutExpired:
+        launcher.kill()
+        raise AssertionError(f"the job still runs {limit} s later")
+    return time.time() - start_time

@@ -5,7 +5,6 @@ without touching its last checkpoint, a full disk during a save keeps the previo
 import os
 import signal
 import subprocess
-import time
 
 import psutil
 import pytest
@@ -19,8 +18,12 @@ from pretrain_helpers import (
     losses_by_iteration,
     make_domains,
     pretrain,
+    rank_processes,
     read_metrics,
+    seconds_to_exit,
+    start,
     torchrun_command,
+    wait_for_iteration,
 )
 
 
@@ -33,49 +36,6 @@ def train_args(manifest, run_dir, iters, extra=()):
     return ["--domains-manifest", manifest, *SMALL_MODEL, "--micro-batch-size", "2", "--global-batch-size", "4",
             "--train-iters", str(iters), "--lr", "1e-3", "--split", "90,10,0", "--eval-interval", "1000",
             "--log-interval", "1", "--metrics-file", os.path.join(run_dir, "metrics.jsonl"), *extra]
-
-
-def start(command):
-    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
-
-
-def rank_processes(launcher: subprocess.Popen, nproc: int, timeout: float = 120.0):
-    """{rank: psutil.Process} of the training processes under a launcher."""
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        ranks = {}
-        for child in psutil.Process(launcher.pid).children(recursive=True):
-            try:
-                env = child.environ()
-                if "megatron_dga.pretrain" in " ".join(child.cmdline()) and "RANK" in env \
-                        and "LOCAL_RANK" in env and "torch.distributed.run" not in " ".join(child.cmdline()):
-                    ranks[int(env["RANK"])] = child
-            except (psutil.NoSuchProcess, psutil.AccessDenied):
-                continue
-        if len(ranks) == nproc:
-            return ranks
-        time.sleep(0.2)
-    raise AssertionError(f"{nproc} rank processes did not start")
-
-
-def wait_for_iteration(metrics_file: str, iteration: int, launcher, timeout: float = 300.0) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if os.path.exists(metrics_file) and any(r["iteration"] >= iteration for r in read_metrics(metrics_file)):
-            return
-        assert launcher.poll() is None, launcher.communicate()
-        time.sleep(0.2)
-    raise AssertionError(f"iteration {iteration} not reached")
-
-
-def seconds_to_exit(launcher, limit: float) -> float:
-    start_time = time.time()
-    try:
-        launcher.wait(timeout=limit)
-    except subprocess.TimeoutExpired:
-        launcher.kill()
-        raise AssertionError(f"the job still runs {limit} s later")
-    return time.time() - start_time
 
 
 @pytest.mark.parametrize("launcher_kind", ["torchrun", "deepspeed"])

@@ -14,6 +14,7 @@ DeepSpeed's `client_state`.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import random
@@ -112,6 +113,8 @@ class Checkpointer:
             failure = None
         except (OSError, RuntimeError) as e:
             failure = f"rank {self.ctx.rank}: {type(e).__name__}: {e}"
+            if getattr(e, "errno", None) in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG) or "unexpected pos" in str(e):
+                failure += " (is the file system full?)"  # torch.save reports a short write so
         return self._agree(failure)
 
     def _agree(self, failure: Optional[str]) -> Optional[str]:

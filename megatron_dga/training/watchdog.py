@@ -43,10 +43,8 @@ class Watchdog:
         """Name what the rank does inside the block, then go back to the outer operation."""
         previous = self.operation
         self.operation, self._since = operation, time.monotonic()
-        try:
-            yield
-        finally:
-            self.operation, self._since = previous, time.monotonic()
+        yield  # on an exception the failed operation stays named, for the error message
+        self.operation, self._since = previous, time.monotonic()
 
     def _watch(self) -> None:
         while not self._stop.wait(1.0):
