@@ -188,7 +188,7 @@ class Checkpointer:
         if self.engine.zero_optimization_stage() > 0:
             return f"ZeRO-{self.engine.zero_optimization_stage()}"
         if self.engine.bfloat16_enabled():
-            return "DeepSpeed's bf16 optimizer"
+            return "DeepSpeed's bf16"
         return None
 
     def load(self, directory: str, load_optimizer: bool, load_rng: bool) -> Dict[str, Any]:
