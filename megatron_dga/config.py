@@ -37,6 +37,13 @@ class ModelConfig:
     normalization: str = arg("LayerNorm", "Normalization layer.", choices=["LayerNorm", "RMSNorm"])
     layernorm_epsilon: float = arg(1e-5, "Epsilon of the normalization layers.")
     swiglu: bool = arg(False, "Use a SwiGLU MLP instead of GELU.")
+    openai_gelu: bool = arg(
+        False, "GELU by its tanh approximation (GPT-2's 'gelu_new') instead of the exact erf form."
+    )
+    group_query_attention: bool = arg(False, "Grouped-query attention (with --num-query-groups).")
+    num_query_groups: Optional[int] = arg(
+        None, "Key/value heads shared by groups of query heads, with --group-query-attention."
+    )
     disable_bias_linear: bool = arg(False, "No biases in the linear layers.")
     hidden_dropout: float = arg(0.1, "Dropout after attention and MLP.")
     attention_dropout: float = arg(0.1, "Dropout on attention probabilities.")
@@ -245,6 +252,11 @@ class CheckpointConfig:
     save_interval: Optional[int] = arg(None, "Iterations between checkpoints.")
     no_load_optim: bool = arg(False, "Do not load the optimizer state when resuming.")
     no_load_rng: bool = arg(False, "Do not load the RNG states when resuming.")
+    load_hf: Optional[str] = arg(
+        None, "Initialise the model from a Hugging Face transformers folder (GPT-2 or Llama shaped, the same "
+        "shape as the flags give), split into this run's layout; fresh optimizer, iteration 0. Ignored when "
+        "--load holds a checkpoint.",
+    )
 
 
 @dataclass

@@ -119,6 +119,11 @@ class TikTokenizer(Tokenizer):
         return self._encoding.n_vocab
 
     @property
+    def encoding(self):
+        """The tiktoken Encoding (its ranks, pattern and special tokens)."""
+        return self._encoding
+
+    @property
     def eod(self) -> int:
         return self._eod
 

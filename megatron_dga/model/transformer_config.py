@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import importlib.util
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
 from megatron.core.transformer.transformer_config import TransformerConfig
+from megatron.core.transformer.utils import openai_gelu
 
 from megatron_dga.config import ModelConfig
 
@@ -38,15 +40,48 @@ def params_dtype(bf16: bool, fp16: bool) -> torch.dtype:
     return torch.bfloat16 if bf16 else torch.float16 if fp16 else torch.float32
 
 
-def build_transformer_config(model: ModelConfig, tp: int, bf16: bool, fp16: bool) -> TransformerConfig:
+def activation(model: ModelConfig, fused: bool):
+    """The MLP's activation. megatron-core's fused bias-GELU kernel computes the tanh
+    approximation, so it may stand for GELU only when that is the activation asked for."""
+    if model.swiglu:
+        return F.silu
+    if model.openai_gelu:
+        return F.gelu if fused else openai_gelu
+    return F.gelu
+
+
+def use_bias_activation_fusion(model: ModelConfig, on_gpu: bool) -> bool:
+    """megatron-core's jit-fused bias + activation, on GPU, where it computes what is asked:
+    SwiGLU (with or without biases), or tanh-approximated GELU with biases (megatron-core
+    refuses GELU fusion without them, and its kernel is not the exact GELU)."""
+    if not on_gpu:
+        return False
+    return model.swiglu or (model.openai_gelu and not model.disable_bias_linear)
+
+
+def query_groups(model: ModelConfig):
+    if not model.group_query_attention:
+        return None
+    groups = model.num_query_groups
+    if not groups or model.num_attention_heads % groups:
+        raise ValueError(f"--num-query-groups {groups} must divide --num-attention-heads "
+                         f"{model.num_attention_heads} (with --group-query-attention)")
+    return groups
+
+
+def build_transformer_config(model: ModelConfig, tp: int, bf16: bool, fp16: bool,
+                             on_gpu: Optional[bool] = None) -> TransformerConfig:
     """The per-layer config. Pipeline parallelism is DeepSpeed's, so megatron-core sees
-    pipeline size 1 and layer numbers are global (no per-stage offset)."""
+    pipeline size 1 and layer numbers are global (no per-stage offset). `on_gpu` (default:
+    whether CUDA is present) chooses the GPU-only switches; tests build the GPU config on CPU."""
     dtype = params_dtype(bf16, fp16)
-    on_gpu = torch.cuda.is_available()
+    on_gpu = torch.cuda.is_available() if on_gpu is None else on_gpu
+    fused_activation = use_bias_activation_fusion(model, on_gpu)
     return TransformerConfig(
         num_layers=model.num_layers,
         hidden_size=model.hidden_size,
         num_attention_heads=model.num_attention_heads,
+        num_query_groups=query_groups(model),
         ffn_hidden_size=model.ffn_hidden_size or 4 * model.hidden_size,
         tensor_model_parallel_size=tp,
         pipeline_model_parallel_size=1,
@@ -57,7 +92,7 @@ def build_transformer_config(model: ModelConfig, tp: int, bf16: bool, fp16: bool
         normalization=model.normalization,
         add_bias_linear=not model.disable_bias_linear,
         gated_linear_unit=model.swiglu,
-        activation_func=F.silu if model.swiglu else F.gelu,
+        activation_func=activation(model, fused_activation),
         use_cpu_initialization=model.use_cpu_initialization,
         params_dtype=dtype,
         pipeline_dtype=dtype,
@@ -65,7 +100,7 @@ def build_transformer_config(model: ModelConfig, tp: int, bf16: bool, fp16: bool
         fp16=fp16,
         # The fused kernels below are jit-compiled torch code on GPU; the softmax, layer-norm
         # and gradient-accumulation fusions need apex/Megatron CUDA extensions.
-        bias_activation_fusion=on_gpu and not model.swiglu,
+        bias_activation_fusion=fused_activation,
         bias_dropout_fusion=on_gpu,
         masked_softmax_fusion=False,
         persist_layer_norm=on_gpu and have_apex(),

@@ -56,6 +56,13 @@ def resolve_layout(config: PretrainConfig, world_size: int) -> Layout:
             f"--num-attention-heads {model.num_attention_heads} is not divisible by "
             f"--tensor-model-parallel-size {tp}"
         )
+    if model.group_query_attention:
+        groups = model.num_query_groups
+        if not groups or model.num_attention_heads % groups:
+            raise LayoutError(f"--num-query-groups {groups} must divide --num-attention-heads "
+                              f"{model.num_attention_heads} (with --group-query-attention)")
+        if groups % tp:
+            raise LayoutError(f"--num-query-groups {groups} is not divisible by --tensor-model-parallel-size {tp}")
     if model.hidden_size % model.num_attention_heads != 0:
         raise LayoutError(
             f"--hidden-size {model.hidden_size} is not divisible by --num-attention-heads "

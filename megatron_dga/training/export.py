@@ -37,6 +37,32 @@ def merge_shards(shards: List[torch.Tensor], dim: int, stride: int) -> torch.Ten
     return torch.cat([pieces[r][s] for s in range(stride) for r in range(len(shards))], dim=dim)
 
 
+def split_shard(full: torch.Tensor, dim: int, stride: int, tp: int, rank: int) -> torch.Tensor:
+    """megatron-core's split: rank `rank`'s shard of a full weight (inverse of merge_shards)."""
+    pieces = torch.chunk(full, tp * stride, dim=dim)
+    return torch.cat([pieces[s * tp + rank] for s in range(stride)], dim=dim)
+
+
+def load_full_weights_into(module: torch.nn.Module, full: Dict[str, torch.Tensor], tp: int, tp_rank: int,
+                           source: str) -> None:
+    """Copy full-size parameters (merged names) into this rank's module: its tensor-parallel
+    shard of each, whatever the layout. Every parameter of the module must be in `full`."""
+    missing = [name for name, _ in module.named_parameters() if name not in full]
+    if missing:
+        raise CheckpointError(f"{source} has no weights for {len(missing)} parameters of this model "
+                              f"({', '.join(missing[:3])} ...)")
+    with torch.no_grad():
+        for name, param in module.named_parameters():
+            value = full[name]
+            if getattr(param, "tensor_model_parallel", False):
+                value = split_shard(value, int(param.partition_dim), int(getattr(param, "partition_stride", 1)),
+                                    tp, tp_rank)
+            if tuple(value.shape) != tuple(param.shape):
+                raise CheckpointError(f"{source}: {name} has shape {tuple(value.shape)}, this model's "
+                                      f"{tuple(param.shape)}")
+            param.copy_(value.to(param.dtype))
+
+
 def _tp_state_dicts_sequential(directory: str, tp: int) -> List[Dict[str, torch.Tensor]]:
     dicts = []
     for rank in range(tp):

@@ -39,6 +39,7 @@ from megatron_dga.training.deepspeed_config import load_user_config
 from megatron_dga.training.engine import TrainingEngine
 from megatron_dga.training.evaluation import Evaluator, overall_loss
 from megatron_dga.training.export import sharding_map
+from megatron_dga.training.hf_checkpoint import load_hf_weights
 from megatron_dga.training.metrics import MetricsLogger
 from megatron_dga.training.watchdog import Watchdog
 
@@ -73,6 +74,12 @@ class Trainer:
 
         model = build_model(config.model, self.padded_vocab, ctx, config.training.bf16, config.training.fp16,
                             config.training.seed)
+        if config.checkpoint.load_hf and not self._has_checkpoint(config.checkpoint.load):
+            # Before DeepSpeed builds its optimizer partitions from the parameters.
+            load_hf_weights(model, config.checkpoint.load_hf, config.model, self.padded_vocab, vocab,
+                            self.layout.tp, ctx.tp_rank)
+            if ctx.rank == 0:
+                print(f"initialised from {config.checkpoint.load_hf}", flush=True)
         self.engine = TrainingEngine(model, config, ctx, load_user_config(config.training.deepspeed_config))
         self.specific_train, specific_valid = open_specific_sets(config.data, seq_length, config.training.seed)
         self.vocab_size = vocab
@@ -103,6 +110,10 @@ class Trainer:
                                     config.logging.metrics_file, resumed_iteration=self.iteration)
         self._interval_losses: List[float] = []
         self._interval_times: List[float] = []
+
+    @staticmethod
+    def _has_checkpoint(directory: Optional[str]) -> bool:
+        return bool(directory) and read_tracker(directory) is not None
 
     def _startup_importance_histogram(self) -> np.ndarray:
         """Rank 0 assigns what training knows of the specific set (its documents, or only the
@@ -193,6 +204,8 @@ class Trainer:
         metadata = {
             "sharding": self._sharding(),
             "padded_vocab_size": self.padded_vocab,
+            "vocab_size": self.vocab_size,
+            "tokenizer": dataclasses.asdict(self.tokenizer),
             "model": dataclasses.asdict(self.config.model),
             "iteration": self.iteration,
             "consumed_samples": self.consumed_samples,
