@@ -109,7 +109,7 @@ def hf_model(shape, folder):
 LOAD_FLAGS = {"gpt2": ["--openai-gelu"],
               "llama": ["--normalization", "RMSNorm", "--swiglu", "--position-embedding-type", "rope",
                         "--disable-bias-linear", "--group-query-attention", "--num-query-groups", "2",
-                        "--ffn-hidden-size", "160"]}
+                        "--ffn-hidden-size", "160", "--layernorm-epsilon", "1e-6"]}
 
 
 @pytest.mark.parametrize("shape", sorted(SHAPES))
