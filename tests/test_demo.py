@@ -2,6 +2,7 @@
 runs on 2 ranks through the deepspeed launcher. Its outputs hold the named series."""
 
 import os
+import re
 import subprocess
 import sys
 
@@ -23,6 +24,11 @@ def test_demo_pipeline_end_to_end(tmp_path):
     result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=900)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-6000:]
     assert "| dga-ema |" in result.stdout and "| uniform |" in result.stdout
+    # Progress on the console while it trains, and a sample from the exported model at the end.
+    assert re.search(r"\[dga-ema\] iteration\s+6/\s+6 \| consumed samples", result.stdout), result.stdout[-3000:]
+    assert "[uniform] validation at iteration 6" in result.stdout
+    assert "continued by transformers:" in result.stdout
+    assert os.path.exists(os.path.join(work, "runs", "dga-ema", "hf", "model.safetensors"))
 
     for name in ("weights.png", "losses.png", "alignment.png"):
         path = os.path.join(work, "plots", name)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -89,6 +90,7 @@ def parse_args(argv=None):
     p.add_argument("--nproc", type=int, default=2)
     p.add_argument("--launcher", default="deepspeed", choices=["deepspeed", "torchrun"])
     p.add_argument("--extra", default="", help="more pretrain flags, space-separated")
+    p.add_argument("--progress", action="store_true", help="show the iteration and validation lines on the console")
     return p.parse_args(argv)
 
 
@@ -152,6 +154,20 @@ def pretrain_args(a, prepared: Dict) -> List[str]:
     ]
 
 
+PROGRESS = re.compile(r"^\s*(iteration\s+\d+/|validation at|stopping at|saved checkpoint|training \d+ iterations)")
+
+
+def run_showing_progress(command: List[str], log, name: str) -> subprocess.CompletedProcess:
+    """Run `command` with its output in `log`, and its progress lines on the console too."""
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
+    for line in process.stdout:
+        log.write(line)
+        if PROGRESS.match(line):
+            shown = re.sub(r"\s+\|", " |", line.strip())
+            print(f"[{name}] {shown[:160]}", flush=True)
+    return subprocess.CompletedProcess(command, process.wait())
+
+
 def label(a) -> str:
     """How the report names the run's method: the method, with its DGA variant and bases."""
     name = a.method
@@ -192,7 +208,8 @@ def main(argv=None) -> int:
     print("+", " ".join(command), flush=True)
     start = time.time()
     with open(os.path.join(a.out, "log.txt"), "w") as log:
-        result = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT)
+        result = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT) if not a.progress \
+            else run_showing_progress(command, log, a.method)
     if result.returncode != 0:
         print(f"{a.out}: training failed ({result.returncode}); see {a.out}/log.txt", flush=True)
         return result.returncode
