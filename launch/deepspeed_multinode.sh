@@ -7,6 +7,9 @@
 #     NO_SSH=1 NODE_RANK=0 MASTER_ADDR=node-01 HOSTFILE=launch/hostfile bash launch/deepspeed_multinode.sh
 # Extra pretrain flags can be appended on the command line.
 set -euo pipefail
+# megatron-core orders tensor-parallel communication after the compute it overlaps only with
+# one hardware queue per device (required for sequence parallelism; harmless otherwise).
+export CUDA_DEVICE_MAX_CONNECTIONS=${CUDA_DEVICE_MAX_CONNECTIONS:-1}
 HOSTFILE=${HOSTFILE:-launch/hostfile}
 MASTER_ADDR=${MASTER_ADDR:-$(head -n1 <(grep -v '^#' "$HOSTFILE") | cut -d' ' -f1)}
 MASTER_PORT=${MASTER_PORT:-29500}

@@ -60,6 +60,9 @@ class TrainingEngine:
         self.ctx = ctx
         self.pipelined = ctx.layout.pp > 1
         self.ds_config = derive_config(config, ctx.layout, user_ds_config)
+        # The optimizer is built on the device the parameters train on: torch's fused AdamW
+        # needs them there (a PipelineModule is still on the CPU until DeepSpeed moves it).
+        model.to(ctx.device)
         client_optimizer = None if "optimizer" in user_ds_config else build_optimizer(model, config.optimizer)
         kwargs = dict(model=model, config=self.ds_config, optimizer=client_optimizer)
         if client_optimizer is None:
