@@ -60,6 +60,21 @@ class ModelConfig:
         "(Transformer Engine when it is installed and CUDA is present).",
         choices=["auto", "local", "transformer_engine"],
     )
+    attention_backend: str = arg(
+        "auto", "Core attention: 'sdpa' (torch's scaled_dot_product_attention: flash or memory-efficient "
+        "kernels on GPU), 'unfused' (megatron-core's DotProductAttention), or 'auto' (Transformer Engine's "
+        "attention when its layers are used, else sdpa).", choices=["auto", "sdpa", "unfused"],
+    )
+    recompute_granularity: Optional[str] = arg(
+        None, "Activation recompute: 'full' recomputes whole transformer layers in the backward pass, "
+        "'selective' only their core attention.", choices=["full", "selective"],
+    )
+    recompute_method: str = arg(
+        "uniform", "With --recompute-granularity full: 'uniform' checkpoints groups of --recompute-num-layers "
+        "layers; 'block' checkpoints the first --recompute-num-layers layers of each pipeline stage.",
+        choices=["uniform", "block"],
+    )
+    recompute_num_layers: int = arg(1, "Layers per checkpointed group (uniform) or checkpointed layers (block).")
     use_cpu_initialization: bool = arg(
         True,
         "Initialise weights on the CPU from one full-size master tensor, so that every "

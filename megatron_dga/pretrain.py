@@ -34,12 +34,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from megatron_dga.training.checkpointing import CheckpointError
     from megatron_dga.training.deepspeed_config import apply_user_config, load_user_config
     from megatron_dga.training.trainer import Trainer, TrainingDivergedError
+    from megatron_dga.training.watchdog import Watchdog
 
+    # From the start: a rank stuck in start-up (a peer that never comes, a file system that
+    # hangs) is ended too, with what it was doing.
+    watchdog = Watchdog(int(os.environ.get("RANK", "0")), 60.0 * config.parallel.distributed_timeout_minutes)
     try:
         apply_user_config(config, load_user_config(config.training.deepspeed_config))
         resolve_layout(config, world_size_from_env())  # refuse impossible layouts before any work
         ctx = initialize_parallel(config)
-        trainer = Trainer(config, ctx)
+        trainer = Trainer(config, ctx, watchdog)
     except (LayoutError, DataError, CheckpointError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
         return 2

@@ -135,3 +135,20 @@ def test_a_full_disk_during_a_save_keeps_the_previous_checkpoint(tmp_path, manif
     assert "the latest checkpoint is still iteration 2" in result.stderr
     assert read_tracker(checkpoints) == 2
     assert sorted(os.listdir(checkpoints)) == ["iter_0000002", "latest_checkpointed_iteration.txt"]
+
+
+def test_a_stale_build_lock_is_removed_and_a_live_one_kept(tmp_path, monkeypatch):
+    """DeepSpeed JIT-builds a small op at start-up under a torch lock file; a process killed
+    mid-build leaves the lock, and every later start would wait on it forever."""
+    from megatron_dga.parallel.initialize import remove_stale_extension_lock
+
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    remove_stale_extension_lock()  # no lock: nothing to do
+    lock = next(tmp_path.rglob("deepspeed_shm_comm")) / "lock"
+    lock.write_text("")
+    remove_stale_extension_lock()
+    assert lock.exists()  # a build may be running right now
+    old = os.path.getmtime(lock) - 3600
+    os.utime(lock, (old, old))
+    remove_stale_extension_lock()
+    assert not lock.exists()

@@ -29,6 +29,8 @@ from megatron_dga.model.layers import (
     language_model_loss,
     lm_head,
 )
+from megatron_dga.model.attention import SDPAttention
+from megatron_dga.model.recompute import checkpoint, layer_recomputed_alone, uniform_group_size
 from megatron_dga.model.transformer_config import build_transformer_config, use_transformer_engine
 from megatron_dga.parallel.initialize import ParallelContext
 
@@ -45,11 +47,14 @@ def _layer_spec_and_norm(model: ModelConfig):
 
         rms = model.normalization == "RMSNorm"
         return get_gpt_layer_with_transformer_engine_spec(), TESpecProvider().layer_norm(rms_norm=rms)
-    return get_gpt_layer_local_spec(normalization=model.normalization), None
+    spec = get_gpt_layer_local_spec(normalization=model.normalization)
+    if model.attention_backend in ("auto", "sdpa"):
+        spec.submodules.self_attention.submodules.core_attention = SDPAttention
+    return spec, None
 
 
 def gpt_layer_specs(model: ModelConfig, padded_vocab: int, tp: int, bf16: bool, fp16: bool,
-                    init_seed: int) -> List:
+                    init_seed: int, pp: int = 1) -> List:
     """embedding, N transformer layers, final norm, tied LM head; layer i seeds with init_seed + i."""
     config = build_transformer_config(model, tp, bf16, fp16)
     layer_spec, norm_impl = _layer_spec_and_norm(model)
@@ -60,7 +65,8 @@ def gpt_layer_specs(model: ModelConfig, padded_vocab: int, tp: int, bf16: bool, 
     ]
     specs += [
         LayerSpec(TransformerLayerPipe, config, layer_spec, i + 1, model.position_embedding_type,
-                  model.rotary_base, init_seed + i + 1)
+                  model.rotary_base, init_seed + i + 1,
+                  recompute=layer_recomputed_alone(model, i + 1, model.num_layers // pp))
         for i in range(model.num_layers)
     ]
     specs.append(LayerSpec(FinalNormPipe, config, norm_impl))
@@ -78,8 +84,9 @@ class SequentialGPT(torch.nn.Module):
     forward(tokens) returns logits; forward(tokens, labels, loss_mask) returns the loss.
     """
 
-    def __init__(self, specs: List):
+    def __init__(self, specs: List, recompute_group: int = 0):
         super().__init__()
+        self.recompute_group = recompute_group  # consecutive transformer layers checkpointed as one
         self.tied_modules = torch.nn.ModuleDict()
         self._forward_funcs = []
         for index, spec in enumerate(specs):
@@ -93,28 +100,57 @@ class SequentialGPT(torch.nn.Module):
                 self.add_module(str(index), module)
                 self._forward_funcs.append(module)
 
+    def _recompute_group_at(self, index: int) -> int:
+        """Size of the checkpointed group of transformer layers starting at `index`, or 0."""
+        if not self.recompute_group:
+            return 0
+        layers = [i for i, fn in enumerate(self._forward_funcs) if isinstance(fn, TransformerLayerPipe)]
+        if index not in layers or layers.index(index) % self.recompute_group:
+            return 0
+        return len(layers[layers.index(index):][: self.recompute_group])
+
     def forward(self, tokens, labels=None, loss_mask=None):
         x = tokens
-        for fn in self._forward_funcs:
-            x = fn(x)
+        funcs = self._forward_funcs
+        i = 0
+        while i < len(funcs):
+            group = self._recompute_group_at(i)
+            if group > 1 and torch.is_grad_enabled():
+                x = checkpoint(lambda h, fs=funcs[i:i + group]: _run_all(fs, h), x)
+                i += group
+            else:
+                x = funcs[i](x)
+                i += 1
         if labels is None:
             return x
         return language_model_loss(x, (labels, loss_mask))
 
 
+def _run_all(funcs, x):
+    for fn in funcs:
+        x = fn(x)
+    return x
+
+
 def build_model(model: ModelConfig, padded_vocab: int, ctx: ParallelContext, bf16: bool, fp16: bool,
                 seed: int) -> torch.nn.Module:
     """SequentialGPT for PP = 1, DeepSpeed PipelineModule for PP > 1."""
-    specs = gpt_layer_specs(model, padded_vocab, ctx.layout.tp, bf16, fp16, seed + INIT_SEED_OFFSET)
+    specs = gpt_layer_specs(model, padded_vocab, ctx.layout.tp, bf16, fp16, seed + INIT_SEED_OFFSET, ctx.layout.pp)
+    group = uniform_group_size(model)
     devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
     with torch.random.fork_rng(devices=devices):
         if ctx.layout.pp == 1:
-            return SequentialGPT(specs).to(ctx.device)
+            return SequentialGPT(specs, recompute_group=group).to(ctx.device)
         # DeepSpeed's own `seed_layers` is left off: it also reseeds every forward pass from a
         # counter that checkpoints do not keep, which would change dropout after a resume.
+        # Groups of layers to recompute: DeepSpeed's activation_checkpoint_interval over the
+        # stage's layers, skipping groups that hold the embedding, final norm or head.
         return PipelineModule(
             layers=specs,
             loss_fn=language_model_loss,
             topology=ctx.topology,
             partition_method="type:TransformerLayerPipe",
+            activation_checkpoint_interval=group,
+            activation_checkpoint_func=checkpoint,
+            checkpointable_layers=["TransformerLayerPipe"],
         )

@@ -22,6 +22,8 @@ from megatron.core.transformer.module import MegatronModule
 from megatron.core.transformer.spec_utils import ModuleSpec, build_module
 from megatron.core.transformer.transformer_config import TransformerConfig
 
+from megatron_dga.model.recompute import checkpoint
+
 # Path of the shared weight inside EmbeddingPipe, for DeepSpeed's TiedLayerSpec.
 TIED_WEIGHT_ATTR = "embedding.word_embeddings.weight"
 
@@ -65,8 +67,9 @@ class TransformerLayerPipe(MegatronModule):
     """One megatron-core TransformerLayer, [s, b, h] -> [s, b, h], with its causal mask."""
 
     def __init__(self, config: TransformerConfig, layer_spec: ModuleSpec, layer_number: int,
-                 position_embedding_type: str, rotary_base: int, init_seed: int):
+                 position_embedding_type: str, rotary_base: int, init_seed: int, recompute: bool = False):
         super().__init__(config=config)
+        self.recompute = recompute  # checkpoint this layer alone (--recompute-granularity full)
         torch.manual_seed(init_seed)
         self.layer = build_module(layer_spec, config=config, layer_number=layer_number)
         self.rotary = None
@@ -77,6 +80,11 @@ class TransformerLayerPipe(MegatronModule):
             )
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        if self.recompute and torch.is_grad_enabled():
+            return checkpoint(self._forward, hidden)
+        return self._forward(hidden)
+
+    def _forward(self, hidden: torch.Tensor) -> torch.Tensor:
         seq_length = hidden.shape[0]
         rotary_pos_emb = None
         if self.rotary is not None:

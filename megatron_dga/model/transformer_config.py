@@ -106,4 +106,7 @@ def build_transformer_config(model: ModelConfig, tp: int, bf16: bool, fp16: bool
         persist_layer_norm=on_gpu and have_apex(),
         gradient_accumulation_fusion=False,
         apply_rope_fusion=False,
+        # "selective": megatron-core recomputes the core attention inside each layer; "full" is
+        # ours (model/recompute.py), around whole layers.
+        recompute_granularity="selective" if model.recompute_granularity == "selective" else None,
     )

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import random
 import socket
+import time
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -101,6 +102,24 @@ def use_timeout_for_every_group(timeout: timedelta) -> None:
     distributed_c10d.default_pg_nccl_timeout = timeout
 
 
+def remove_stale_extension_lock(name: str = "deepspeed_shm_comm", older_than_seconds: float = 600.0) -> None:
+    """Remove the lock a killed process left on a torch extension build.
+
+    DeepSpeed JIT-builds a small shared-memory op (with g++) in every process on machines
+    without CUDA; torch guards the build with a lock file that a process killed mid-build never
+    removes, and every later start then waits on it forever. A build takes seconds: a lock
+    older than ten minutes belongs to no live build."""
+    from torch.utils.cpp_extension import _get_build_directory
+
+    try:
+        lock = os.path.join(_get_build_directory(name, verbose=False), "lock")
+        if os.path.exists(lock) and time.time() - os.path.getmtime(lock) > older_than_seconds:
+            os.remove(lock)
+            print(f"removed a stale build lock {lock} (left by a killed process)", flush=True)
+    except OSError:
+        pass
+
+
 def initialize_parallel(config: PretrainConfig) -> ParallelContext:
     """Start torch.distributed, build megatron-core's groups and the matching DeepSpeed
     topology, and seed every generator. The layout is validated before anything starts."""
@@ -122,6 +141,8 @@ def initialize_parallel(config: PretrainConfig) -> ParallelContext:
     timeout = timedelta(minutes=config.parallel.distributed_timeout_minutes)
     use_timeout_for_every_group(timeout)
     if not dist.is_initialized():
+        if not torch.cuda.is_available():
+            remove_stale_extension_lock()
         deepspeed.init_distributed(dist_backend=backend, timeout=timeout, verbose=False)
     if dist.get_world_size() != layout.world_size:
         layout = resolve_layout(config, dist.get_world_size())

@@ -62,9 +62,9 @@ def model_vocab_size(config: PretrainConfig, tokenizer_vocab: Optional[int]) -> 
 
 
 class Trainer:
-    def __init__(self, config: PretrainConfig, ctx: ParallelContext):
+    def __init__(self, config: PretrainConfig, ctx: ParallelContext, watchdog: Optional[Watchdog] = None):
         self.config, self.ctx, self.layout = config, ctx, ctx.layout
-        self.watchdog = Watchdog(ctx.rank, 60.0 * config.parallel.distributed_timeout_minutes)
+        self.watchdog = watchdog or Watchdog(ctx.rank, 60.0 * config.parallel.distributed_timeout_minutes)
         seq_length = config.model.seq_length
         self.domains: List[Domain]
         self.domains, data_path_weights, self.tokenizer = open_domains(config.data, seq_length, config.training.seed)
