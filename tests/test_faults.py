@@ -19,6 +19,7 @@ from pretrain_helpers import (
     make_domains,
     pretrain,
     rank_processes,
+    run,
     read_metrics,
     seconds_to_exit,
     start,
@@ -137,18 +138,16 @@ def test_a_full_disk_during_a_save_keeps_the_previous_checkpoint(tmp_path, manif
     assert sorted(os.listdir(checkpoints)) == ["iter_0000002", "latest_checkpointed_iteration.txt"]
 
 
-def test_a_stale_build_lock_is_removed_and_a_live_one_kept(tmp_path, monkeypatch):
-    """DeepSpeed JIT-builds a small op at start-up under a torch lock file; a process killed
-    mid-build leaves the lock, and every later start would wait on it forever."""
-    from megatron_dga.parallel.initialize import remove_stale_extension_lock
-
-    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
-    remove_stale_extension_lock()  # no lock: nothing to do
-    lock = next(tmp_path.rglob("deepspeed_shm_comm")) / "lock"
+def test_start_up_never_waits_on_a_torch_extension_build_lock(tmp_path, manifest):
+    """DeepSpeed JIT-builds a shared-memory op for inference all-reduces at start-up, under a
+    torch lock file; a rank killed by its launcher while holding the lock (any failed 2-rank
+    start) left it behind, and every later start waited on it. Training never uses that op:
+    a start on the CPU must finish while a fresh lock is held."""
+    extensions = tmp_path / "extensions"
+    lock = extensions / "deepspeed_shm_comm" / "lock"
+    lock.parent.mkdir(parents=True)
     lock.write_text("")
-    remove_stale_extension_lock()
-    assert lock.exists()  # a build may be running right now
-    old = os.path.getmtime(lock) - 3600
-    os.utime(lock, (old, old))
-    remove_stale_extension_lock()
-    assert not lock.exists()
+    args = train_args(manifest, str(tmp_path / "run"), 2)
+    result = run(torchrun_command(1, args), env={"TORCH_EXTENSIONS_DIR": str(extensions)}, timeout=120)
+    assert result.returncode == 0
+    assert lock.exists()

@@ -60,11 +60,13 @@ def test_losses_agree_across_layouts(runs):
 def test_parameters_agree_across_layouts(runs):
     reference = load_merged_state_dict(latest_checkpoint_dir(str(runs["single"] / "checkpoints")))
     assert "tied_modules.embed.embedding.word_embeddings.weight" in reference
+    # atol 1e-5: Adam divides by sqrt(v), so an element whose gradient is near zero turns
+    # float reduction-order differences into update differences of 1e-6 (seen on a bias).
     for name, run_dir in runs.items():
         params = load_merged_state_dict(latest_checkpoint_dir(str(run_dir / "checkpoints")))
         assert sorted(params) == sorted(reference), name
         for key, value in reference.items():
-            torch.testing.assert_close(params[key], value, rtol=1e-4, atol=1e-6, msg=lambda m: f"{name} {key}: {m}")
+            torch.testing.assert_close(params[key], value, rtol=1e-4, atol=1e-5, msg=lambda m: f"{name} {key}: {m}")
 
 
 def test_merge_tool_writes_one_full_state_dict(runs, tmp_path):
@@ -78,7 +80,7 @@ def test_merge_tool_writes_one_full_state_dict(runs, tmp_path):
     reference = load_merged_state_dict(latest_checkpoint_dir(str(runs["single"] / "checkpoints")))
     assert merged["metadata"]["layout"]["tp"] == 2
     for key, value in reference.items():
-        torch.testing.assert_close(merged["model"][key], value, rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(merged["model"][key], value, rtol=1e-4, atol=1e-5)
 
 
 def test_llama_style_variant_agrees_across_layouts(tmp_path):

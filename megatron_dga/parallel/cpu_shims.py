@@ -1,6 +1,6 @@
 """The small patches megatron-core needs to run on a machine without CUDA.
 
-megatron-core is written for GPUs. Its tensor-parallel layers run on CPU except for three
+megatron-core is written for GPUs. Its tensor-parallel layers run on CPU except for four
 places, which this module patches, and only when CUDA is absent:
 
 1. `GlobalMemoryBuffer.get_tensor` allocates its scratch buffers on
@@ -11,6 +11,9 @@ places, which this module patches, and only when CUDA is absent:
    the CPU generator.
 3. `RotaryEmbedding.get_emb` (rotary positions) moves its inverse frequencies to
    `torch.cuda.current_device()` on first use; on the CPU they stay where they are.
+4. `tensor_parallel.checkpoint` (selective recompute of the core attention) saves and
+   restores CUDA generator states; on the CPU it is `model.recompute.checkpoint`, which
+   restores the CPU generator and the tracker instead.
 
 Everything else (layers, collectives through gloo, cross entropy) is megatron-core as is.
 On a CUDA machine `apply_cpu_shims()` does nothing.
@@ -24,6 +27,7 @@ import operator
 from typing import Dict
 
 import torch
+from megatron.core import tensor_parallel
 from megatron.core import utils as mcore_utils
 from megatron.core.models.common.embeddings.rotary_pos_embedding import RotaryEmbedding
 from megatron.core.tensor_parallel import random as mcore_random
@@ -87,6 +91,12 @@ class CpuRNGStatesTracker(mcore_random.CudaRNGStatesTracker):
             torch.set_rng_state(outer_state)
 
 
+def _cpu_checkpoint(function, distribute_saved_activations, *args):
+    from megatron_dga.model.recompute import checkpoint
+
+    return checkpoint(function, *args)
+
+
 def apply_cpu_shims() -> bool:
     """Patch megatron-core for CPU when CUDA is absent. Returns whether patches are active."""
     global _APPLIED
@@ -97,6 +107,7 @@ def apply_cpu_shims() -> bool:
         RotaryEmbedding.get_emb = _cpu_rotary_get_emb
         mcore_random._CUDA_RNG_STATE_TRACKER = CpuRNGStatesTracker()
         mcore_random._CUDA_RNG_STATE_TRACKER_INITIALIZED = True
+        tensor_parallel.checkpoint = _cpu_checkpoint
         _APPLIED = True
     return True
 

@@ -7,10 +7,10 @@ model); `initialize_parallel` checks that both give every rank the same coordina
 
 from __future__ import annotations
 
+import importlib
 import os
 import random
 import socket
-import time
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -102,22 +102,16 @@ def use_timeout_for_every_group(timeout: timedelta) -> None:
     distributed_c10d.default_pg_nccl_timeout = timeout
 
 
-def remove_stale_extension_lock(name: str = "deepspeed_shm_comm", older_than_seconds: float = 600.0) -> None:
-    """Remove the lock a killed process left on a torch extension build.
+def skip_inference_shm_op() -> None:
+    """Keep DeepSpeed from JIT-building its shared-memory all-reduce op on the CPU.
 
-    DeepSpeed JIT-builds a small shared-memory op (with g++) in every process on machines
-    without CUDA; torch guards the build with a lock file that a process killed mid-build never
-    removes, and every later start then waits on it forever. A build takes seconds: a lock
-    older than ten minutes belongs to no live build."""
-    from torch.utils.cpp_extension import _get_build_directory
-
-    try:
-        lock = os.path.join(_get_build_directory(name, verbose=False), "lock")
-        if os.path.exists(lock) and time.time() - os.path.getmtime(lock) > older_than_seconds:
-            os.remove(lock)
-            print(f"removed a stale build lock {lock} (left by a killed process)", flush=True)
-    except OSError:
-        pass
+    That op serves DeepSpeed inference only (`inference_all_reduce`); training never calls it.
+    Building it runs g++ under a torch lock file at every start, and a rank that its launcher
+    kills while holding the lock (any failed multi-rank start) leaves the lock behind: every
+    later start on the machine then waits on it forever."""
+    # `from deepspeed.comm import torch` would give torch itself, which that package imports
+    deepspeed_torch_comm = importlib.import_module("deepspeed.comm.torch")
+    deepspeed_torch_comm.build_shm_op = lambda: None
 
 
 def initialize_parallel(config: PretrainConfig) -> ParallelContext:
@@ -142,7 +136,7 @@ def initialize_parallel(config: PretrainConfig) -> ParallelContext:
     use_timeout_for_every_group(timeout)
     if not dist.is_initialized():
         if not torch.cuda.is_available():
-            remove_stale_extension_lock()
+            skip_inference_shm_op()
         deepspeed.init_distributed(dist_backend=backend, timeout=timeout, verbose=False)
     if dist.get_world_size() != layout.world_size:
         layout = resolve_layout(config, dist.get_world_size())
