@@ -45,6 +45,9 @@ class ModelConfig:
         None, "Key/value heads shared by groups of query heads, with --group-query-attention."
     )
     disable_bias_linear: bool = arg(False, "No biases in the linear layers.")
+    untie_embeddings_and_output_weights: bool = arg(
+        False, "A separate output layer (vocabulary-parallel, no bias) instead of the word embedding as LM head."
+    )
     hidden_dropout: float = arg(0.1, "Dropout after attention and MLP.")
     attention_dropout: float = arg(0.1, "Dropout on attention probabilities.")
     init_method_std: float = arg(0.02, "Standard deviation of the weight initialisation.")

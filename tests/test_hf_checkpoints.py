@@ -19,7 +19,8 @@ LOGITS = os.path.join(REPO, "tests", "drivers", "logits_driver.py")
 SHAPES = {
     "gpt2": [],
     "llama": ["--normalization", "RMSNorm", "--swiglu", "--position-embedding-type", "rope",
-              "--disable-bias-linear", "--group-query-attention", "--num-query-groups", "2"],
+              "--disable-bias-linear", "--group-query-attention", "--num-query-groups", "2",
+              "--untie-embeddings-and-output-weights"],
 }
 LAYOUTS = {"single": (1, []), "tp2": (2, ["--tensor-model-parallel-size", "2"]),
            "pp2": (2, ["--pipeline-model-parallel-size", "2"])}
@@ -85,6 +86,16 @@ def test_shapes_without_a_transformers_class_are_refused(tmp_path, manifest):
     assert not os.path.exists(tmp_path / "hf")
 
 
+def test_an_untied_gpt2_run_is_refused_naming_the_flag():
+    from dataclasses import asdict
+
+    from megatron_dga.config import ModelConfig
+    from megatron_dga.model.huggingface import ExportError, family
+
+    with pytest.raises(ExportError, match="--untie-embeddings-and-output-weights: GPT-2's head"):
+        family(asdict(ModelConfig(untie_embeddings_and_output_weights=True)))
+
+
 def hf_model(shape, folder):
     """A transformers model with random weights, of the test model's size, saved to `folder`."""
     from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
@@ -96,7 +107,7 @@ def hf_model(shape, folder):
     else:
         model = LlamaForCausalLM(LlamaConfig(vocab_size=VOCAB, hidden_size=64, intermediate_size=160,
                                              num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                                             max_position_embeddings=64, tie_word_embeddings=True,
+                                             max_position_embeddings=64, tie_word_embeddings=False,
                                              rope_theta=10000.0))
     with torch.no_grad():  # the layer norms start at 1 and 0: make them count
         for name, p in model.named_parameters():
@@ -109,7 +120,8 @@ def hf_model(shape, folder):
 LOAD_FLAGS = {"gpt2": ["--openai-gelu"],
               "llama": ["--normalization", "RMSNorm", "--swiglu", "--position-embedding-type", "rope",
                         "--disable-bias-linear", "--group-query-attention", "--num-query-groups", "2",
-                        "--ffn-hidden-size", "160", "--layernorm-epsilon", "1e-6"]}
+                        "--ffn-hidden-size", "160", "--layernorm-epsilon", "1e-6",
+                        "--untie-embeddings-and-output-weights"]}
 
 
 @pytest.mark.parametrize("shape", sorted(SHAPES))

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from megatron_dga.training.export import latest_checkpoint_dir, load_merged_state_dict
-from pretrain_helpers import SMALL_MODEL, losses_by_iteration, make_domains, pretrain
+from pretrain_helpers import SMALL_MODEL, losses_by_iteration, make_domains, pretrain, read_metrics
 
 LAYOUTS = {
     "single": (1, []),
@@ -84,18 +84,22 @@ def test_merge_tool_writes_one_full_state_dict(runs, tmp_path):
 
 
 def test_llama_style_variant_agrees_across_layouts(tmp_path):
-    """Rotary positions, RMSNorm, SwiGLU, no linear biases, loss masked at EOD: same losses
-    with 1 rank, TP=2 and PP=2."""
+    """The Llama shape (rotary positions, RMSNorm, SwiGLU, no linear biases, grouped-query
+    attention, an untied output layer) with the loss masked at EOD: same losses and gradient
+    norms with 1 rank, TP=2 and PP=2."""
     manifest = make_domains(str(tmp_path / "data"))
-    losses = {}
+    series = {}
     for name, (nproc, layout_args) in {"single": LAYOUTS["single"], "tp2": LAYOUTS["tp2"], "pp2": LAYOUTS["pp2"]}.items():
         metrics = str(tmp_path / f"{name}.jsonl")
         pretrain(["--domains-manifest", manifest, *SMALL_MODEL, "--micro-batch-size", "2", "--global-batch-size", "4",
                   "--train-iters", "3", "--hidden-dropout", "0", "--attention-dropout", "0", "--log-interval", "1",
                   "--eval-interval", "100", "--split", "90,10,0", "--position-embedding-type", "rope",
                   "--normalization", "RMSNorm", "--swiglu", "--disable-bias-linear", "--eod-mask-loss",
+                  "--group-query-attention", "--num-query-groups", "2", "--untie-embeddings-and-output-weights",
                   "--metrics-file", metrics, *layout_args], nproc=nproc)
-        losses[name] = losses_by_iteration(metrics)
+        series[name] = {r["iteration"]: (r["lm_loss"], r["grad_norm"]) for r in read_metrics(metrics)}
+    assert len(series["single"]) == 3
     for name in ("tp2", "pp2"):
-        for iteration, loss in losses["single"].items():
-            assert abs(losses[name][iteration] - loss) <= 1e-4 * abs(loss), (name, iteration)
+        for iteration, (loss, grad_norm) in series["single"].items():
+            assert abs(series[name][iteration][0] - loss) <= 1e-4 * abs(loss), (name, iteration)
+            assert abs(series[name][iteration][1] - grad_norm) <= 1e-4 * abs(grad_norm), (name, iteration)

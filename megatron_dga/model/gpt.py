@@ -25,6 +25,7 @@ from megatron_dga.model.layers import (
     TIED_WEIGHT_ATTR,
     EmbeddingPipe,
     FinalNormPipe,
+    OutputLayerPipe,
     TransformerLayerPipe,
     language_model_loss,
     lm_head,
@@ -55,7 +56,10 @@ def _layer_spec_and_norm(model: ModelConfig):
 
 def gpt_layer_specs(model: ModelConfig, padded_vocab: int, tp: int, bf16: bool, fp16: bool,
                     init_seed: int, pp: int = 1) -> List:
-    """embedding, N transformer layers, final norm, tied LM head; layer i seeds with init_seed + i."""
+    """embedding, N transformer layers, final norm, LM head; layer i seeds with init_seed + i.
+
+    The embedding is a TiedLayerSpec even when the head is untied (then it has one holder), so
+    its parameter names are `tied_modules.embed.*` in every run shape."""
     config = build_transformer_config(model, tp, bf16, fp16)
     layer_spec, norm_impl = _layer_spec_and_norm(model)
     max_positions = model.max_position_embeddings or model.seq_length
@@ -70,10 +74,14 @@ def gpt_layer_specs(model: ModelConfig, padded_vocab: int, tp: int, bf16: bool, 
         for i in range(model.num_layers)
     ]
     specs.append(LayerSpec(FinalNormPipe, config, norm_impl))
+    head_seed = init_seed + model.num_layers + 2
+    if model.untie_embeddings_and_output_weights:
+        specs.append(LayerSpec(OutputLayerPipe, config, padded_vocab, head_seed))
+        return specs
     # The head's copy of the embedding has no position table: it only lends its word embedding.
     specs.append(
         TiedLayerSpec(TIED_KEY, EmbeddingPipe, config, padded_vocab, max_positions, "none",
-                      init_seed + model.num_layers + 2, forward_fn=lm_head, tied_weight_attr=TIED_WEIGHT_ATTR)
+                      head_seed, forward_fn=lm_head, tied_weight_attr=TIED_WEIGHT_ATTR)
     )
     return specs
 

@@ -15,8 +15,9 @@ The mapping, per transformer layer (megatron-core names on the left):
 - SwiGLU's `linear_fc1` is [gate; up]: Llama's `gate_proj` and `up_proj`.
 - The padded rows of the vocabulary (`--make-vocab-size-divisible-by`) are dropped on export
   and filled with zeros on import.
-The head is tied to the embedding (`tie_word_embeddings`). Any other shape is refused with the
-flag that makes it differ: a silently wrong model is the failure to avoid.
+The head is tied to the embedding (`tie_word_embeddings`), or for Llama an untied `lm_head`
+(`--untie-embeddings-and-output-weights`). Any other shape is refused with the flag that makes it
+differ: a silently wrong model is the failure to avoid.
 """
 
 from __future__ import annotations
@@ -27,6 +28,15 @@ import torch
 
 EMBEDDING = "tied_modules.embed.embedding.word_embeddings.weight"
 POSITIONS = "tied_modules.embed.embedding.position_embeddings.weight"
+
+
+def output_layer_name(model: dict) -> str:
+    """The untied head's weight in our merged state dict (after the final norm)."""
+    return f"{model['num_layers'] + 2}.output_layer.weight"
+
+
+def untied(model: dict) -> bool:
+    return bool(model.get("untie_embeddings_and_output_weights"))
 
 
 class ExportError(ValueError):
@@ -42,6 +52,8 @@ def family(model: dict) -> str:
                               "every linear layer; a run without them has no GPT-2 counterpart")
         if model.get("group_query_attention"):
             raise ExportError("--group-query-attention: GPT-2 has one key and value head per query head")
+        if untied(model):
+            raise ExportError("--untie-embeddings-and-output-weights: GPT-2's head is always the word embedding")
         return "gpt2"
     if norm == "RMSNorm" and swiglu and positions == "rope":
         return "llama"
@@ -101,7 +113,7 @@ def hf_config(model: dict, vocab_size: int):
         head_dim=dim, max_position_embeddings=model.get("max_position_embeddings") or model["seq_length"],
         rms_norm_eps=model["layernorm_epsilon"], rope_theta=float(model["rotary_base"]),
         attention_bias=not model["disable_bias_linear"], mlp_bias=not model["disable_bias_linear"],
-        tie_word_embeddings=True, attention_dropout=0.0, bos_token_id=None, eos_token_id=None,
+        tie_word_embeddings=not untied(model), attention_dropout=0.0, bos_token_id=None, eos_token_id=None,
     )
 
 
@@ -163,7 +175,7 @@ def to_hf(merged: Dict[str, torch.Tensor], model: dict, vocab_size: int) -> Dict
             out[hf + "mlp.gate_proj.bias"], out[hf + "mlp.up_proj.bias"] = fc1_bias[:ffn], fc1_bias[ffn:]
             out[hf + "mlp.down_proj.bias"] = get(ours + "mlp.linear_fc2.bias")
     out["model.norm.weight"] = get(final + ".weight")
-    out["lm_head.weight"] = embedding
+    out["lm_head.weight"] = get(output_layer_name(model))[:vocab_size] if untied(model) else embedding
     return out
 
 
@@ -222,6 +234,8 @@ def from_hf(hf: Dict[str, torch.Tensor], model: dict, padded_vocab: int) -> Dict
                                                                hf[src + "mlp.up_proj.bias"]])
                 out[ours + "mlp.linear_fc2.bias"] = hf[src + "mlp.down_proj.bias"]
         out[final + ".weight"] = hf["model.norm.weight"]
+        if untied(model):
+            out[output_layer_name(model)] = padded(hf["lm_head.weight"])
     return {k: v.contiguous() for k, v in out.items()}
 
 
@@ -231,19 +245,20 @@ def model_overrides(config) -> dict:
     if kind == "gpt2":
         if config.activation_function not in ("gelu", "gelu_new", "gelu_pytorch_tanh"):
             raise ExportError(f"GPT-2 activation {config.activation_function!r} is not GELU")
+        if not config.tie_word_embeddings:
+            raise ExportError("GPT-2 with tie_word_embeddings false: only Llama-shaped runs have an untied head")
         return {"num_layers": config.n_layer, "hidden_size": config.n_embd, "num_attention_heads": config.n_head,
                 "ffn_hidden_size": config.n_inner or 4 * config.n_embd, "normalization": "LayerNorm",
                 "swiglu": False, "openai_gelu": config.activation_function != "gelu",
                 "position_embedding_type": "learned_absolute", "disable_bias_linear": False,
                 "group_query_attention": False, "num_query_groups": None,
+                "untie_embeddings_and_output_weights": False,
                 "layernorm_epsilon": config.layer_norm_epsilon, "max_position_embeddings": config.n_positions}
     if kind == "llama":
         parameters = getattr(config, "rope_parameters", None) or {}
         if parameters.get("rope_type", "default") != "default":
             raise ExportError(f"Llama rope_type {parameters['rope_type']!r}: only the default rotary embedding "
                               f"is supported")
-        if not config.tie_word_embeddings:
-            raise ExportError("tie_word_embeddings is false: an untied output layer is not supported yet")
         if getattr(config, "hidden_act", "silu") != "silu":
             raise ExportError(f"Llama hidden_act {config.hidden_act!r}: SwiGLU needs 'silu'")
         head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
@@ -255,6 +270,7 @@ def model_overrides(config) -> dict:
                 "num_attention_heads": config.num_attention_heads,
                 "group_query_attention": groups != config.num_attention_heads,
                 "num_query_groups": groups if groups != config.num_attention_heads else None,
+                "untie_embeddings_and_output_weights": not config.tie_word_embeddings,
                 "ffn_hidden_size": config.intermediate_size, "normalization": "RMSNorm", "swiglu": True,
                 "openai_gelu": False, "position_embedding_type": "rope",
                 "disable_bias_linear": not config.attention_bias, "layernorm_epsilon": config.rms_norm_eps,

@@ -1,6 +1,7 @@
 """The GPT as a list of layers, the form DeepSpeed's pipeline engine partitions into stages.
 
-embedding -> transformer layer x N -> final norm -> LM head (tied to the embedding).
+embedding -> transformer layer x N -> final norm -> LM head (tied to the embedding, or its own
+vocabulary-parallel output layer with --untie-embeddings-and-output-weights).
 Each layer takes one tensor and returns one tensor, so any cut between layers is a valid
 pipeline-stage boundary. Activations are sequence-first, [s, b, h], as in megatron-core.
 
@@ -61,6 +62,23 @@ def lm_head(embedding: EmbeddingPipe, hidden: torch.Tensor) -> torch.Tensor:
     gradient backward, as in Megatron's parallel_lm_logits."""
     hidden = tensor_parallel.copy_to_tensor_model_parallel_region(hidden)
     return F.linear(hidden, embedding.embedding.word_embeddings.weight)
+
+
+class OutputLayerPipe(MegatronModule):
+    """The untied LM head: megatron-core's ColumnParallelLinear, [s, b, h] -> [s, b, v/tp], no
+    bias, as Megatron's `output_layer`. Its input copy to the TP region is inside the layer."""
+
+    def __init__(self, config: TransformerConfig, vocab_size: int, init_seed: int):
+        super().__init__(config=config)
+        torch.manual_seed(init_seed)
+        self.output_layer = tensor_parallel.ColumnParallelLinear(
+            config.hidden_size, vocab_size, config=config, init_method=config.init_method, bias=False,
+            gather_output=False,
+        )
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        logits, _ = self.output_layer(hidden)
+        return logits
 
 
 class TransformerLayerPipe(MegatronModule):

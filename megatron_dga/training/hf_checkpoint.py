@@ -76,7 +76,9 @@ def export_checkpoint(directory: str, output: str) -> Dict[str, str]:
 
     hf_model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     result = hf_model.load_state_dict(state, strict=False)
-    unexpected, missing = result.unexpected_keys, [k for k in result.missing_keys if k != "lm_head.weight"]
+    tied = config.tie_word_embeddings
+    unexpected = result.unexpected_keys
+    missing = [k for k in result.missing_keys if not (tied and k == "lm_head.weight")]
     if unexpected or missing:
         raise ExportError(f"transformers' {config.architectures[0]} does not match the converted weights: "
                           f"missing {missing[:5]}, unexpected {unexpected[:5]}")
