@@ -216,7 +216,7 @@ class MixingConfig:
     )
     dga_update_interval: int = arg(10, "DGA: iterations between weight updates (T_r).")
     dga_lr: float = arg(
-        1.0, "DGA: step size eta of the exponentiated-gradient update "
+        0.5, "DGA: step size eta of the exponentiated-gradient update "
         "alpha <- softmax(log alpha + eta * alignment).",
     )
     dga_ema: float = arg(
@@ -236,25 +236,25 @@ class MixingConfig:
         "uniform", "DGA: starting weights.", choices=["uniform", "natural"]
     )
     dga_alignment: str = arg(
-        "raw", "DGA: the alignment score of a source with the specific set: 'raw' <g_spe, g_i> (the "
+        "adam", "DGA: the alignment score of a source with the specific set: 'raw' <g_spe, g_i> (the "
         "SGD step's first-order effect), 'adam' <g_spe, P g_i> with P = 1 / (sqrt(v_hat) + eps) from "
         "the optimizer's second moments (Adam's step), 'cosine' both gradients normalised.",
         choices=["raw", "adam", "cosine"],
     )
     dga_step_scale: str = arg(
-        "none", "DGA: 'rms' divides the centred score by a running RMS of the centred alignment, "
+        "rms", "DGA: 'rms' divides the centred score by a running RMS of the centred alignment, "
         "so --dga-lr is a step in log-weight units whatever the gradient scale.", choices=["none", "rms"],
     )
     dga_rms_decay: float = arg(0.9, "DGA: decay of the running mean square behind --dga-step-scale rms.")
     dga_step_clip: float = arg(
-        0.0, "DGA: clip every source's step eta x score to [-C, C] (log-weight units); 0: no clip."
+        1.0, "DGA: clip every source's step eta x score to [-C, C] (log-weight units); 0: no clip."
     )
     dga_scale_by_lr: bool = arg(
-        False, "DGA: multiply the step by the learning-rate ratio lr_t / lr_max (the Taylor argument's "
+        True, "DGA: multiply the step by the learning-rate ratio lr_t / lr_max (the Taylor argument's "
         "learning rate, which a fixed eta otherwise absorbs)."
     )
     dga_score_ema: float = arg(
-        0.0, "DGA: EMA weight on past scores: the step follows a bias-corrected moving average of the "
+        0.5, "DGA: EMA weight on past scores: the step follows a bias-corrected moving average of the "
         "centred scores across updates instead of the last one alone; 0: off."
     )
     dga_base_distributions: Optional[str] = arg(

@@ -5,13 +5,18 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from megatron_dga.mixing.dga import DGAHyperparameters, DGAMixing, exponentiated_gradient_step
+from megatron_dga.mixing.dga import PAPER_UPDATE, DGAHyperparameters, DGAMixing, exponentiated_gradient_step
 
 NAMES = ["a", "b", "c"]
 
 
+def hyperparameters(**changes):
+    """The paper's update with `changes`: each test turns on the parts it checks."""
+    return DGAHyperparameters(**{**PAPER_UPDATE, **changes})
+
+
 def dga(initial=(0.5, 0.3, 0.2), **hyper):
-    return DGAMixing(NAMES, np.array(initial), DGAHyperparameters(**hyper))
+    return DGAMixing(NAMES, np.array(initial), hyperparameters(**hyper))
 
 
 def test_exponentiated_gradient_step_by_hand():
@@ -82,7 +87,7 @@ def test_state_round_trip():
 
 def test_base_distributions_mix_domains():
     bases = np.array([[1.0, 0.0, 0.0], [0.0, 0.5, 0.5]])
-    m = DGAMixing(NAMES, np.array([0.5, 0.5]), DGAHyperparameters(lr=1.0, ema=0.0), base_distributions=bases)
+    m = DGAMixing(NAMES, np.array([0.5, 0.5]), hyperparameters(lr=1.0, ema=0.0), base_distributions=bases)
     np.testing.assert_allclose(m.weights(), [0.5, 0.25, 0.25])
     m.update(10, [0.0, 1.0])
     w_bases = np.array([1.0, np.e]) / (1 + np.e)
@@ -109,7 +114,7 @@ def test_weights_stay_finite_on_the_simplex(initial, steps, lr, ema, mode, floor
     k = len(initial)
     names = [f"d{i}" for i in range(k)]
     floor = min(floor, 0.9 / k)
-    m = DGAMixing(names, np.array(initial), DGAHyperparameters(
+    m = DGAMixing(names, np.array(initial), hyperparameters(
         lr=lr, ema=ema, ema_mode=mode, min_weight=floor, step_scale=scale, step_clip=clip, score_ema=score_ema))
     for t, step in enumerate(steps, start=1):
         m.update(t * 10, step[:k])
@@ -168,7 +173,7 @@ def test_rms_scale_makes_the_step_independent_of_the_gradient_scale():
     np.testing.assert_allclose(first.last_step, 0.5 * np.array([1.0, 0.0, -1.0]) / 1.4826, rtol=1e-12)
     # An outlier does not set the scale: [3, 80, 5, 4, 6] has median 5 and spread 1.4826 x 1.
     outlier = DGAMixing([f"s{i}" for i in range(5)], np.full(5, 0.2),
-                        DGAHyperparameters(lr=1.0, step_scale="rms", ema=0.0))
+                        hyperparameters(lr=1.0, step_scale="rms", ema=0.0))
     outlier.update(10, [3.0, 80.0, 5.0, 4.0, 6.0])
     np.testing.assert_allclose(outlier.last_step, np.array([-2.0, 75.0, 0.0, -1.0, 1.0]) / 1.4826, rtol=1e-12)
 
@@ -239,7 +244,7 @@ def test_a_source_cut_by_one_noisy_update_recovers_under_step_control():
     later = [2.0, 0.5, 0.3, 0.2, 0.1]
 
     def run(**hyper):
-        m = DGAMixing(names, np.full(5, 0.2), DGAHyperparameters(ema=0.0, **hyper))
+        m = DGAMixing(names, np.full(5, 0.2), hyperparameters(ema=0.0, **hyper))
         m.update(10, noisy_first)
         leads = []
         for t in range(2, 12):
@@ -252,3 +257,12 @@ def test_a_source_cut_by_one_noisy_update_recovers_under_step_control():
     weights, leads = run(lr=0.5, step_scale="rms", step_clip=1.0, score_ema=0.5)
     assert leads[-1] == 0 and weights[0] > 0.5, (weights, leads)
     assert leads.index(0) <= 5, leads
+
+
+def test_command_line_defaults_are_the_algorithm_defaults():
+    """One default set: the flags' defaults build DGAHyperparameters() (adam alignment, step control)."""
+    from megatron_dga.config import MixingConfig
+    from megatron_dga.mixing.factory import dga_hyperparameters
+
+    assert dga_hyperparameters(MixingConfig()) == DGAHyperparameters()
+    assert DGAHyperparameters().alignment == "adam" and DGAHyperparameters().step_scale == "rms"

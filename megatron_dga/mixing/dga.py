@@ -56,20 +56,25 @@ MAD_TO_SD = 1.4826  # the median absolute deviation of Gaussian samples times th
 STEP_SCALES = ("none", "rms")
 
 
+# The paper's update, alpha <- softmax(log alpha + eta <g_spe, g_i>), without step control: the
+# defaults below add Adam's preconditioner and the step control (docs/dga.md says why).
+PAPER_UPDATE = dict(lr=1.0, alignment="raw", step_scale="none", step_clip=0.0, scale_by_lr=False, score_ema=0.0)
+
+
 @dataclass
 class DGAHyperparameters:
     update_interval: int = 10
-    lr: float = 1.0
+    lr: float = 0.5
     ema: float = 0.5
     ema_mode: str = "state"
     warmup_iters: int = 0
     min_weight: float = 0.0
-    alignment: str = "raw"
-    step_scale: str = "none"
+    alignment: str = "adam"
+    step_scale: str = "rms"
     rms_decay: float = 0.9
-    step_clip: float = 0.0
-    scale_by_lr: bool = False
-    score_ema: float = 0.0
+    step_clip: float = 1.0
+    scale_by_lr: bool = True
+    score_ema: float = 0.5
 
     def check(self, num_sources: int) -> None:
         if self.update_interval < 1:
