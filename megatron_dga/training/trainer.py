@@ -34,6 +34,7 @@ from megatron_dga.model.gpt import build_model
 from megatron_dga.model.transformer_config import padded_vocab_size
 from megatron_dga.parallel.initialize import ParallelContext, seed_everything
 from megatron_dga.parallel.layout import LayoutError
+from megatron_dga.training import memory
 from megatron_dga.training.checkpointing import Checkpointer, layout_dict, read_tracker
 from megatron_dga.training.deepspeed_config import load_user_config
 from megatron_dga.training.engine import TrainingEngine
@@ -74,6 +75,7 @@ class Trainer:
 
         model = build_model(config.model, self.padded_vocab, ctx, config.training.bf16, config.training.fp16,
                             config.training.seed)
+        self.parameters_on_rank = sum(p.numel() for p in model.parameters())
         if config.checkpoint.load_hf and not self._has_checkpoint(config.checkpoint.load):
             # Before DeepSpeed builds its optimizer partitions from the parameters.
             load_hf_weights(model, config.checkpoint.load_hf, config.model, self.padded_vocab, vocab,
@@ -277,6 +279,7 @@ class Trainer:
             "consumed-samples": self.consumed_samples,
             # fp16 steps DeepSpeed skipped for an overflow, since the start of the run
             "skipped-iterations": self.engine.engine.skipped_steps,
+            "memory/peak-mb": memory.peak_bytes() / 2 ** 20,
         }
         for group, values in series.items():
             scalars.update({f"{group}/{name}": value for name, value in values.items()})
@@ -286,6 +289,8 @@ class Trainer:
             "lm_loss": loss, "learning_rate": self.engine.learning_rate, "grad_norm": result.grad_norm,
             "iteration_time": iteration_time, "tokens_per_second": tokens_per_second,
             "skipped": result.skipped, "skipped_iterations": self.engine.engine.skipped_steps,
+            "memory_peak_mb": memory.peak_bytes() / 2 ** 20,
+            "memory_at_start_mb": self._memory_at_start / 2 ** 20,
             **{k.replace("-", "_"): v for k, v in series.items()},
         })
         grad_norm = "n/a" if result.grad_norm is None else f"{result.grad_norm:.3f}"
@@ -378,7 +383,11 @@ class Trainer:
             f"accumulation {self.layout.grad_accumulation_steps} | {len(self.domains)} domains | mixing "
             f"{self.mixing.name} | vocabulary {self.padded_vocab} (padded)"
         )
+        if self.ctx.rank == 0:  # the first stage's first tensor-parallel shard, as Megatron reports
+            print(f"number of parameters on (tensor, pipeline) model parallel rank (0, 0): {self.parameters_on_rank}",
+                  flush=True)
         self._install_signal_handler()
+        self._memory_at_start = memory.current_bytes()
         started = time.time()
         last_eval = last_save = self.iteration
         stop = None

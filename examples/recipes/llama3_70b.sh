@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# A Llama-3-70B-shaped model specialised by DGA, on 8 nodes of 8 GPUs (80 GB each).
+#
+#   HOSTFILE=launch/hostfile bash examples/recipes/llama3_70b.sh     # train (run on the first node)
+#   bash examples/recipes/llama3_70b.sh --estimate                    # memory per GPU, no GPU needed
+#
+# Shape: 80 layers, hidden 8192, 64 heads with 8 key/value groups, SwiGLU 28672, RMSNorm, RoPE
+# (base 500000), no biases, untied output layer, 128256-token vocabulary, 8192-token sequences.
+# Layout: TP = 8 inside a node, PP = 4 (20 layers per stage), DP = 2 with ZeRO-1; 256 x 8192 =
+# 2M tokens per batch (micro batch 1, 128 micro batches per pipeline per step); bf16; full recompute of
+# every layer (without it, activations alone would take 66 GiB per GPU).
+#
+# Memory per GPU (python tools/estimate_memory.py, the --estimate line below):
+#   parameters 4.23 GiB, gradients 8.46 GiB, optimizer 12.69 GiB, activations 11.32 GiB,
+#   backward 0.82 GiB, logits 0.00 GiB (they are on the last stage): total 37.53 GiB, plus
+#   1-3 GiB of CUDA context and NCCL.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+WORLD_SIZE=${WORLD_SIZE:-64}
+FLAGS=(
+    --domains-manifest data/domains.json
+    --tokenizer-type HuggingFaceTokenizer --tokenizer-model tokenizer/llama3.json --vocab-size 128256
+    --num-layers 80 --hidden-size 8192 --num-attention-heads 64 --group-query-attention --num-query-groups 8
+    --ffn-hidden-size 28672 --swiglu --normalization RMSNorm --position-embedding-type rope --rotary-base 500000
+    --disable-bias-linear --untie-embeddings-and-output-weights --seq-length 8192 --layernorm-epsilon 1e-5
+    --hidden-dropout 0 --attention-dropout 0
+    --tensor-model-parallel-size 8 --pipeline-model-parallel-size 4 --zero-stage 1
+    --micro-batch-size 1 --global-batch-size 256 --bf16 --recompute-granularity full --recompute-method uniform --recompute-num-layers 1
+    --train-iters 100000 --lr 3e-4 --min-lr 3e-5 --lr-warmup-iters 2000 --lr-decay-style cosine
+    --weight-decay 0.1 --clip-grad 1.0
+    --mixing dga --specific-data-path data/specific_text_document
+    --specific-valid-data-path data/specific_valid_text_document --dga-update-interval 50
+    --save checkpoints/llama3-70b --load checkpoints/llama3-70b --save-interval 1000 --exit-signal-handler
+    --eval-interval 1000 --eval-iters 10 --log-interval 10
+    --tensorboard-dir runs/llama3-70b/tb --metrics-file runs/llama3-70b/metrics.jsonl
+)
+if [[ "${1:-}" == "--estimate" ]]; then
+    exec python tools/estimate_memory.py --world-size "$WORLD_SIZE" "${FLAGS[@]}"
+fi
+export CUDA_DEVICE_MAX_CONNECTIONS=${CUDA_DEVICE_MAX_CONNECTIONS:-1}
+HOSTFILE=${HOSTFILE:-launch/hostfile}
+MASTER_ADDR=${MASTER_ADDR:-$(grep -v '^#' "$HOSTFILE" | head -n1 | cut -d' ' -f1)}
+exec deepspeed --hostfile "$HOSTFILE" --master_addr "$MASTER_ADDR" --master_port "${MASTER_PORT:-29500}" \
+    --module megatron_dga.pretrain "${FLAGS[@]}" "$@"

@@ -1,0 +1,161 @@
+"""Memory per GPU of a run, from its model and layout, before it is launched.
+
+For the most loaded pipeline stage (the first: it holds the embedding and, under 1F1B, the
+activations of PP micro batches in flight) the estimate adds:
+
+- **parameters**, counted exactly from the shapes megatron-core builds: tensor-parallel
+  weights divided by TP, norms and row-parallel biases replicated;
+- **gradients**, in the training dtype, divided over data-parallel ranks with ZeRO-2, plus
+  their fp32 copies in mixed precision (the whole model's with DeepSpeed's bf16 optimizer, this
+  rank's partition with ZeRO-1/2);
+- **optimizer state**: Adam's two moments, plus fp32 master weights in bf16/fp16, divided over
+  data-parallel ranks with ZeRO-1/2 and with DeepSpeed's bf16 optimizer;
+- **activations** kept for the backward pass, per layer and micro batch, by the count of
+  Korthikanti et al., "Reducing Activation Recomputation in Large Transformer Models" (2022),
+  generalised to grouped-query attention, SwiGLU and any MLP width: tensors inside the TP
+  region are divided by TP; attention scores (5 a s^2 b 16-bit units) are not kept with
+  selective recompute or with a fused SDPA kernel on GPU; full recompute keeps only each
+  layer's input (plus one layer's activations while it is recomputed);
+- the **backward pass's temporaries**: while a layer is back-propagated, gradients of the size
+  of its activations, and where attention scores are materialised two more score-sized
+  tensors (the masked scores, the softmax's gradient);
+- the **logits and loss** of a micro batch on the last stage (fp32 logits, their softmax and
+  gradient).
+
+What it leaves out: the framework's own memory (CUDA context, NCCL buffers, allocator
+fragmentation, DeepSpeed's reduce buckets), typically 1-3 GB per GPU.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict
+
+GIB = 1024 ** 3
+
+
+@dataclass
+class LayerShapes:
+    h: int          # hidden size
+    heads: int
+    kv: int         # key/value width (heads x head dim, or groups x head dim with GQA)
+    ffn: int
+    swiglu: bool
+    bias: bool
+    layernorm: bool  # LayerNorm has a bias; RMSNorm does not
+
+
+def _shapes(model) -> LayerShapes:
+    heads = model.num_attention_heads
+    groups = model.num_query_groups if model.group_query_attention else heads
+    return LayerShapes(h=model.hidden_size, heads=heads, kv=model.hidden_size // heads * groups,
+                       ffn=model.ffn_hidden_size or 4 * model.hidden_size, swiglu=model.swiglu,
+                       bias=not model.disable_bias_linear, layernorm=model.normalization == "LayerNorm")
+
+
+def layer_parameters(s: LayerShapes, tp: int) -> float:
+    """Parameters of one transformer layer on one TP rank."""
+    fc1 = s.ffn * (2 if s.swiglu else 1)
+    sharded = s.h * (s.h + 2 * s.kv) + s.h * s.h + s.h * fc1 + s.ffn * s.h
+    if s.bias:
+        sharded += (s.h + 2 * s.kv) + fc1           # column-parallel biases are split
+    replicated = (2 * s.h if s.bias else 0) + 2 * s.h * (2 if s.layernorm else 1)
+    return sharded / tp + replicated
+
+
+def activation_bytes_per_layer(s: LayerShapes, seq: int, micro_batch: int, tp: int, dtype_bytes: int,
+                               keep_scores: bool) -> float:
+    """Bytes one transformer layer keeps for the backward pass, for one micro batch.
+
+    Korthikanti et al. count 16-bit units (2 bytes) plus 1-byte dropout masks; here every
+    2-byte tensor takes `dtype_bytes`."""
+    sbh = seq * micro_batch * s.h
+    unit = dtype_bytes / 2
+    fc1 = s.ffn * (2 if s.swiglu else 1)
+    # Replicated over TP: the inputs of QKV and FC1, both norms' inputs, two dropout masks.
+    replicated = (2 * sbh + 2 * sbh + 2 * 2 * sbh) * unit + 2 * sbh
+    # Inside the TP region: Q, K, V, the attention output (input of the projection),
+    # FC1's output and the activation's output (input of FC2).
+    inside = (2 * sbh + 2 * 2 * seq * micro_batch * s.kv + 2 * sbh
+              + 2 * seq * micro_batch * fc1 + 2 * seq * micro_batch * s.ffn) * unit
+    if keep_scores:
+        # softmax output and its dropout output (2 + 2 units), the dropout mask (1 byte)
+        heads_seq2 = s.heads * seq * seq * micro_batch
+        inside += 4 * heads_seq2 * unit + heads_seq2
+    return replicated + inside / tp
+
+
+def estimate(config, world_size: int, on_gpu: bool = True) -> Dict[str, float]:
+    """Bytes per GPU of the first pipeline stage (the most loaded), by component."""
+    model, par, train = config.model, config.parallel, config.training
+    tp, pp = par.tensor_model_parallel_size, par.pipeline_model_parallel_size
+    dp = max(1, world_size // (tp * pp))
+    zero = par.zero_stage
+    s = _shapes(model)
+    vocab = config_padded_vocab(config)
+    seq, micro = model.seq_length, train.micro_batch_size
+    layers = model.num_layers // pp
+
+    embedding = vocab * s.h / tp
+    if model.position_embedding_type == "learned_absolute":
+        embedding += (model.max_position_embeddings or seq) * s.h
+    head = vocab * s.h / tp if (model.untie_embeddings_and_output_weights or pp > 1) else 0.0
+    final_norm = s.h * (2 if s.layernorm else 1)
+    first_stage = embedding + layers * layer_parameters(s, tp) + (head + final_norm if pp == 1 else 0.0)
+
+    half = train.bf16 or train.fp16
+    weight_bytes = 2 if half else 4
+    optimizer_bytes = 8 + (4 if half else 0)                # Adam moments (+ fp32 master weights)
+    optimizer_shards = dp if (zero >= 1 or train.bf16) else 1
+    # Gradients in the training dtype (split over DP by ZeRO-2), plus fp32 copies in mixed
+    # precision: the whole model's with DeepSpeed's bf16 optimizer (ZeRO-0), this rank's
+    # partition with ZeRO-1/2.
+    gradients = weight_bytes / (dp if zero >= 2 else 1)
+    if train.bf16 and zero == 0:
+        gradients += 4
+    elif half and zero >= 1:
+        gradients += 4 / dp
+
+    granularity = model.recompute_granularity
+    fused_attention = on_gpu and model.attention_backend in ("auto", "sdpa")
+    keep_scores = granularity is None and not fused_attention
+    per_layer = activation_bytes_per_layer(s, seq, micro, tp, weight_bytes, keep_scores)
+    in_flight = pp  # 1F1B: the first stage holds PP micro batches' activations
+    if granularity == "full":
+        layer_input = seq * micro * s.h * weight_bytes
+        activations = in_flight * layers * layer_input + per_layer
+    else:
+        activations = in_flight * layers * per_layer
+    activations += in_flight * seq * micro * s.h * weight_bytes   # the embedding's output
+    materialised_scores = not fused_attention
+    backward = activation_bytes_per_layer(s, seq, micro, tp, weight_bytes, materialised_scores)
+    if materialised_scores:
+        backward += 2 * s.heads * seq * seq * micro / tp * weight_bytes
+    logits = 0.0
+    if pp == 1:
+        logits = seq * micro * vocab / tp * (weight_bytes + 4 + 4)  # logits, fp32 copy, softmax
+    return {
+        "parameters": first_stage * weight_bytes,
+        "gradients": first_stage * gradients,
+        "optimizer": first_stage * optimizer_bytes / optimizer_shards,
+        "activations": activations,
+        "backward": backward,
+        "logits": logits,
+        "parameter count (this rank)": first_stage,
+    }
+
+
+def config_padded_vocab(config) -> int:
+    """The model's vocabulary (--vocab-size), padded as the run pads it (to a multiple of
+    divisor x TP)."""
+    vocab = config.model.vocab_size
+    if not vocab:
+        raise ValueError("--vocab-size is needed to estimate memory (the tokenizer's vocabulary before padding)")
+    from megatron_dga.model.transformer_config import padded_vocab_size
+
+    return padded_vocab_size(vocab, config.model.make_vocab_size_divisible_by,
+                             config.parallel.tensor_model_parallel_size)
+
+
+def total(parts: Dict[str, float]) -> float:
+    return sum(v for k, v in parts.items() if not k.startswith("parameter count"))
