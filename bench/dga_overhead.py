@@ -43,7 +43,8 @@ def parse():
     p.add_argument("--cycles", type=int, default=3, help="update cycles timed (after one of warmup)")
     p.add_argument("--threads", type=int, default=os.cpu_count(), help="CPU threads in all")
     p.add_argument("--pipeline-parallel", type=int, default=1, help="pipeline stages (one process each)")
-    p.add_argument("--alignment", default="raw", choices=["raw", "adam", "cosine"], help="--dga-alignment")
+    p.add_argument("--alignment", default="adam", choices=["raw", "adam", "cosine"], help="--dga-alignment")
+    p.add_argument("--bf16", action="store_true", help="bf16 (GPU)")
     return p.parse_args()
 
 
@@ -85,6 +86,7 @@ def run(a, directory: str, manifest: str, mixing: str):
         "--seq-length", str(a.seq_length), "--micro-batch-size", str(a.micro_batch_size),
         "--global-batch-size", str(a.microbatches * a.micro_batch_size), "--train-iters", str(iters),
         "--log-interval", "1", "--eval-interval", "1000000", "--metrics-file", metrics, "--lr", "1e-4",
+        *(["--bf16"] if a.bf16 else []),
     ]
     threads = max(1, a.threads // a.pipeline_parallel)
     subprocess.run(args, check=True, env=dict(os.environ, OMP_NUM_THREADS=str(threads)), stdout=subprocess.DEVNULL)
