@@ -70,3 +70,19 @@ def test_unigram_baseline_by_hand():
     # Counts of tokens 0, 1, 2 in training: 3, 1, 0; add-one: 4/7, 2/7, 1/7.
     ce = unigram_cross_entropy(np.array([0, 0, 0, 1]), np.array([0, 2]), vocab_size=3)
     assert ce == pytest.approx(-(np.log(4 / 7) + np.log(1 / 7)) / 2)
+
+
+def test_a_histogram_restricted_to_the_kept_clusters_is_one_importance_accepts(tmp_path):
+    """prepare.py drops clusters too small to cut sequences from; the specific set's histogram
+    must drop them too, or --mixing importance refuses it (clusters without a domain)."""
+    sys.path.insert(0, os.path.join(REPO, "examples", "austen"))
+    from prepare import restrict_histogram
+
+    from megatron_dga.mixing.importance import read_histogram
+
+    full = tmp_path / "assign_specific.json"
+    full.write_text(json.dumps({"clusters": ["c0", "c1", "c2"], "counts": [3, 5, 2], "weights": [0.3, 0.5, 0.2]}))
+    kept = restrict_histogram(str(full), ["c0", "c2"], str(tmp_path / "kept.json"))
+    assert list(read_histogram(kept, ["c0", "c2"])) == [0.6, 0.4]
+    with pytest.raises(ValueError, match="clusters without a domain: \\['c1'\\]"):
+        read_histogram(str(full), ["c0", "c2"])

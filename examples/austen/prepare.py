@@ -140,6 +140,18 @@ def split_by_document(target_jsonl: str, out_dir: str, every: int, max_docs: int
     return paths
 
 
+def restrict_histogram(path: str, kept, output: str) -> str:
+    """The specific set's histogram over the kept clusters only: importance sampling can only
+    sample domains that exist (the specific documents nearest a dropped cluster are left out)."""
+    with open(path) as f:
+        histogram = json.load(f)
+    pairs = [(c, n) for c, n in zip(histogram["clusters"], histogram["counts"]) if c in set(kept)]
+    total = sum(n for _, n in pairs)
+    write_json(output, {**histogram, "clusters": [c for c, _ in pairs], "counts": [n for _, n in pairs],
+                        "weights": [n / total for _, n in pairs]})
+    return output
+
+
 def main(argv=None) -> Dict[str, str]:
     argv = list(sys.argv[1:] if argv is None else argv)
     a = parse_args(argv)
@@ -229,6 +241,7 @@ def main(argv=None) -> Dict[str, str]:
                   flush=True)
             tool("build_domains.py", "--input-dir", clusters_dir, "--output-dir", cluster_data, *tok,
                  "--domains", ",".join(kept), "--workers", str(a.workers), "--no-progress")
+            histogram = restrict_histogram(histogram, kept, os.path.join(clusters_dir, "assign_specific_kept.json"))
         entry = {"manifest": manifest, "histogram": histogram}
         if 0 < a.bases < k:
             entry["bases"] = os.path.join(cluster_data, f"bases{a.bases}.json")
