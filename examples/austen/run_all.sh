@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # The experiments of docs/results.md, then the report. Each phase is a group of tables:
 #
+#   first      the first experiments: 3 regimes (plenty, token-limited, few-specific) x 5 methods
+#              (uniform, natural, importance, DGA and DGA + EMA in the paper's plain form) x 2
+#              seeds on the 7 source domains, and uniform, importance, DGA + EMA on 16 clusters
 #   variants   DGA's score (raw, adam, cosine) with and without step control, and probe size
 #              against update frequency; Austen target, 7 source domains, 3 seeds, 2 regimes
 #              (the main variants also in a third)
@@ -11,7 +14,7 @@
 #   targets    two more targets (Python documentation, Go source), each with 6 generic
 #              domains of which one or two are plainly closest to it
 #
-#   examples/austen/run_all.sh                  # everything, about 8 hours on 2 CPU cores
+#   examples/austen/run_all.sh                  # everything, about 11 hours on 2 CPU cores
 #   PHASES="variants" examples/austen/run_all.sh   # some phases (the report covers every finished run)
 #   examples/austen/run_all.sh --quick          # smoke run: tiny model, 20 iterations, 1 seed
 #
@@ -25,7 +28,7 @@ cd "$(dirname "$0")/../.."
 
 QUICK=0
 [[ "${1:-}" == "--quick" ]] && QUICK=1
-PHASES=${PHASES:-"variants large-k scale targets"}
+PHASES=${PHASES:-"first variants large-k scale targets"}
 GENERIC=scripture_kjv,drama_shakespeare,poetry_milton,quotes_en,wordnet_glosses,docs_python,code_python
 
 BUILD_ARGS=()
@@ -37,7 +40,7 @@ if (( QUICK )); then
     RUN_ARGS=(--model tiny --train-iters 20 --eval-interval 10 --global-batch-size 8 --micro-batch-size 2)
     SCALE_ARGS=("${RUN_ARGS[@]}")
     PREPARE_ARGS=(--max-chars-per-domain 300000 --embedder tfidf --max-docs 200)
-    VOCAB=2048 SCALE_VOCAB=1024 CLUSTERS=16,32 BASES=4
+    VOCAB=2048 SCALE_VOCAB=1024 CLUSTERS=8,16,32 LARGE_K=16,32 BASES=4
 else
     WORK=${WORK:-runs}
     SEEDS=${SEEDS:-"1 2 3"}
@@ -45,7 +48,7 @@ else
     RUN_ARGS=(--model small --train-iters 200 --eval-interval 25)
     SCALE_ARGS=(--model small --train-iters 600 --eval-interval 50)
     PREPARE_ARGS=(--embedder minilm --max-docs 1500)
-    VOCAB=8192 SCALE_VOCAB=2048 CLUSTERS=64,256 BASES=16
+    VOCAB=8192 SCALE_VOCAB=2048 CLUSTERS=16,64,256 LARGE_K=64,256 BASES=16
 fi
 TWO_SEEDS=$(echo $SEEDS | cut -d' ' -f1-2)
 if [[ -z "${CORPUS_DIR:-}" ]]; then
@@ -79,6 +82,21 @@ python examples/austen/prepare.py --work-dir "$WORK/austen" --importance --vocab
     --clusters $CLUSTERS --bases $BASES "${PREPARE_ARGS[@]}"
 AUSTEN="$WORK/austen/prepared.json"
 
+if has_phase first; then
+    first_k=${CLUSTERS%%,*}
+    for regime in plenty token-limited few-specific; do
+        for method in uniform natural importance dga dga-ema; do
+            for seed in $TWO_SEEDS; do
+                run "$AUSTEN" sources $regime $method $seed --method $method --variant raw "${RUN_ARGS[@]}"
+            done
+        done
+    done
+    for method in uniform importance dga-ema; do
+        run "$AUSTEN" clusters plenty $method 1 --method $method --variant raw --domains clusters \
+            --clusters-k $first_k "${RUN_ARGS[@]}"
+    done
+fi
+
 if has_phase variants; then
     # Every variant where DGA was fragile (plenty) and where it won (few-specific); the main
     # ones in the token-limited regime.
@@ -95,7 +113,7 @@ if has_phase variants; then
 fi
 
 if has_phase large-k; then
-    for k in ${CLUSTERS//,/ }; do
+    for k in ${LARGE_K//,/ }; do
         experiment=clusters$k
         common=(--domains clusters --clusters-k $k "${RUN_ARGS[@]}")
         run "$AUSTEN" $experiment plenty uniform 1 --method uniform "${common[@]}"
