@@ -1,8 +1,9 @@
 """The same run in every parallel layout: same losses, same parameters after the steps.
 
-Single rank, TP=2, PP=2 (ZeRO 0 and 1), and DP=2 with ZeRO 0, 1 and 2 train 5 iterations on the same data
-and seed in fp32; their per-iteration losses agree to 1e-4 (relative) and the merged
-parameters of their final checkpoints agree.
+Single rank, TP=2, PP=2 (ZeRO 0 and 1), DP=2 with ZeRO 0, 1 and 2, and the 3-D layouts on 4
+ranks (TP2 x PP2, TP2 x DP2, PP2 x DP2 with ZeRO-1) train 5 iterations on the same data and
+seed in fp32; their per-iteration losses and gradient norms (the clipping reduction over TP, PP
+and DP) agree to 1e-4 (relative) and the merged parameters of their final checkpoints agree.
 """
 
 import os
@@ -23,6 +24,9 @@ LAYOUTS = {
     "dp2-zero0": (2, ["--zero-stage", "0"]),
     "dp2-zero1": (2, ["--zero-stage", "1"]),
     "dp2-zero2": (2, ["--zero-stage", "2"]),
+    "tp2-pp2": (4, ["--tensor-model-parallel-size", "2", "--pipeline-model-parallel-size", "2"]),
+    "tp2-dp2": (4, ["--tensor-model-parallel-size", "2"]),
+    "pp2-dp2-zero1": (4, ["--pipeline-model-parallel-size", "2", "--zero-stage", "1"]),
 }
 
 
@@ -55,6 +59,17 @@ def test_losses_agree_across_layouts(runs):
             assert abs(losses[iteration] - loss) <= 1e-4 * abs(loss), (name, iteration, losses[iteration], loss)
     # The model learns something in 5 steps: the comparison is not between constants.
     assert reference[5] < reference[1]
+
+
+def test_gradient_norms_agree_across_layouts(runs):
+    def norms(run_dir):
+        return {r["iteration"]: r["grad_norm"] for r in read_metrics(os.path.join(run_dir, "metrics.jsonl"))}
+
+    reference = norms(runs["single"])
+    assert len(reference) == 5 and all(value > 0 for value in reference.values())
+    for name, run_dir in runs.items():
+        for iteration, norm in norms(run_dir).items():
+            assert abs(norm - reference[iteration]) <= 1e-4 * reference[iteration], (name, iteration, norm)
 
 
 def test_parameters_agree_across_layouts(runs):
