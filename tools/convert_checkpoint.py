@@ -18,8 +18,8 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from megatron_dga.model.huggingface import ExportError  # noqa: E402
-from megatron_dga.training.checkpointing import CheckpointError, checkpoint_name  # noqa: E402
-from megatron_dga.training.export import latest_checkpoint_dir  # noqa: E402
+from megatron_dga.training.checkpointing import CheckpointError  # noqa: E402
+from megatron_dga.training.export import checkpoint_dir  # noqa: E402
 from megatron_dga.training.hf_checkpoint import export_checkpoint  # noqa: E402
 
 
@@ -30,10 +30,7 @@ def main(argv=None) -> int:
     p.add_argument("--output", required=True, help="folder to write")
     a = p.parse_args(argv)
     try:
-        directory = (os.path.join(a.load, checkpoint_name(a.iteration)) if a.iteration is not None
-                     else latest_checkpoint_dir(a.load))
-        if not os.path.isdir(directory):
-            raise CheckpointError(f"no checkpoint folder {directory}")
+        directory = checkpoint_dir(a.load, a.iteration)
         done = export_checkpoint(directory, a.output)
     except (CheckpointError, ExportError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)

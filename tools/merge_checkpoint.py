@@ -19,8 +19,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 
 from megatron_dga.files import atomic_open  # noqa: E402
-from megatron_dga.training.checkpointing import CheckpointError, checkpoint_name  # noqa: E402
-from megatron_dga.training.export import latest_checkpoint_dir, load_merged_state_dict  # noqa: E402
+from megatron_dga.training.checkpointing import CheckpointError  # noqa: E402
+from megatron_dga.training.export import checkpoint_dir, load_merged_state_dict  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -30,10 +30,7 @@ def main(argv=None) -> int:
     p.add_argument("--output", required=True, help="file to write (torch.save)")
     a = p.parse_args(argv)
     try:
-        directory = (os.path.join(a.load, checkpoint_name(a.iteration)) if a.iteration is not None
-                     else latest_checkpoint_dir(a.load))
-        if not os.path.isdir(directory):
-            raise CheckpointError(f"no checkpoint folder {directory}")
+        directory = checkpoint_dir(a.load, a.iteration)
         model = load_merged_state_dict(directory)
     except (CheckpointError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)

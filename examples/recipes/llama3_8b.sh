@@ -33,11 +33,4 @@ FLAGS=(
     --eval-interval 1000 --eval-iters 10 --log-interval 10
     --tensorboard-dir runs/llama3-8b/tb --metrics-file runs/llama3-8b/metrics.jsonl
 )
-if [[ "${1:-}" == "--estimate" ]]; then
-    exec python tools/estimate_memory.py --world-size "$WORLD_SIZE" "${FLAGS[@]}"
-fi
-export CUDA_DEVICE_MAX_CONNECTIONS=${CUDA_DEVICE_MAX_CONNECTIONS:-1}
-HOSTFILE=${HOSTFILE:-launch/hostfile}
-MASTER_ADDR=${MASTER_ADDR:-$(grep -v '^#' "$HOSTFILE" | head -n1 | cut -d' ' -f1)}
-exec deepspeed --hostfile "$HOSTFILE" --master_addr "$MASTER_ADDR" --master_port "${MASTER_PORT:-29500}" \
-    --module megatron_dga.pretrain "${FLAGS[@]}" "$@"
+source examples/recipes/launch.sh

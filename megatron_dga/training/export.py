@@ -110,6 +110,15 @@ def load_merged_state_dict(directory: str) -> Dict[str, torch.Tensor]:
     return merged
 
 
+def checkpoint_dir(save_dir: str, iteration=None) -> str:
+    """The folder of checkpoint `iteration` under `save_dir` (default: the latest); it must exist."""
+    directory = (os.path.join(save_dir, checkpoint_name(iteration)) if iteration is not None
+                 else latest_checkpoint_dir(save_dir))
+    if not os.path.isdir(directory):
+        raise CheckpointError(f"no checkpoint folder {directory}")
+    return directory
+
+
 def latest_checkpoint_dir(save_dir: str) -> str:
     iteration = read_tracker(save_dir)
     if iteration is None:
