@@ -19,8 +19,8 @@ activations of PP micro batches in flight) the estimate adds:
 - the **backward pass's temporaries**: while a layer is back-propagated, gradients of the size
   of its activations, and where attention scores are materialised two more score-sized
   tensors (the masked scores, the softmax's gradient);
-- the **logits and loss** of a micro batch on the last stage (fp32 logits, their softmax and
-  gradient).
+- the **logits and loss** of a micro batch on the last stage (one fp32 buffer: the logits,
+  then in place their softmax and gradient; plus the half-precision gradient in bf16/fp16).
 
 What it leaves out: the framework's own memory (CUDA context, NCCL buffers, allocator
 fragmentation, DeepSpeed's reduce buckets), typically 1-3 GB per GPU.
@@ -133,7 +133,9 @@ def estimate(config, world_size: int, on_gpu: bool = True) -> Dict[str, float]:
         backward += 2 * s.heads * seq * seq * micro / tp * weight_bytes
     logits = 0.0
     if pp == 1:
-        logits = seq * micro * vocab / tp * (weight_bytes + 4 + 4)  # logits, fp32 copy, softmax
+        # megatron-core's cross entropy turns an fp32 copy of the logits into the softmax and
+        # then into their gradient in place; in bf16/fp16 the gradient flows back in half precision
+        logits = seq * micro * vocab / tp * (4 + (2 if half else 0))
     return {
         "parameters": first_stage * weight_bytes,
         "gradients": first_stage * gradients,

@@ -11,7 +11,7 @@
 #
 # Memory per GPU (python tools/estimate_memory.py, the --estimate line below):
 #   parameters 7.48 GiB, gradients 8.41 GiB, optimizer 2.80 GiB, activations 23.06 GiB,
-#   backward 0.72 GiB, logits 4.89 GiB: total 47.37 GiB, plus 1-3 GiB of CUDA context and NCCL.
+#   backward 0.72 GiB, logits 2.94 GiB: total 45.41 GiB, plus 1-3 GiB of CUDA context and NCCL.
 # Selective recompute saves nothing more here: the fused SDPA kernel keeps no attention scores.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
