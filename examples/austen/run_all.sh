@@ -158,5 +158,10 @@ if has_phase targets; then
     done
 fi
 
-python examples/austen/report.py --work-dir "$WORK" --output "$REPORT" \
-    $( [[ -f examples/austen/notes.md ]] && (( ! QUICK )) && echo --notes examples/austen/notes.md )
+# The hand-written findings of the first experiments and of those at scale, before the tables.
+NOTES=()
+if (( ! QUICK )); then
+    cat examples/austen/notes.md examples/austen/notes-at-scale.md > "$WORK/notes.md"
+    NOTES=(--notes "$WORK/notes.md")
+fi
+python examples/austen/report.py --work-dir "$WORK" --output "$REPORT" "${NOTES[@]}"
