@@ -6,10 +6,10 @@ activations of PP micro batches in flight) the estimate adds:
 - **parameters**, counted exactly from the shapes megatron-core builds: tensor-parallel
   weights divided by TP, norms and row-parallel biases replicated;
 - **gradients**, in the training dtype, divided over data-parallel ranks with ZeRO-2, plus
-  their fp32 copies in mixed precision (the whole model's with DeepSpeed's bf16 optimizer, this
-  rank's partition with ZeRO-1/2);
+  their fp32 copies in mixed precision (the whole model's with ZeRO-0, this rank's partition
+  with ZeRO-1/2);
 - **optimizer state**: Adam's two moments, plus fp32 master weights in bf16/fp16, divided over
-  data-parallel ranks with ZeRO-1/2 and with DeepSpeed's bf16 optimizer;
+  data-parallel ranks with ZeRO-1/2 and with DeepSpeed's bf16 optimizer (bf16 with PP);
 - **activations** kept for the backward pass, per layer and micro batch, by the count of
   Korthikanti et al., "Reducing Activation Recomputation in Large Transformer Models" (2022),
   generalised to grouped-query attention, SwiGLU and any MLP width: tensors inside the TP
@@ -106,15 +106,14 @@ def estimate(config, world_size: int, on_gpu: bool = True) -> Dict[str, float]:
     half = train.bf16 or train.fp16
     weight_bytes = 2 if half else 4
     optimizer_bytes = 8 + (4 if half else 0)                # Adam moments (+ fp32 master weights)
-    optimizer_shards = dp if (zero >= 1 or train.bf16) else 1
+    # DeepSpeed shards the optimizer over DP with ZeRO-1/2, and in bf16 with pipeline
+    # parallelism (its BF16_Optimizer); bf16/fp16 with ZeRO-0 otherwise keep it whole.
+    optimizer_shards = dp if (zero >= 1 or (train.bf16 and pp > 1)) else 1
     # Gradients in the training dtype (split over DP by ZeRO-2), plus fp32 copies in mixed
-    # precision: the whole model's with DeepSpeed's bf16 optimizer (ZeRO-0), this rank's
-    # partition with ZeRO-1/2.
+    # precision: the whole model's with ZeRO-0, this rank's partition with ZeRO-1/2.
     gradients = weight_bytes / (dp if zero >= 2 else 1)
-    if train.bf16 and zero == 0:
-        gradients += 4
-    elif half and zero >= 1:
-        gradients += 4 / dp
+    if half:
+        gradients += 4 / (dp if zero >= 1 else 1)
 
     granularity = model.recompute_granularity
     fused_attention = on_gpu and model.attention_backend in ("auto", "sdpa")
