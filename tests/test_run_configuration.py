@@ -55,3 +55,20 @@ def test_data_path_blend(tmp_path):
     # Domains are named after their files, and the weights given with --data-path are the blend.
     assert record["data_mixture"] == pytest.approx({"dom0": 0.25, "dom1": 0.75})
     assert record["domain_tokens"] == {"dom0": 2 * 32, "dom1": 6 * 32}
+
+
+def test_zero_overlaps_communication_on_gpus_only(monkeypatch):
+    """ZeRO-1/2 on GPUs: gradient reduction overlapped with the backward pass and contiguous
+    gradient buffers; on the CPU, DeepSpeed's defaults; a JSON's ZeRO section still wins."""
+    from megatron_dga.training import deepspeed_config
+
+    config = parse_args(["--data-path", "x", "--micro-batch-size", "2", "--global-batch-size", "4",
+                         "--zero-stage", "2"])
+    layout = resolve_layout(config, world_size=2)
+    assert derive_config(config, layout, {})["zero_optimization"] == {"stage": 2}
+    monkeypatch.setattr(deepspeed_config.torch.cuda, "is_available", lambda: True)
+    assert derive_config(config, layout, {})["zero_optimization"] == {
+        "stage": 2, "overlap_comm": True, "contiguous_gradients": True}
+    assert deepspeed_config.zero_section(0) == {"stage": 0}
+    user = {"zero_optimization": {"stage": 2, "overlap_comm": False}}
+    assert derive_config(config, layout, user)["zero_optimization"] == {"stage": 2, "overlap_comm": False}

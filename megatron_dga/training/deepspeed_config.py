@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Any, Dict, Optional
 
+import torch
+
 from megatron_dga.config import PretrainConfig
 from megatron_dga.files import read_json
 from megatron_dga.parallel.layout import Layout
@@ -47,6 +49,17 @@ def apply_user_config(config: PretrainConfig, user: Dict[str, Any]) -> None:
         t.fp16 = bool(user["fp16"].get("enabled", False))
 
 
+def zero_section(stage: int) -> Dict[str, Any]:
+    """ZeRO settings. On GPUs, ZeRO-1/2 overlap the gradient reduction with the backward pass
+    (`overlap_comm`, on a side stream) and copy gradients into one contiguous buffer as they
+    are produced, as Megatron-DeepSpeed's configs do; on the CPU there is no stream to overlap
+    on, and DeepSpeed's defaults stay."""
+    section: Dict[str, Any] = {"stage": stage}
+    if stage in (1, 2) and torch.cuda.is_available():
+        section.update(overlap_comm=True, contiguous_gradients=True)
+    return section
+
+
 def derive_config(config: PretrainConfig, layout: Layout, user: Dict[str, Any]) -> Dict[str, Any]:
     """The full ds_config: the JSON's keys, then derived values for the keys it leaves out."""
     t, o = config.training, config.optimizer
@@ -55,7 +68,7 @@ def derive_config(config: PretrainConfig, layout: Layout, user: Dict[str, Any]) 
         "train_micro_batch_size_per_gpu": layout.micro_batch_size,
         "gradient_accumulation_steps": layout.grad_accumulation_steps,
         "gradient_clipping": o.clip_grad if o.clip_grad > 0 else NO_CLIP,
-        "zero_optimization": {"stage": config.parallel.zero_stage},
+        "zero_optimization": zero_section(config.parallel.zero_stage),
         "bf16": {"enabled": t.bf16},
         "fp16": {"enabled": t.fp16, "loss_scale": 0, "initial_scale_power": 16},
         "steps_per_print": _QUIET_STEPS_PER_PRINT,
