@@ -21,19 +21,18 @@ def _proc_status_kib(field: str) -> int:
     raise KeyError(field)
 
 
-def current_bytes() -> int:
+def _reading(cuda_reading, status_field: str) -> int:
     if torch.cuda.is_available():
-        return torch.cuda.memory_allocated()
+        return cuda_reading()
     try:
-        return _proc_status_kib("VmRSS") * 1024
+        return _proc_status_kib(status_field) * 1024
     except (OSError, KeyError):
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def current_bytes() -> int:
+    return _reading(torch.cuda.memory_allocated, "VmRSS")
 
 
 def peak_bytes() -> int:
-    if torch.cuda.is_available():
-        return torch.cuda.max_memory_allocated()
-    try:
-        return _proc_status_kib("VmHWM") * 1024
-    except (OSError, KeyError):
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return _reading(torch.cuda.max_memory_allocated, "VmHWM")
