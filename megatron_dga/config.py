@@ -232,6 +232,12 @@ class MixingConfig:
     dga_probe_microbatches: int = arg(
         1, "DGA: probe micro batches per source and for the specific set, per data-parallel rank."
     )
+    dga_probe_batch_size: Optional[int] = arg(
+        None, "DGA: probe sequences per source, and for the specific set, at each update, over all data-parallel "
+        "ranks (as --global-batch-size is for training): the same probes, hence the same weights, in every "
+        "layout. It must be a multiple of --micro-batch-size x DP. Default: --dga-probe-microbatches per "
+        "data-parallel rank, which grows the probe with DP."
+    )
     dga_initial_weights: str = arg(
         "uniform", "DGA: starting weights.", choices=["uniform", "natural"]
     )
@@ -270,6 +276,11 @@ class CheckpointConfig:
     save_interval: Optional[int] = arg(None, "Iterations between checkpoints.")
     no_load_optim: bool = arg(False, "Do not load the optimizer state when resuming.")
     no_load_rng: bool = arg(False, "Do not load the RNG states when resuming.")
+    reshard: bool = arg(
+        False, "Resume a checkpoint saved under another TP/PP/DP layout (or ZeRO stage): model, Adam's moments, "
+        "schedule, data position and mixing state are converted to this run's layout. RNG states are seeded "
+        "from --seed and the iteration. Without it a changed layout is refused.",
+    )
     load_hf: Optional[str] = arg(
         None, "Initialise the model from a Hugging Face transformers folder (GPT-2 or Llama shaped, the same "
         "shape as the flags give), split into this run's layout; fresh optimizer, iteration 0. Ignored when "

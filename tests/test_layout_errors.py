@@ -27,6 +27,8 @@ def test_valid_layout_arithmetic():
     (1, ["--hidden-size", "100", "--num-attention-heads", "8"], "--hidden-size 100 is not divisible by --num-attention-heads 8"),
     (2, ["--pipeline-model-parallel-size", "2", "--num-layers", "3"], "--num-layers 3 is not divisible by --pipeline-model-parallel-size 2"),
     (2, ["--pipeline-model-parallel-size", "2", "--zero-stage", "2"], "--zero-stage 2 does not work with pipeline parallelism"),
+    (2, ["--micro-batch-size", "2", "--dga-probe-batch-size", "6"],
+     "--dga-probe-batch-size 6 is not a positive multiple of --micro-batch-size 2 x data-parallel size 2"),
 ])
 def test_impossible_layouts(world_size, flags, message):
     with pytest.raises(LayoutError, match=message.replace("(", r"\(")):
@@ -89,3 +91,15 @@ def test_checkpoint_from_another_layout_is_refused(tmp_path):
     pretrain([*common, "--save", str(tmp_path / "ck")])
     err = cli_error([*common, "--load", str(tmp_path / "ck"), "--tensor-model-parallel-size", "2"], nproc=2)
     assert "was saved with layout TP=1 PP=1 DP=1; this run uses TP=2 PP=1 DP=1" in err
+
+
+def test_probe_batch_is_the_same_in_every_layout():
+    from megatron_dga.parallel.layout import probe_microbatches_per_rank
+
+    per_rank = {}
+    for world_size in (1, 2, 4):
+        config = parse_args(["--data-path", "x", "--micro-batch-size", "2", "--dga-probe-batch-size", "8"])
+        per_rank[world_size] = probe_microbatches_per_rank(config, resolve_layout(config, world_size))
+    assert per_rank == {1: 4, 2: 2, 4: 1}
+    config = parse_args(["--data-path", "x", "--dga-probe-microbatches", "3"])
+    assert probe_microbatches_per_rank(config, resolve_layout(config, 4)) == 3  # per rank, as before

@@ -86,4 +86,18 @@ def resolve_layout(config: PretrainConfig, world_size: int) -> Layout:
         )
     if train.bf16 and train.fp16:
         raise LayoutError("--bf16 and --fp16 are mutually exclusive")
-    return Layout(world_size, tp, pp, dp, mbs, gbs)
+    layout = Layout(world_size, tp, pp, dp, mbs, gbs)
+    probe_microbatches_per_rank(config, layout)  # refuse an indivisible --dga-probe-batch-size now
+    return layout
+
+
+def probe_microbatches_per_rank(config: PretrainConfig, layout: Layout) -> int:
+    """DGA's probe micro batches per source on each data-parallel rank."""
+    probe_batch = config.mixing.dga_probe_batch_size
+    if probe_batch is None:
+        return config.mixing.dga_probe_microbatches
+    share = layout.micro_batch_size * layout.dp
+    if probe_batch <= 0 or probe_batch % share:
+        raise LayoutError(f"--dga-probe-batch-size {probe_batch} is not a positive multiple of --micro-batch-size "
+                          f"{layout.micro_batch_size} x data-parallel size {layout.dp}")
+    return probe_batch // share

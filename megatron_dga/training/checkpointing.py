@@ -76,7 +76,7 @@ def layout_dict(layout: Layout) -> Dict[str, int]:
     return {"tp": layout.tp, "pp": layout.pp, "dp": layout.dp}
 
 
-def _describe(layout: Dict[str, int]) -> str:
+def describe_layout(layout: Dict[str, int]) -> str:
     return f"TP={layout['tp']} PP={layout['pp']} DP={layout['dp']}"
 
 
@@ -166,19 +166,35 @@ class Checkpointer:
         except (FileNotFoundError, json.JSONDecodeError) as e:
             raise CheckpointError(f"checkpoint {path} is unreadable: {e}") from None
 
+    def needs_reshard(self, metadata: Dict[str, Any], layout: Layout, loading_optimizer: bool) -> bool:
+        """Whether DeepSpeed's own loader cannot read this checkpoint under `layout`."""
+        saved, now = metadata["layout"], layout_dict(layout)
+        if (saved["tp"], saved["pp"]) != (now["tp"], now["pp"]):
+            return True
+        saved_stage = metadata.get("zero_stage")
+        stage_changed = saved_stage is not None and saved_stage != self.engine.zero_optimization_stage()
+        return loading_optimizer and (stage_changed or (saved["dp"] != now["dp"] and self.optimizer_sharded_over_dp()))
+
     def check_layout(self, metadata: Dict[str, Any], layout: Layout, loading_optimizer: bool) -> None:
         saved, now = metadata["layout"], layout_dict(layout)
         if (saved["tp"], saved["pp"]) != (now["tp"], now["pp"]):
             raise CheckpointError(
-                f"checkpoint at iteration {metadata['iteration']} was saved with layout {_describe(saved)}; "
-                f"this run uses {_describe(now)}. Tensor- and pipeline-parallel sizes must match."
+                f"checkpoint at iteration {metadata['iteration']} was saved with layout {describe_layout(saved)}; "
+                f"this run uses {describe_layout(now)}. Tensor- and pipeline-parallel sizes must match, or add "
+                f"--reshard to convert the checkpoint to this layout."
             )
         sharded = self.optimizer_sharded_over_dp()
         if saved["dp"] != now["dp"] and loading_optimizer and sharded:
             raise CheckpointError(
-                f"checkpoint at iteration {metadata['iteration']} was saved with {_describe(saved)}; this run "
-                f"uses {_describe(now)}. {sharded} optimizer state is saved in one shard per data-parallel "
-                f"rank and needs the same data-parallel size (or --no-load-optim)."
+                f"checkpoint at iteration {metadata['iteration']} was saved with {describe_layout(saved)}; this run "
+                f"uses {describe_layout(now)}. {sharded} optimizer state is saved in one shard per data-parallel "
+                f"rank and needs the same data-parallel size (or --reshard, or --no-load-optim)."
+            )
+        saved_stage = metadata.get("zero_stage")
+        if loading_optimizer and saved_stage is not None and saved_stage != self.engine.zero_optimization_stage():
+            raise CheckpointError(
+                f"checkpoint at iteration {metadata['iteration']} was saved with ZeRO-{saved_stage}; this run uses "
+                f"ZeRO-{self.engine.zero_optimization_stage()}. Add --reshard to convert its optimizer state."
             )
 
     def optimizer_sharded_over_dp(self) -> Optional[str]:

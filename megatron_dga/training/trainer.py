@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import signal
 import time
 from typing import Dict, List, Optional
@@ -33,15 +34,17 @@ from megatron_dga.mixing.probes import ProbeData, probe_streams
 from megatron_dga.model.gpt import build_model
 from megatron_dga.model.transformer_config import padded_vocab_size
 from megatron_dga.parallel.initialize import ParallelContext, seed_everything
-from megatron_dga.parallel.layout import LayoutError
+from megatron_dga.parallel.layout import LayoutError, probe_microbatches_per_rank
 from megatron_dga.training import memory
-from megatron_dga.training.checkpointing import Checkpointer, layout_dict, read_tracker
+from megatron_dga.training.checkpointing import (Checkpointer, checkpoint_name, describe_layout, layout_dict,
+                                                 read_tracker)
 from megatron_dga.training.deepspeed_config import load_user_config
 from megatron_dga.training.engine import TrainingEngine
 from megatron_dga.training.evaluation import Evaluator, overall_loss
 from megatron_dga.training.export import sharding_map
 from megatron_dga.training.hf_checkpoint import load_hf_weights
 from megatron_dga.training.metrics import MetricsLogger
+from megatron_dga.training.reshard import load_into_engine, optimizer_parameter_names, read_training_state
 from megatron_dga.training.watchdog import Watchdog
 
 
@@ -140,7 +143,7 @@ class Trainer:
         for stream in streams:
             stream.vocab_size = self.vocab_size
         probes = ProbeData(streams, self.specific_train, self.mixing.bases, self.layout, self.ctx.dp_rank,
-                           cfg.mixing.dga_probe_microbatches, self.tokenizer.eod, cfg.training.eod_mask_loss)
+                           probe_microbatches_per_rank(cfg, self.layout), self.tokenizer.eod, cfg.training.eod_mask_loss)
         if self.engine.pipelined:
             gradients = PipelineProbeGradients(self.engine.engine, self.ctx.device)
         else:
@@ -189,6 +192,10 @@ class Trainer:
             "probes": self.alignment.probes.state_dict() if self.alignment else None,
             "domains": self.domain_names,
             "config": dataclasses.asdict(self.config),
+            # What --reshard needs to read this rank's files under another layout.
+            "parallel_ranks": {"tp": self.ctx.tp_rank, "pp": self.ctx.pp_rank, "dp": self.ctx.dp_rank},
+            "parameter_shapes": {n: list(p.shape) for n, p in self.engine.module.named_parameters()},
+            "optimizer_parameters": optimizer_parameter_names(self.engine.engine),
         }
 
     def _sharding(self) -> Dict[str, List[int]]:
@@ -212,6 +219,7 @@ class Trainer:
             "iteration": self.iteration,
             "consumed_samples": self.consumed_samples,
             "layout": layout_dict(self.layout),
+            "zero_stage": self.engine.engine.zero_optimization_stage(),
             "domains": self.domain_names,
             "mixing": self.mixing.name,
             "version": megatron_dga.__version__,
@@ -227,13 +235,18 @@ class Trainer:
                 print(f"no checkpoint in {directory} ({directory}/latest_checkpointed_iteration.txt "
                       f"is missing): training from scratch", flush=True)
             return
-        self.checkpointer.check_layout(metadata, self.layout, not ck.no_load_optim)
         if metadata["domains"] != self.domain_names:
             raise LayoutError(f"checkpoint domains {metadata['domains']} differ from this run's {self.domain_names}")
-        state = self.checkpointer.load(directory, load_optimizer=not ck.no_load_optim, load_rng=not ck.no_load_rng)
+        resharding = ck.reshard and self.checkpointer.needs_reshard(metadata, self.layout, not ck.no_load_optim)
+        if resharding:
+            state = self._reshard(directory, metadata)
+        else:
+            self.checkpointer.check_layout(metadata, self.layout, not ck.no_load_optim)
+            state = self.checkpointer.load(directory, load_optimizer=not ck.no_load_optim,
+                                           load_rng=not ck.no_load_rng)
         self.iteration = int(state["iteration"])
-        if not ck.no_load_rng and not self.checkpointer.rng_restored:
-            # Another number of ranks: per-rank RNG states cannot follow them.
+        if not ck.no_load_rng and (resharding or not self.checkpointer.rng_restored):
+            # Another layout: per-rank RNG states cannot follow the ranks.
             seed_everything(self.config.training.seed + self.iteration + 100 * self.ctx.pp_rank, self.ctx.tp_rank)
             if self.ctx.rank == 0:
                 print(f"checkpoint RNG states are for {metadata['layout']}, not this layout: generators seeded "
@@ -246,6 +259,20 @@ class Trainer:
             self.engine.scheduler.load_state_dict(state["scheduler"])
         if self.ctx.rank == 0:
             print(f"resumed from {directory} at iteration {self.iteration}", flush=True)
+
+    def _reshard(self, directory: str, metadata: Dict) -> Dict:
+        """Load a checkpoint of another layout through its layout-free state (training/reshard.py)."""
+        path = os.path.join(directory, checkpoint_name(metadata["iteration"]))
+        with_optimizer = not self.config.checkpoint.no_load_optim
+        state = read_training_state(path, with_optimizer)
+        load_into_engine(self.engine.engine, state, self.layout.tp, self.ctx.tp_rank, self.padded_vocab,
+                         with_optimizer)
+        self.engine.engine.global_steps = int(state.client_state["iteration"])
+        self.engine.engine.global_samples = int(state.client_state["consumed_samples"])
+        if self.ctx.rank == 0:
+            print(f"resharded from {describe_layout(metadata['layout'])} to "
+                  f"{describe_layout(layout_dict(self.layout))}{'' if with_optimizer else ' (model only)'}", flush=True)
+        return state.client_state
 
     # ---- evaluation ----------------------------------------------------------------------
     def evaluate(self) -> Dict[str, float]:
