@@ -7,7 +7,10 @@ import shutil
 
 import numpy as np
 import pytest
+import torch
 
+from megatron_dga.training.export import latest_checkpoint_dir, load_merged_state_dict
+from megatron_dga.training.reshard import read_training_state
 from pretrain_helpers import SMALL_MODEL, losses_by_iteration, make_domains, pretrain, synthetic_documents, \
     write_domain
 
@@ -31,7 +34,8 @@ def args_for(data, run_dir, extra=()):
             "--global-batch-size", "8", "--train-iters", str(ITERATIONS), "--lr", "3e-3", "--lr-warmup-iters", "2",
             "--lr-decay-style", "cosine", "--hidden-dropout", "0", "--attention-dropout", "0", "--split", "90,10,0",
             "--eval-interval", "1000", "--log-interval", "1",
-            "--mixing", "dga", "--dga-update-interval", "2", "--dga-probe-batch-size", "4", "--specific-data-path", data["specific"],
+            "--mixing", "dga", "--dga-update-interval", "2", "--dga-probe-batch-size", "4",
+            "--specific-data-path", data["specific"],
             "--metrics-file", os.path.join(run_dir, "metrics.jsonl"), "--save", os.path.join(run_dir, "checkpoints"),
             *extra]
 
@@ -103,3 +107,29 @@ def test_pp2_checkpoint_resumes_under_tp2(tmp_path_factory, tmp_path, data, refe
     run_dir, result = resume(tmp_path, data, checkpoints, ["--tensor-model-parallel-size", "2"], 2, ["--reshard"])
     assert result.returncode == 0, result.stderr[-5000:]
     assert_continues_like(reference, run_dir)
+
+
+def test_bf16_checkpoints_reshard(tmp_path_factory, tmp_path, data):
+    """bf16 with PP (DeepSpeed's bf16 optimizer: flat fp32 partitions) into 2 ranks of ZeRO-1.
+    Its fp32 masters are read by name: each, rounded to bf16, is the saved bf16 weight."""
+    bf16 = ["--bf16"]
+    checkpoints = saved_run(tmp_path_factory, data, [*bf16, "--pipeline-model-parallel-size", "2"], 2)
+    directory = latest_checkpoint_dir(checkpoints)
+    state = read_training_state(directory)
+    model = load_merged_state_dict(directory)
+    assert set(state.weights) == set(model) and state.step == SAVED_AT
+    for name, weight in model.items():
+        assert weight.dtype == torch.bfloat16
+        assert torch.equal(state.weights[name].to(torch.bfloat16), weight), name
+        assert state.moments[name]["exp_avg_sq"].shape == weight.shape
+    assert all(state.moments[name]["exp_avg_sq"].abs().sum() > 0 for name in model)
+
+    straight = str(tmp_path / "straight")
+    pretrain(args_for(data, straight, bf16))
+    run_dir, result = resume(tmp_path, data, checkpoints, [*bf16, "--zero-stage", "1"], 2, ["--reshard"])
+    assert result.returncode == 0, result.stderr[-5000:]
+    expected = losses_by_iteration(os.path.join(straight, "metrics.jsonl"))
+    got = losses_by_iteration(os.path.join(run_dir, "metrics.jsonl"))
+    assert sorted(got) == list(range(SAVED_AT + 1, ITERATIONS + 1))
+    for iteration in got:  # bf16: layouts agree within its precision only
+        assert got[iteration] == pytest.approx(expected[iteration], rel=1e-2), iteration

@@ -82,6 +82,9 @@ def read_training_state(directory: str, with_optimizer: bool = True) -> Training
     for path in model_files:
         mp_rank = int(MODEL_FILE.search(path).group(1))
         states = torch.load(path, map_location="cpu", weights_only=False)
+        if states.get("config", {}).get("training", {}).get("fp16"):
+            raise CheckpointError(f"{directory} is an fp16 run: its loss scale and fp16 optimizer state do not "
+                                  f"reshard; resume it in its own layout")
         if client_state is None:
             client_state = {k: v for k, v in states.items() if k in ("iteration", "consumed_samples", "blend",
                                                                        "mixing", "scheduler", "probes", "domains")}

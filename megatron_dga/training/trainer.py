@@ -36,8 +36,8 @@ from megatron_dga.model.transformer_config import padded_vocab_size
 from megatron_dga.parallel.initialize import ParallelContext, seed_everything
 from megatron_dga.parallel.layout import LayoutError, probe_microbatches_per_rank
 from megatron_dga.training import memory
-from megatron_dga.training.checkpointing import (Checkpointer, checkpoint_name, describe_layout, layout_dict,
-                                                 read_tracker)
+from megatron_dga.training.checkpointing import (Checkpointer, CheckpointError, checkpoint_name, describe_layout,
+                                                 layout_dict, read_tracker)
 from megatron_dga.training.deepspeed_config import load_user_config
 from megatron_dga.training.engine import TrainingEngine
 from megatron_dga.training.evaluation import Evaluator, overall_loss
@@ -143,7 +143,8 @@ class Trainer:
         for stream in streams:
             stream.vocab_size = self.vocab_size
         probes = ProbeData(streams, self.specific_train, self.mixing.bases, self.layout, self.ctx.dp_rank,
-                           probe_microbatches_per_rank(cfg, self.layout), self.tokenizer.eod, cfg.training.eod_mask_loss)
+                           probe_microbatches_per_rank(cfg, self.layout), self.tokenizer.eod,
+                           cfg.training.eod_mask_loss)
         if self.engine.pipelined:
             gradients = PipelineProbeGradients(self.engine.engine, self.ctx.device)
         else:
@@ -262,6 +263,9 @@ class Trainer:
 
     def _reshard(self, directory: str, metadata: Dict) -> Dict:
         """Load a checkpoint of another layout through its layout-free state (training/reshard.py)."""
+        if self.config.training.fp16:
+            raise CheckpointError("--reshard does not convert into an fp16 run (its loss scale has no "
+                                  "counterpart in the checkpoint); use --bf16 or fp32")
         path = os.path.join(directory, checkpoint_name(metadata["iteration"]))
         with_optimizer = not self.config.checkpoint.no_load_optim
         state = read_training_state(path, with_optimizer)
