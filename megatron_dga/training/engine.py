@@ -11,7 +11,7 @@ ranks, the same number on every rank.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List, Optional
+from typing import List, Optional, Union
 
 import deepspeed
 import torch
@@ -28,9 +28,18 @@ from megatron_dga.training.optimizer import build_optimizer, build_scheduler
 
 @dataclass
 class StepResult:
-    loss: float
-    grad_norm: Optional[float]
+    """One iteration's outcome. The loss and gradient norm stay where they were computed (a
+    device tensor on GPUs) until someone reads them, so that an iteration never waits for the
+    device just to report: the trainer reads them at the log interval (`value()`)."""
+
+    loss: Union[torch.Tensor, float]
+    grad_norm: Union[torch.Tensor, float, None]
     skipped: bool  # the optimizer skipped the update (fp16 overflow)
+
+
+def value(x: Union[torch.Tensor, float, None]) -> Optional[float]:
+    """A StepResult field as a Python number (a host sync for a device tensor)."""
+    return None if x is None else float(x)
 
 
 def _use_sharding_aware_clipping(engine) -> None:
@@ -46,11 +55,11 @@ def _use_sharding_aware_clipping(engine) -> None:
     def clip_fp32_gradients():
         params = [p for p in engine.module.parameters() if p.grad is not None]
         norm = global_grad_norm(params)
-        coefficient = engine.gradient_clipping() / (float(norm) + 1e-6)
-        if coefficient < 1.0:
-            for p in params:
-                p.grad.mul_(coefficient)
-        engine._global_grad_norm = float(norm)
+        # On the device, without reading the norm on the host: scaling by 1 is exact.
+        coefficient = torch.clamp(engine.gradient_clipping() / (norm + 1e-6), max=1.0)
+        for p in params:
+            p.grad.mul_(coefficient.to(p.grad.dtype))
+        engine._global_grad_norm = norm
 
     engine.clip_fp32_gradients = clip_fp32_gradients
 
@@ -117,16 +126,16 @@ class TrainingEngine:
     def learning_rate(self) -> float:
         return float(self.engine.get_lr()[0])
 
-    def _dp_mean(self, value: torch.Tensor) -> float:
+    def _dp_mean(self, value: torch.Tensor) -> torch.Tensor:
         if self.ctx.layout.dp > 1:
             dist.all_reduce(value, group=self.ctx.dp_group)
             value = value / self.ctx.layout.dp
-        return float(value)
+        return value
 
     def train_step(self, micro_batches: List[MicroBatch]) -> StepResult:
         skipped_before = self.engine.skipped_steps
         if self.pipelined:
-            loss = float(self.engine.train_batch(iter([mb.as_pipeline_item() for mb in micro_batches])))
+            loss = self.engine.train_batch(iter([mb.as_pipeline_item() for mb in micro_batches])).detach()
         else:
             self.engine.train()
             total = torch.zeros((), device=self.ctx.device)
@@ -140,7 +149,7 @@ class TrainingEngine:
         if self.scheduler is not None:
             self.scheduler.step(1)
         norm = self.engine.get_global_grad_norm()
-        return StepResult(loss, None if norm is None else float(norm), self.engine.skipped_steps > skipped_before)
+        return StepResult(loss, norm, self.engine.skipped_steps > skipped_before)
 
     @torch.no_grad()
     def eval_loss(self, micro_batches: List[MicroBatch]) -> float:
@@ -153,4 +162,4 @@ class TrainingEngine:
             mb = mb.to(self.ctx.device)
             total += self.engine(mb.tokens, mb.labels, mb.loss_mask).float()
         self.engine.train()
-        return self._dp_mean(total / len(micro_batches))
+        return float(self._dp_mean(total / len(micro_batches)))

@@ -39,7 +39,7 @@ from megatron_dga.training import memory
 from megatron_dga.training.checkpointing import (Checkpointer, CheckpointError, checkpoint_name, describe_layout,
                                                  layout_dict, read_tracker)
 from megatron_dga.training.deepspeed_config import load_user_config
-from megatron_dga.training.engine import TrainingEngine
+from megatron_dga.training.engine import TrainingEngine, value
 from megatron_dga.training.evaluation import Evaluator, overall_loss
 from megatron_dga.training.export import sharding_map
 from megatron_dga.training.hf_checkpoint import load_hf_weights
@@ -297,13 +297,15 @@ class Trainer:
     def _log(self, result) -> None:
         cfg = self.config
         iteration_time = float(np.mean(self._interval_times))
-        loss = float(np.mean(self._interval_losses))
+        # The one read of the iterations' losses (device tensors on GPUs) since the last log line.
+        loss = float(torch.stack([torch.as_tensor(x, dtype=torch.float32) for x in self._interval_losses]).mean())
+        grad_norm = value(result.grad_norm)
         tokens_per_second = self.layout.global_batch_size * cfg.model.seq_length / iteration_time
         series = self._domain_series()
         scalars = {
             "lm loss": loss,
             "learning-rate": self.engine.learning_rate,
-            "grad-norm": result.grad_norm,
+            "grad-norm": grad_norm,
             "iteration-time": iteration_time,
             "tokens-per-second": tokens_per_second,
             "batch-size": self.layout.global_batch_size,
@@ -317,19 +319,19 @@ class Trainer:
         self.logger.scalars(self.iteration, scalars)
         self.logger.record({
             "type": "train", "iteration": self.iteration, "consumed_samples": self.consumed_samples,
-            "lm_loss": loss, "learning_rate": self.engine.learning_rate, "grad_norm": result.grad_norm,
+            "lm_loss": loss, "learning_rate": self.engine.learning_rate, "grad_norm": grad_norm,
             "iteration_time": iteration_time, "tokens_per_second": tokens_per_second,
             "skipped": result.skipped, "skipped_iterations": self.engine.engine.skipped_steps,
             "memory_peak_mb": memory.peak_bytes() / 2 ** 20,
             "memory_at_start_mb": self._memory_at_start / 2 ** 20,
             **{k.replace("-", "_"): v for k, v in series.items()},
         })
-        grad_norm = "n/a" if result.grad_norm is None else f"{result.grad_norm:.3f}"
+        shown_norm = "n/a" if grad_norm is None else f"{grad_norm:.3f}"
         self.logger.print(
             f" iteration {self.iteration:8d}/{cfg.training.train_iters:8d} | consumed samples: "
             f"{self.consumed_samples:10d} | elapsed time per iteration (ms): {iteration_time * 1000:.1f} | "
             f"learning rate: {self.engine.learning_rate:.3E} | global batch size: {self.layout.global_batch_size:5d} | "
-            f"lm loss: {loss:.6E} | grad norm: {grad_norm} | tokens/s: {tokens_per_second:.0f}"
+            f"lm loss: {loss:.6E} | grad norm: {shown_norm} | tokens/s: {tokens_per_second:.0f}"
         )
         self._interval_losses.clear()
         self._interval_times.clear()
@@ -366,10 +368,11 @@ class Trainer:
         """--check-for-nan-in-loss-and-grad: stop at a loss or gradient norm that is not finite
         (a skipped fp16 overflow step is DeepSpeed's business, not divergence)."""
         bad = []
-        if not math.isfinite(result.loss):
-            bad.append(f"the loss is {result.loss}")
-        if result.grad_norm is not None and not math.isfinite(result.grad_norm) and not result.skipped:
-            bad.append(f"the gradient norm is {result.grad_norm}")
+        loss, grad_norm = value(result.loss), value(result.grad_norm)  # host syncs: this check's price
+        if not math.isfinite(loss):
+            bad.append(f"the loss is {loss}")
+        if grad_norm is not None and not math.isfinite(grad_norm) and not result.skipped:
+            bad.append(f"the gradient norm is {grad_norm}")
         if not bad:
             return
         domains = self.batches.global_domains(self.iteration - 1)
