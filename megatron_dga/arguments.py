@@ -28,9 +28,9 @@ def _scalar_type(tp):
 def _add_field(group, f: dataclasses.Field, tp) -> None:
     kwargs = {"dest": f.name, "help": f.metadata["help"]}
     default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
-    if tp is bool:
-        # Flags that default to on can be turned off with --no-<flag>.
-        action = argparse.BooleanOptionalAction if default else "store_true"
+    if _scalar_type(tp) is bool:
+        # Flags that default to on, or to "decided at run time" (None), can be turned off with --no-<flag>.
+        action = argparse.BooleanOptionalAction if default is None or default else "store_true"
         group.add_argument(_flag(f), action=action, default=default, **kwargs)
         return
     if "nargs" in f.metadata:

@@ -78,10 +78,12 @@ class ModelConfig:
         choices=["uniform", "block"],
     )
     recompute_num_layers: int = arg(1, "Layers per checkpointed group (uniform) or checkpointed layers (block).")
-    use_cpu_initialization: bool = arg(
-        True,
-        "Initialise weights on the CPU from one full-size master tensor, so that every "
-        "tensor- and pipeline-parallel layout starts from identical weights.",
+    use_cpu_initialization: Optional[bool] = arg(
+        None,
+        "Initialise weights on the CPU from one full-size master tensor per weight, sliced for each rank, so "
+        "that every tensor- and pipeline-parallel layout starts from identical weights. Default: on without "
+        "CUDA; on GPUs each rank initialises its own shards on the device (megatron-core's GPU path), so no "
+        "host builds full-size fp32 weights. --no-use-cpu-initialization forces the device path.",
     )
 
 

@@ -36,3 +36,23 @@ def test_gpu_config_with_grouped_query_attention_and_rope():
                         disable_bias_linear=True)
     config = build_transformer_config(model, tp=2, bf16=True, fp16=False, on_gpu=True)
     assert config.num_query_groups == 2 and config.bias_activation_fusion and config.bf16
+
+
+def test_weights_are_initialised_on_the_gpu_unless_asked_otherwise():
+    """On a GPU each rank initialises its own shards on the device (megatron-core's GPU path),
+    so no host builds full-size fp32 weights; --use-cpu-initialization keeps the CPU path, which
+    the CPU always takes (identical weights in every layout)."""
+    on_gpu = lambda **flags: build_transformer_config(ModelConfig(**flags), 2, True, False, on_gpu=True)  # noqa
+    on_cpu = lambda **flags: build_transformer_config(ModelConfig(**flags), 2, False, False, on_gpu=False)  # noqa
+    assert on_gpu().use_cpu_initialization is False
+    assert on_gpu(use_cpu_initialization=True).use_cpu_initialization is True
+    assert on_cpu().use_cpu_initialization is True
+    assert on_cpu(use_cpu_initialization=False).use_cpu_initialization is False
+
+
+def test_cpu_initialization_flag_has_three_states():
+    from megatron_dga.arguments import parse_args
+
+    assert parse_args(["--data-path", "x"]).model.use_cpu_initialization is None
+    assert parse_args(["--data-path", "x", "--use-cpu-initialization"]).model.use_cpu_initialization is True
+    assert parse_args(["--data-path", "x", "--no-use-cpu-initialization"]).model.use_cpu_initialization is False

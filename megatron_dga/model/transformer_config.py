@@ -93,7 +93,7 @@ def build_transformer_config(model: ModelConfig, tp: int, bf16: bool, fp16: bool
         add_bias_linear=not model.disable_bias_linear,
         gated_linear_unit=model.swiglu,
         activation_func=activation(model, fused_activation),
-        use_cpu_initialization=model.use_cpu_initialization,
+        use_cpu_initialization=not on_gpu if model.use_cpu_initialization is None else model.use_cpu_initialization,
         params_dtype=dtype,
         pipeline_dtype=dtype,
         bf16=bf16,
