@@ -2,14 +2,20 @@
 
 Iteration t consumes global sample positions [t * G, (t + 1) * G) (G: global batch). As in
 Megatron's pretraining sampler, micro batch m of data-parallel rank r holds positions
-t * G + (m * DP + r) * B + [0, B) (B: micro batch). Batches are read synchronously when
-needed, never prefetched, so a weight change is always seen by the very next batch.
+t * G + (m * DP + r) * B + [0, B) (B: micro batch).
+
+`PrefetchedBatches` reads the next iteration's micro batches in a background thread while the
+current one trains (into pinned memory on GPUs, for an asynchronous copy). It never reads past a
+weight change: the caller prefetches an iteration only when no mixture update comes before it,
+and the blend is consulted on the caller's thread (the thread only reads sequences), so the
+batches are exactly those read synchronously.
 """
 
 from __future__ import annotations
 
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -26,7 +32,13 @@ class MicroBatch:
     loss_mask: torch.Tensor  # [b, s] 1.0 where the loss counts
 
     def to(self, device) -> "MicroBatch":
-        return MicroBatch(self.tokens.to(device), self.labels.to(device), self.loss_mask.to(device))
+        # From pinned memory the copy is asynchronous: the step's first kernels queue behind it.
+        non_blocking = self.tokens.is_pinned()
+        return MicroBatch(*(t.to(device, non_blocking=non_blocking) for t in (self.tokens, self.labels,
+                                                                              self.loss_mask)))
+
+    def pin_memory(self) -> "MicroBatch":
+        return MicroBatch(self.tokens.pin_memory(), self.labels.pin_memory(), self.loss_mask.pin_memory())
 
     def as_pipeline_item(self):
         """The (inputs, labels) pair DeepSpeed's pipeline engine reads."""
@@ -66,18 +78,62 @@ class TrainBatches:
         domains, _ = self.blend.lookup(start, start + self.layout.global_batch_size)
         return domains
 
-    def read(self, positions: np.ndarray) -> np.ndarray:
-        domains, draws = self.blend.lookup(int(positions[0]), int(positions[-1]) + 1)
-        offset = positions - positions[0]
-        return np.stack([self.streams[d].sample(k) for d, k in zip(domains[offset], draws[offset])])
+    def plan(self, iteration: int) -> List[Tuple[np.ndarray, np.ndarray]]:
+        """(domain, draw within the domain) of each sample of each of this rank's micro batches:
+        the blend's part, cheap, and only ever on the training thread."""
+        base = self.first_position(iteration)
+        planned = []
+        for m in range(self.layout.grad_accumulation_steps):
+            positions = rank_positions(base, self.layout, self.dp_rank, m)
+            domains, draws = self.blend.lookup(int(positions[0]), int(positions[-1]) + 1)
+            planned.append((domains.copy(), draws.copy()))
+        return planned
+
+    def load(self, planned: List[Tuple[np.ndarray, np.ndarray]], pin_memory: bool = False) -> List[MicroBatch]:
+        """Read the planned sequences: the streams' part (safe on a background thread, which is
+        then the only reader of the training streams)."""
+        batches = []
+        for domains, draws in planned:
+            sequences = np.stack([self.streams[d].sample(k) for d, k in zip(domains, draws)])
+            batch = make_microbatch(sequences, self.eod, self.eod_mask_loss)
+            batches.append(batch.pin_memory() if pin_memory else batch)
+        return batches
 
     def microbatches(self, iteration: int) -> List[MicroBatch]:
-        base = self.first_position(iteration)
-        return [
-            make_microbatch(self.read(rank_positions(base, self.layout, self.dp_rank, m)), self.eod,
-                            self.eod_mask_loss)
-            for m in range(self.layout.grad_accumulation_steps)
-        ]
+        return self.load(self.plan(iteration))
+
+
+class PrefetchedBatches:
+    """TrainBatches with the next iteration read ahead on one background thread."""
+
+    def __init__(self, batches: TrainBatches, pin_memory: bool):
+        self.batches, self.pin_memory = batches, pin_memory
+        self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="batch-prefetch")
+        self._pending: Optional[Tuple[int, Future]] = None
+
+    def prefetch(self, iteration: int) -> None:
+        """Start reading `iteration`'s micro batches; call only when the blend will not change
+        before that iteration."""
+        self._wait()
+        planned = self.batches.plan(iteration)
+        self._pending = (iteration, self._reader.submit(self.batches.load, planned, self.pin_memory))
+
+    def microbatches(self, iteration: int) -> List[MicroBatch]:
+        pending = self._wait()
+        if pending is not None and pending[0] == iteration:
+            return pending[1].result()
+        return self.batches.load(self.batches.plan(iteration), self.pin_memory)
+
+    def _wait(self) -> Optional[Tuple[int, Future]]:
+        """Take the pending read, after it finished (the streams have one reader at a time)."""
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending[1].exception()  # waits; a failed read raises when its batches are taken
+        return pending
+
+    def close(self) -> None:
+        self._wait()
+        self._reader.shutdown(wait=True)
 
 
 def fixed_microbatches(stream: SequenceStream, count: int, layout: Layout, dp_rank: int, eod: Optional[int],

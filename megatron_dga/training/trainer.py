@@ -20,7 +20,7 @@ import torch.distributed as dist
 
 import megatron_dga
 from megatron_dga.config import PretrainConfig
-from megatron_dga.data.batches import TrainBatches
+from megatron_dga.data.batches import PrefetchedBatches, TrainBatches
 from megatron_dga.data.blend import DynamicBlend
 from megatron_dga.data.domains import Domain, open_domains, open_specific_sets
 from megatron_dga.data.sequences import FewExamples
@@ -101,6 +101,10 @@ class Trainer:
         eod, mask_eod = self.tokenizer.eod, config.training.eod_mask_loss
         self.batches = TrainBatches([d.train for d in self.domains], self.blend, self.layout, ctx.dp_rank, eod,
                                     mask_eod)
+        self.prefetcher = PrefetchedBatches(self.batches, pin_memory=torch.cuda.is_available())
+        # DeepSpeed's pipeline feeds inputs to the first stage and labels to the last: the
+        # stages between read nothing.
+        self.reads_data = self.layout.pp == 1 or ctx.pp_rank in (0, self.layout.pp - 1)
         eval_sets = {d.name: d.valid for d in self.domains if d.valid is not None}
         if specific_valid is not None:
             eval_sets["specific"] = specific_valid
@@ -357,7 +361,12 @@ class Trainer:
         self.blend.release_before(self.consumed_samples)
         if self.mixing.wants_update(self.iteration):
             self.update_mixture()
-        result = self.engine.train_step(self.batches.microbatches(self.iteration))
+        micro_batches = self.prefetcher.microbatches(self.iteration) if self.reads_data else []
+        following = self.iteration + 1
+        if self.reads_data and following < self.config.training.train_iters \
+                and not self.mixing.wants_update(following):
+            self.prefetcher.prefetch(following)  # read while this iteration computes
+        result = self.engine.train_step(micro_batches)
         self.iteration += 1
         self._interval_times.append(time.time() - start)
         self._interval_losses.append(result.loss)
@@ -455,5 +464,6 @@ class Trainer:
         self.logger.flush()
 
     def close(self) -> None:
+        self.prefetcher.close()
         self.watchdog.stop()
         self.logger.close()
