@@ -28,6 +28,9 @@ LAYOUTS = {
     "dp2-zero0": (2, ["--dga-probe-microbatches", "1", "--zero-stage", "0"]),
     "dp2-zero1": (2, ["--dga-probe-microbatches", "1", "--zero-stage", "1"]),
     "dp2-zero2": (2, ["--dga-probe-microbatches", "1", "--zero-stage", "2"]),
+    # Stages exchange activations cut over the TP ranks ("pipe_partitioned"), probes included.
+    "tp2-pp2": (4, ["--dga-probe-microbatches", "2", "--tensor-model-parallel-size", "2",
+                    "--pipeline-model-parallel-size", "2"]),
 }
 KINDS = ("raw", "adam", "cosine")
 STEPS = "2"

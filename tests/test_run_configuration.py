@@ -72,3 +72,16 @@ def test_zero_overlaps_communication_on_gpus_only(monkeypatch):
     assert deepspeed_config.zero_section(0) == {"stage": 0}
     user = {"zero_optimization": {"stage": 2, "overlap_comm": False}}
     assert derive_config(config, layout, user)["zero_optimization"] == {"stage": 2, "overlap_comm": False}
+
+
+def test_pipeline_stages_exchange_activations_cut_over_tensor_parallel_ranks():
+    """With TP and PP, each stage sends 1/TP of an activation (and of its gradient); without TP
+    there is nothing to cut. The losses are unchanged (the TP2 x PP2 equivalence and alignment
+    tests run this way)."""
+    def pipeline(world_size, *flags):
+        config = parse_args(["--data-path", "x", "--num-layers", "2", *flags])
+        return derive_config(config, resolve_layout(config, world_size), {})["pipeline"]
+
+    both = ["--tensor-model-parallel-size", "2", "--pipeline-model-parallel-size", "2"]
+    assert pipeline(4, *both) == {"pipe_partitioned": True, "grad_partitioned": True}
+    assert pipeline(2, "--pipeline-model-parallel-size", "2") == {"pipe_partitioned": False, "grad_partitioned": False}

@@ -34,6 +34,7 @@ from typing import Callable, List, Optional, Sequence
 import torch
 import torch.distributed as dist
 from deepspeed.runtime.pipe import schedule as pipe_schedule
+from deepspeed.runtime.utils import PartitionedTensor
 
 from megatron_dga.data.batches import MicroBatch
 
@@ -141,11 +142,8 @@ class PipelineProbeGradients(ProbeGradients):
     """PP > 1: this stage's gradients, the micro batches run through the pipeline engine."""
 
     def __init__(self, engine, device: torch.device):
-        if engine.is_pipe_partitioned or engine.is_grad_partitioned:
-            raise ValueError(
-                "DGA probes need unpartitioned pipeline activations: set "
-                '"pipeline": {"pipe_partitioned": false, "grad_partitioned": false} in the DeepSpeed config'
-            )
+        if engine.is_grad_partitioned and not engine.is_pipe_partitioned:
+            raise ValueError('"grad_partitioned" needs "pipe_partitioned" in the DeepSpeed config\'s pipeline section')
         self.engine = engine
         self.module = engine.module
         self.params = [p for p in self.module.parameters() if p.requires_grad]
@@ -155,10 +153,25 @@ class PipelineProbeGradients(ProbeGradients):
         self._scale = 1.0
 
     def _forward(self, engine, buffer_id: int) -> None:
-        """The pipeline's forward instruction, on the module rather than through the engine."""
+        """The pipeline's forward instruction, on the module rather than through the engine.
+        With "pipe_partitioned" (TP > 1), stages exchange activations cut over the tensor-
+        parallel ranks, as DeepSpeed's own forward does: the received piece is gathered into
+        the full input, and the output is cut before it is sent."""
         inputs = engine.pipe_buffers["inputs"][buffer_id]
         inputs = tuple(t.clone() for t in inputs) if isinstance(inputs, tuple) else inputs.clone()
+        if engine.is_pipe_partitioned and not engine.is_first_stage():
+            piece = PartitionedTensor.from_meta(meta=inputs[0].to("cpu"), local_part=inputs[1],
+                                                group=engine.grid.get_slice_parallel_group())
+            full = piece.full()
+            full.requires_grad = True
+            inputs = full if len(inputs) == 2 else (full, *inputs[2:])
+            engine.pipe_buffers["inputs"][buffer_id] = inputs  # SendGrad reads its .grad
         outputs = self.module(inputs)
+        if engine.is_pipe_partitioned and not engine.is_last_stage():
+            first, tail = (outputs[0], outputs[1:]) if isinstance(outputs, tuple) else (outputs, ())
+            piece = PartitionedTensor(tensor=first, group=engine.grid.get_slice_parallel_group())
+            engine.pipe_buffers["output_tensors"][buffer_id] = first  # whole, for the backward
+            outputs = (piece.to_meta(), piece.data(), *tail)
         engine.pipe_buffers["outputs"][buffer_id] = outputs
         if engine.is_last_stage():
             engine.loss = self.module.loss_fn(outputs, engine.pipe_buffers["labels"][buffer_id])
@@ -171,6 +184,16 @@ class PipelineProbeGradients(ProbeGradients):
             outputs, grad_outputs = engine.loss * self._scale if self._scale != 1.0 else engine.loss, None
         else:
             outputs, grad_outputs = engine.pipe_buffers["outputs"][buffer_id], engine.grad_layer
+            if engine.is_pipe_partitioned:  # the whole output, not the piece that was sent
+                outputs = (engine.pipe_buffers["output_tensors"][buffer_id], *outputs[2:])
+                engine.pipe_buffers["output_tensors"][buffer_id] = None
+            if engine.is_grad_partitioned:  # the received gradient is a piece too
+                piece = PartitionedTensor.from_meta(meta=grad_outputs[0].to("cpu"), local_part=grad_outputs[1],
+                                                    group=engine.grid.get_slice_parallel_group())
+                grad_outputs = (piece.full(), *grad_outputs[2:])
+            if isinstance(outputs, tuple):  # only the floating outputs carry gradients
+                outputs = tuple(t for t in outputs if t.is_floating_point() and t.requires_grad)
+                grad_outputs = tuple(grad_outputs) if isinstance(grad_outputs, (tuple, list)) else (grad_outputs,)
         inputs = engine.pipe_buffers["inputs"][buffer_id]
         needs_input_grad = torch.is_tensor(inputs) and inputs.requires_grad
         wrt = self.params + ([inputs] if needs_input_grad else [])

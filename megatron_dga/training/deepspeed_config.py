@@ -75,9 +75,11 @@ def derive_config(config: PretrainConfig, layout: Layout, user: Dict[str, Any]) 
         "wall_clock_breakdown": False,
         # Our AdamW is a plain torch optimizer; DeepSpeed's ZeRO wraps it fine.
         "zero_allow_untested_optimizer": True,
-        # Stages exchange whole activations (not split over tensor-parallel ranks), which the
-        # DGA probes' pipeline backward relies on.
-        "pipeline": {"pipe_partitioned": False, "grad_partitioned": False},
+        # With TP, stages exchange activations and their gradients cut over the tensor-parallel
+        # ranks (each sends 1/TP, the receivers all-gather): less traffic on the inter-stage
+        # link, which crosses nodes. The DGA probes' pipeline schedule does the same.
+        "pipeline": {"pipe_partitioned": layout.tp > 1 and layout.pp > 1,
+                     "grad_partitioned": layout.tp > 1 and layout.pp > 1},
     }
     merged = dict(derived)
     merged.update(user)
