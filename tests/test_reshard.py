@@ -101,17 +101,11 @@ def test_another_layout_without_reshard_is_refused(tmp_path, data, tp2_checkpoin
         not losses_by_iteration(os.path.join(run_dir, "metrics.jsonl"))
 
 
-def test_pp2_checkpoint_resumes_under_tp2(tmp_path_factory, tmp_path, data, reference):
-    """Pipeline files (one per layer, the tied embedding on both stages) into tensor shards."""
-    checkpoints = saved_run(tmp_path_factory, data, ["--pipeline-model-parallel-size", "2"], 2)
-    run_dir, result = resume(tmp_path, data, checkpoints, ["--tensor-model-parallel-size", "2"], 2, ["--reshard"])
-    assert result.returncode == 0, result.stderr[-5000:]
-    assert_continues_like(reference, run_dir)
-
-
 def test_bf16_checkpoints_reshard(tmp_path_factory, tmp_path, data):
-    """bf16 with PP (DeepSpeed's bf16 optimizer: flat fp32 partitions) into 2 ranks of ZeRO-1.
-    Its fp32 masters are read by name: each, rounded to bf16, is the saved bf16 weight."""
+    """bf16 with PP (DeepSpeed's bf16 optimizer: flat fp32 partitions; pipeline layer files, the
+    tied embedding on both stages) into TP2 without ZeRO (DeepSpeed's bf16 wrapper: an fp32
+    master per parameter). The masters are read by name: each, rounded to bf16, is the saved
+    bf16 weight."""
     bf16 = ["--bf16"]
     checkpoints = saved_run(tmp_path_factory, data, [*bf16, "--pipeline-model-parallel-size", "2"], 2)
     directory = latest_checkpoint_dir(checkpoints)
@@ -126,7 +120,8 @@ def test_bf16_checkpoints_reshard(tmp_path_factory, tmp_path, data):
 
     straight = str(tmp_path / "straight")
     pretrain(args_for(data, straight, bf16))
-    run_dir, result = resume(tmp_path, data, checkpoints, [*bf16, "--zero-stage", "1"], 2, ["--reshard"])
+    run_dir, result = resume(tmp_path, data, checkpoints, [*bf16, "--tensor-model-parallel-size", "2"], 2,
+                             ["--reshard"])
     assert result.returncode == 0, result.stderr[-5000:]
     expected = losses_by_iteration(os.path.join(straight, "metrics.jsonl"))
     got = losses_by_iteration(os.path.join(run_dir, "metrics.jsonl"))
