@@ -100,6 +100,13 @@ def torchrun_command(nproc: int, args: Sequence[str]) -> List[str]:
             "--master_addr", "127.0.0.1", "--master_port", str(free_port()), "-m", "megatron_dga.pretrain", *args]
 
 
+def driver_command(driver: str, nproc: int, driver_args: Sequence[str], args: Sequence[str]) -> List[str]:
+    """The launch of `torchrun_command`, running a test driver script instead of the trainer."""
+    command = torchrun_command(nproc, args)
+    module_index = command.index("megatron_dga.pretrain")
+    return command[: module_index - 1] + [driver, *driver_args] + command[module_index + 1:]
+
+
 def deepspeed_command(args: Sequence[str], launcher_args: Sequence[str]) -> List[str]:
     launcher = os.path.join(os.path.dirname(sys.executable), "deepspeed")
     return [launcher, *launcher_args, "--module", "megatron_dga.pretrain", *args]

@@ -15,7 +15,7 @@ import os
 import numpy as np
 import pytest
 
-from pretrain_helpers import SMALL_MODEL, make_domains, run, synthetic_documents, torchrun_command, write_domain
+from pretrain_helpers import SMALL_MODEL, driver_command, make_domains, run, synthetic_documents, write_domain
 
 DRIVER = os.path.join(os.path.dirname(__file__), "drivers", "alignment_driver.py")
 
@@ -36,13 +36,6 @@ KINDS = ("raw", "adam", "cosine")
 STEPS = "2"
 
 
-def driver_command(nproc, out, mode, args):
-    command = torchrun_command(nproc, args)
-    module_index = command.index("megatron_dga.pretrain")
-    # Same launcher, the driver script instead of the trainer module.
-    return command[: module_index - 1] + [DRIVER, out, mode, STEPS] + command[module_index + 1:]
-
-
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("alignment")
@@ -58,7 +51,7 @@ def setup(tmp_path_factory):
 
 def run_driver(root, args, name, nproc, mode, extra):
     out = str(root / f"{name}-{mode}.json")
-    command = driver_command(nproc, out, mode, [*args, *extra])
+    command = driver_command(DRIVER, nproc, [out, mode, STEPS], [*args, *extra])
     run(command)
     with open(out) as f:
         return json.load(f)

@@ -6,15 +6,9 @@ import os
 
 import pytest
 
-from pretrain_helpers import SMALL_MODEL, make_domains, run, torchrun_command
+from pretrain_helpers import SMALL_MODEL, driver_command, make_domains, run
 
 DRIVER = os.path.join(os.path.dirname(__file__), "drivers", "host_sync_driver.py")
-
-
-def driver_command(nproc, out, steps, args):
-    command = torchrun_command(nproc, args)
-    module_index = command.index("megatron_dga.pretrain")
-    return command[: module_index - 1] + [DRIVER, out, str(steps)] + command[module_index + 1:]
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +23,7 @@ def test_training_steps_read_nothing_on_the_host(tmp_path, manifest, nproc, layo
     out = str(tmp_path / "reads.json")
     args = ["--domains-manifest", manifest, *SMALL_MODEL, "--micro-batch-size", "2", "--global-batch-size", "4",
             "--train-iters", "10", "--split", "90,10,0", *layout]
-    run(driver_command(nproc, out, 4, args))
+    run(driver_command(DRIVER, nproc, [out, "4"], args))
     with open(out) as f:
         reads = json.load(f)
     assert reads == {}, reads

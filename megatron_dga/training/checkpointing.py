@@ -166,36 +166,25 @@ class Checkpointer:
         except (FileNotFoundError, json.JSONDecodeError) as e:
             raise CheckpointError(f"checkpoint {path} is unreadable: {e}") from None
 
-    def needs_reshard(self, metadata: Dict[str, Any], layout: Layout, loading_optimizer: bool) -> bool:
-        """Whether DeepSpeed's own loader cannot read this checkpoint under `layout`."""
-        saved, now = metadata["layout"], layout_dict(layout)
+    def layout_mismatch(self, metadata: Dict[str, Any], layout: Layout, loading_optimizer: bool) -> Optional[str]:
+        """Why DeepSpeed's own loader cannot read this checkpoint under `layout`; None if it can."""
+        saved, now, iteration = metadata["layout"], layout_dict(layout), metadata["iteration"]
         if (saved["tp"], saved["pp"]) != (now["tp"], now["pp"]):
-            return True
-        saved_stage = metadata.get("zero_stage")
-        stage_changed = saved_stage is not None and saved_stage != self.engine.zero_optimization_stage()
-        return loading_optimizer and (stage_changed or (saved["dp"] != now["dp"] and self.optimizer_sharded_over_dp()))
-
-    def check_layout(self, metadata: Dict[str, Any], layout: Layout, loading_optimizer: bool) -> None:
-        saved, now = metadata["layout"], layout_dict(layout)
-        if (saved["tp"], saved["pp"]) != (now["tp"], now["pp"]):
-            raise CheckpointError(
-                f"checkpoint at iteration {metadata['iteration']} was saved with layout {describe_layout(saved)}; "
-                f"this run uses {describe_layout(now)}. Tensor- and pipeline-parallel sizes must match, or add "
-                f"--reshard to convert the checkpoint to this layout."
-            )
+            return (f"checkpoint at iteration {iteration} was saved with layout {describe_layout(saved)}; this run "
+                    f"uses {describe_layout(now)}. Tensor- and pipeline-parallel sizes must match, or add --reshard "
+                    f"to convert the checkpoint to this layout.")
+        if not loading_optimizer:
+            return None
         sharded = self.optimizer_sharded_over_dp()
-        if saved["dp"] != now["dp"] and loading_optimizer and sharded:
-            raise CheckpointError(
-                f"checkpoint at iteration {metadata['iteration']} was saved with {describe_layout(saved)}; this run "
-                f"uses {describe_layout(now)}. {sharded} optimizer state is saved in one shard per data-parallel "
-                f"rank and needs the same data-parallel size (or --reshard, or --no-load-optim)."
-            )
-        saved_stage = metadata.get("zero_stage")
-        if loading_optimizer and saved_stage is not None and saved_stage != self.engine.zero_optimization_stage():
-            raise CheckpointError(
-                f"checkpoint at iteration {metadata['iteration']} was saved with ZeRO-{saved_stage}; this run uses "
-                f"ZeRO-{self.engine.zero_optimization_stage()}. Add --reshard to convert its optimizer state."
-            )
+        if saved["dp"] != now["dp"] and sharded:
+            return (f"checkpoint at iteration {iteration} was saved with {describe_layout(saved)}; this run uses "
+                    f"{describe_layout(now)}. {sharded} optimizer state is saved in one shard per data-parallel "
+                    f"rank and needs the same data-parallel size (or --reshard, or --no-load-optim).")
+        saved_stage, stage = metadata.get("zero_stage"), self.engine.zero_optimization_stage()
+        if saved_stage is not None and saved_stage != stage:
+            return (f"checkpoint at iteration {iteration} was saved with ZeRO-{saved_stage}; this run uses "
+                    f"ZeRO-{stage}. Add --reshard to convert its optimizer state.")
+        return None
 
     def optimizer_sharded_over_dp(self) -> Optional[str]:
         """What shards this run's optimizer state over data-parallel ranks, if anything: ZeRO,

@@ -242,11 +242,13 @@ class Trainer:
             return
         if metadata["domains"] != self.domain_names:
             raise LayoutError(f"checkpoint domains {metadata['domains']} differ from this run's {self.domain_names}")
-        resharding = ck.reshard and self.checkpointer.needs_reshard(metadata, self.layout, not ck.no_load_optim)
+        mismatch = self.checkpointer.layout_mismatch(metadata, self.layout, not ck.no_load_optim)
+        if mismatch is not None and not ck.reshard:
+            raise CheckpointError(mismatch)
+        resharding = mismatch is not None
         if resharding:
             state = self._reshard(directory, metadata)
         else:
-            self.checkpointer.check_layout(metadata, self.layout, not ck.no_load_optim)
             state = self.checkpointer.load(directory, load_optimizer=not ck.no_load_optim,
                                            load_rng=not ck.no_load_rng)
         self.iteration = int(state["iteration"])
