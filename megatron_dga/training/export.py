@@ -43,6 +43,21 @@ def split_shard(full: torch.Tensor, dim: int, stride: int, tp: int, rank: int) -
     return torch.cat([pieces[s * tp + rank] for s in range(stride)], dim=dim)
 
 
+def merge_parameter(sharding: Dict[str, List[int]], name: str, pieces: List[torch.Tensor]) -> torch.Tensor:
+    """A full parameter from its pieces in tensor-parallel rank order (a replicated one: rank 0's)."""
+    if name in sharding:
+        dim, stride = sharding[name]
+        return merge_shards(pieces, dim, stride)
+    return pieces[0]
+
+
+def shard_of(param: torch.Tensor, full: torch.Tensor, tp: int, tp_rank: int) -> torch.Tensor:
+    """This rank's piece of a full parameter: its tensor-parallel shard, or all of it."""
+    if getattr(param, "tensor_model_parallel", False):
+        return split_shard(full, int(param.partition_dim), int(getattr(param, "partition_stride", 1)), tp, tp_rank)
+    return full
+
+
 def load_full_weights_into(module: torch.nn.Module, full: Dict[str, torch.Tensor], tp: int, tp_rank: int,
                            source: str) -> None:
     """Copy full-size parameters (merged names) into this rank's module: its tensor-parallel
@@ -53,10 +68,7 @@ def load_full_weights_into(module: torch.nn.Module, full: Dict[str, torch.Tensor
                               f"({', '.join(missing[:3])} ...)")
     with torch.no_grad():
         for name, param in module.named_parameters():
-            value = full[name]
-            if getattr(param, "tensor_model_parallel", False):
-                value = split_shard(value, int(param.partition_dim), int(getattr(param, "partition_stride", 1)),
-                                    tp, tp_rank)
+            value = shard_of(param, full[name], tp, tp_rank)
             if tuple(value.shape) != tuple(param.shape):
                 raise CheckpointError(f"{source}: {name} has shape {tuple(value.shape)}, this model's "
                                       f"{tuple(param.shape)}")
@@ -102,11 +114,7 @@ def load_merged_state_dict(directory: str) -> Dict[str, torch.Tensor]:
     for name, tensor in per_rank[0].items():
         if not torch.is_tensor(tensor) or name.endswith("._extra_state"):
             continue
-        if name in metadata["sharding"]:
-            dim, stride = metadata["sharding"][name]
-            merged[name] = merge_shards([sd[name] for sd in per_rank], dim, stride)
-        else:
-            merged[name] = tensor
+        merged[name] = merge_parameter(metadata["sharding"], name, [sd[name] for sd in per_rank])
     return merged
 
 

@@ -22,13 +22,13 @@ import glob
 import json
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Dict, List, Optional
 
 import torch
 
 from megatron_dga.training.checkpointing import CheckpointError
-from megatron_dga.training.export import load_merged_state_dict, merge_shards, split_shard
+from megatron_dga.training.export import load_merged_state_dict, merge_parameter, shard_of
 
 MOMENTS = ("exp_avg", "exp_avg_sq")
 MODEL_FILE = re.compile(r"mp_rank_(\d+)_model_states\.pt$")
@@ -45,7 +45,6 @@ class TrainingState:
     client_state: Dict
     lr_scheduler: Optional[Dict] = None
     padded_vocab_size: Optional[int] = None
-    layout: Dict[str, int] = field(default_factory=dict)
 
 
 # ---- what a checkpoint must record for this ------------------------------------------------
@@ -111,21 +110,14 @@ def read_training_state(directory: str, with_optimizer: bool = True) -> Training
         if with_optimizer:
             if name not in shards[0]:
                 raise CheckpointError(f"{directory}: no optimizer state for {name}")
-            merged = {key: _merge(metadata, name, [shards[r][name][key] for r in range(tp)])
+            merged = {key: merge_parameter(metadata["sharding"], name, [shards[r][name][key] for r in range(tp)])
                       for key in ("fp32", *MOMENTS) if shards[0][name].get(key) is not None}
             weights[name] = merged.get("fp32", weight.float())
             moments[name] = {key: merged[key] for key in MOMENTS}
         else:
             weights[name] = weight.float()
     return TrainingState(weights, moments, steps.pop() if steps else None, client_state or {}, lr_scheduler,
-                         metadata.get("padded_vocab_size"), metadata["layout"])
-
-
-def _merge(metadata: Dict, name: str, pieces: List[torch.Tensor]) -> torch.Tensor:
-    if name in metadata["sharding"]:
-        dim, stride = metadata["sharding"][name]
-        return merge_shards(pieces, dim, stride)
-    return pieces[0]
+                         metadata.get("padded_vocab_size"))
 
 
 def _partition_files(directory: str, mp_rank: int) -> List[str]:
@@ -199,10 +191,7 @@ class _Target:
         if name not in self.state.weights:
             raise CheckpointError(f"the checkpoint has no parameter {name} of this model")
         full = self.state.weights[name] if key == "fp32" else self.state.moments[name][key]
-        full = self._fit_vocabulary(full)
-        if getattr(param, "tensor_model_parallel", False):
-            full = split_shard(full, int(param.partition_dim), int(getattr(param, "partition_stride", 1)),
-                               self.tp, self.tp_rank)
+        full = shard_of(param, self._fit_vocabulary(full), self.tp, self.tp_rank)
         if tuple(full.shape) != tuple(param.shape):
             raise CheckpointError(f"{name}: the checkpoint's shard has shape {tuple(full.shape)}, this model's "
                                   f"{tuple(param.shape)}; the model flags must be those of the saved run")
