@@ -1,7 +1,9 @@
-"""Peak memory of one rank with and without activation recompute, in one run of each.
+"""Peak memory of one rank with and without activation recompute and sequence parallelism, in
+one run of each.
 
 A model where activations dominate (narrow, long sequences, a large micro batch): the same
-training with --recompute-granularity none, selective and full. The peak is the allocator's
+training with --recompute-granularity none, selective and full on one rank, then without
+recompute on TP=2 with and without --sequence-parallel. The peak is rank 0's: the allocator's
 (torch.cuda.max_memory_allocated) on a GPU, and on the CPU the resident set's high-water mark
 minus its value when training starts. Each is printed with tools/estimate_memory.py's estimate.
 
@@ -21,6 +23,9 @@ import tempfile
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests"))
+
+from pretrain_helpers import torchrun_command  # noqa: E402
 from train_throughput import VOCAB, write_data  # noqa: E402
 
 
@@ -38,15 +43,16 @@ def parse():
     return p.parse_args()
 
 
-def peak_gib(a, manifest: str, directory: str, granularity):
-    flags = ["--num-layers", str(a.layers), "--hidden-size", str(a.hidden), "--num-attention-heads", str(a.heads),
+def peak_gib(a, manifest: str, directory: str, granularity, tp: int = 1, sequence_parallel: bool = False):
+    flags = ["--tensor-model-parallel-size", str(tp), *(["--sequence-parallel"] if sequence_parallel else []),
+             "--num-layers", str(a.layers), "--hidden-size", str(a.hidden), "--num-attention-heads", str(a.heads),
              "--seq-length", str(a.seq_length), "--micro-batch-size", str(a.micro_batch_size),
              "--vocab-size", str(VOCAB), "--attention-backend", a.attention_backend, *(["--bf16"] if a.bf16 else []),
              *(["--recompute-granularity", granularity] if granularity else [])]
-    metrics = os.path.join(directory, f"{granularity}.jsonl")
-    subprocess.run([sys.executable, "-m", "megatron_dga.pretrain", "--domains-manifest", manifest, *flags,
-                    "--train-iters", str(a.iters), "--split", "100,0,0", "--log-interval", "1",
-                    "--eval-interval", "1000000", "--metrics-file", metrics], check=True, stdout=subprocess.DEVNULL)
+    metrics = os.path.join(directory, f"{granularity}-tp{tp}-sp{int(sequence_parallel)}.jsonl")
+    subprocess.run(torchrun_command(tp, ["--domains-manifest", manifest, *flags, "--train-iters", str(a.iters),
+                                         "--split", "100,0,0", "--log-interval", "1", "--eval-interval", "1000000",
+                                         "--metrics-file", metrics]), check=True, stdout=subprocess.DEVNULL)
     with open(metrics, encoding="utf-8") as f:
         last = [r for r in map(json.loads, f) if r["type"] == "train"][-1]
     measured = last["memory_peak_mb"] - (0 if _on_gpu() else last["memory_at_start_mb"])
@@ -54,7 +60,7 @@ def peak_gib(a, manifest: str, directory: str, granularity):
     from megatron_dga.arguments import parse_args
     from megatron_dga.memory_estimate import GIB, estimate, total
 
-    parts = estimate(parse_args(["--domains-manifest", manifest, *flags]), 1, on_gpu=_on_gpu())
+    parts = estimate(parse_args(["--domains-manifest", manifest, *flags]), tp, on_gpu=_on_gpu())
     return measured / 1024, total(parts) / GIB
 
 
@@ -78,6 +84,12 @@ def main() -> int:
             baseline = baseline or measured
             print(f"recompute {granularity or 'none':<9}: peak {measured:6.3f} GiB ({measured / baseline:.2f} of none), "
                   f"estimate {estimated:6.3f} GiB")
+        tp2 = None
+        for sequence_parallel in (False, True):
+            measured, estimated = peak_gib(a, manifest, directory, None, tp=2, sequence_parallel=sequence_parallel)
+            tp2 = tp2 or measured
+            print(f"TP=2 {'with' if sequence_parallel else 'without'} sequence parallelism: peak of rank 0 "
+                  f"{measured:6.3f} GiB ({measured / tp2:.2f} of without), estimate {estimated:6.3f} GiB")
     return 0
 
 

@@ -91,6 +91,11 @@ class ModelConfig:
 class ParallelConfig:
     tensor_model_parallel_size: int = arg(1, "Tensor-parallel degree (TP).")
     pipeline_model_parallel_size: int = arg(1, "Pipeline-parallel degree (PP).")
+    sequence_parallel: bool = arg(
+        False, "Sequence parallelism (megatron-core's, with TP > 1): norms, dropouts and residual adds work on 1/TP "
+        "of the sequence on each tensor-parallel rank, and all-gathers and reduce-scatters replace the TP "
+        "all-reduces, so activations outside the TP region take 1/TP of the memory. Ignored, with a notice, at TP=1.",
+    )
     zero_stage: int = arg(0, "DeepSpeed ZeRO stage (0, 1 or 2; at most 1 with PP > 1).",
                           choices=[0, 1, 2])
     distributed_backend: Optional[str] = arg(

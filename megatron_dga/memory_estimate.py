@@ -13,7 +13,7 @@ activations of PP micro batches in flight) the estimate adds:
 - **activations** kept for the backward pass, per layer and micro batch, by the count of
   Korthikanti et al., "Reducing Activation Recomputation in Large Transformer Models" (2022),
   generalised to grouped-query attention, SwiGLU and any MLP width: tensors inside the TP
-  region are divided by TP; attention scores (5 a s^2 b 16-bit units) are not kept with
+  region are divided by TP, and with sequence parallelism the others too; attention scores (5 a s^2 b 16-bit units) are not kept with
   selective recompute or with a fused SDPA kernel on GPU; full recompute keeps only each
   layer's input (plus one layer's activations while it is recomputed);
 - the **backward pass's temporaries**: while a layer is back-propagated, gradients of the size
@@ -64,11 +64,12 @@ def layer_parameters(s: LayerShapes, tp: int) -> float:
 
 
 def activation_bytes_per_layer(s: LayerShapes, seq: int, micro_batch: int, tp: int, dtype_bytes: int,
-                               keep_scores: bool) -> float:
+                               keep_scores: bool, sequence_parallel: bool = False) -> float:
     """Bytes one transformer layer keeps for the backward pass, for one micro batch.
 
     Korthikanti et al. count 16-bit units (2 bytes) plus 1-byte dropout masks; here every
-    2-byte tensor takes `dtype_bytes`."""
+    2-byte tensor takes `dtype_bytes`. With sequence parallelism the tensors outside the TP
+    region hold 1/TP of the sequence."""
     sbh = seq * micro_batch * s.h
     unit = dtype_bytes / 2
     fc1 = s.ffn * (2 if s.swiglu else 1)
@@ -82,7 +83,7 @@ def activation_bytes_per_layer(s: LayerShapes, seq: int, micro_batch: int, tp: i
         # softmax output and its dropout output (2 + 2 units), the dropout mask (1 byte)
         heads_seq2 = s.heads * seq * seq * micro_batch
         inside += 4 * heads_seq2 * unit + heads_seq2
-    return replicated + inside / tp
+    return replicated / (tp if sequence_parallel else 1) + inside / tp
 
 
 def estimate(config, world_size: int, on_gpu: bool = True) -> Dict[str, float]:
@@ -91,6 +92,8 @@ def estimate(config, world_size: int, on_gpu: bool = True) -> Dict[str, float]:
     tp, pp = par.tensor_model_parallel_size, par.pipeline_model_parallel_size
     dp = max(1, world_size // (tp * pp))
     zero = par.zero_stage
+    sp = par.sequence_parallel and tp > 1
+    sequence_share = tp if sp else 1  # layer inputs and outputs: [s/TP, b, h] under SP
     s = _shapes(model)
     vocab = config_padded_vocab(config)
     seq, micro = model.seq_length, train.micro_batch_size
@@ -118,16 +121,16 @@ def estimate(config, world_size: int, on_gpu: bool = True) -> Dict[str, float]:
     granularity = model.recompute_granularity
     fused_attention = on_gpu and model.attention_backend in ("auto", "sdpa")
     keep_scores = granularity is None and not fused_attention
-    per_layer = activation_bytes_per_layer(s, seq, micro, tp, weight_bytes, keep_scores)
+    per_layer = activation_bytes_per_layer(s, seq, micro, tp, weight_bytes, keep_scores, sp)
     in_flight = pp  # 1F1B: the first stage holds PP micro batches' activations
+    layer_input = seq * micro * s.h * weight_bytes / sequence_share
     if granularity == "full":
-        layer_input = seq * micro * s.h * weight_bytes
         activations = in_flight * layers * layer_input + per_layer
     else:
         activations = in_flight * layers * per_layer
-    activations += in_flight * seq * micro * s.h * weight_bytes   # the embedding's output
+    activations += in_flight * layer_input   # the embedding's output
     materialised_scores = not fused_attention
-    backward = activation_bytes_per_layer(s, seq, micro, tp, weight_bytes, materialised_scores)
+    backward = activation_bytes_per_layer(s, seq, micro, tp, weight_bytes, materialised_scores, sp)
     if materialised_scores:
         backward += 2 * s.heads * seq * seq * micro / tp * weight_bytes
     logits = 0.0

@@ -4,9 +4,10 @@
 The brute force reference takes, in one process, the full gradients of the mean loss over the
 probe sequences with torch.autograd and dots them (with Adam's preconditioner read from the
 plain torch optimizer, for adam). The parallel layouts compute the same numbers from sharded
-gradients (TP, PP), data-parallel shares (DP=2, with ZeRO 0, 1 and 2), ZeRO-partitioned
-optimizer state, and the linearity shortcut; the full all-reduce path gives them too. Two
-training steps at learning rate 0 first fill Adam's second moments without moving the model.
+gradients (TP with and without sequence parallelism, PP), data-parallel shares (DP=2, with ZeRO
+0, 1 and 2), ZeRO-partitioned optimizer state, and the linearity shortcut; the full all-reduce
+path gives them too. Two training steps at learning rate 0 first fill Adam's second moments
+without moving the model.
 """
 
 import json
@@ -23,6 +24,7 @@ DRIVER = os.path.join(os.path.dirname(__file__), "drivers", "alignment_driver.py
 LAYOUTS = {
     "single": (1, ["--dga-probe-microbatches", "2"]),
     "tp2": (2, ["--dga-probe-microbatches", "2", "--tensor-model-parallel-size", "2"]),
+    "tp2-sp": (2, ["--dga-probe-microbatches", "2", "--tensor-model-parallel-size", "2", "--sequence-parallel"]),
     "pp2": (2, ["--dga-probe-microbatches", "2", "--pipeline-model-parallel-size", "2"]),
     "pp2-zero1": (2, ["--dga-probe-microbatches", "2", "--pipeline-model-parallel-size", "2", "--zero-stage", "1"]),
     "dp2-zero0": (2, ["--dga-probe-microbatches", "1", "--zero-stage", "0"]),

@@ -29,10 +29,18 @@ def test_valid_layout_arithmetic():
     (2, ["--pipeline-model-parallel-size", "2", "--zero-stage", "2"], "--zero-stage 2 does not work with pipeline parallelism"),
     (2, ["--micro-batch-size", "2", "--dga-probe-batch-size", "6"],
      "--dga-probe-batch-size 6 is not a positive multiple of --micro-batch-size 2 x data-parallel size 2"),
+    (2, ["--tensor-model-parallel-size", "2", "--sequence-parallel", "--seq-length", "33"],
+     "--seq-length 33 is not divisible by --tensor-model-parallel-size 2"),
 ])
 def test_impossible_layouts(world_size, flags, message):
     with pytest.raises(LayoutError, match=message.replace("(", r"\(")):
         layout(world_size, *flags)
+
+
+def test_sequence_parallelism_needs_tensor_parallelism():
+    assert layout(2, "--tensor-model-parallel-size", "2", "--sequence-parallel").sequence_parallel
+    assert not layout(2, "--tensor-model-parallel-size", "2").sequence_parallel
+    assert not layout(2, "--sequence-parallel").sequence_parallel  # TP=1: ignored (the run says so)
 
 
 def test_flag_errors_exit_with_usage(capsys):

@@ -63,10 +63,25 @@ def test_the_tool_prints_every_component_and_refuses_a_bad_world_size(manifest):
     result = subprocess.run([sys.executable, TOOL, "--world-size", "8", *flags], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     for part in ("parameters", "gradients", "optimizer", "activations", "total",
-                 "with --recompute-granularity full"):
+                 "with --recompute-granularity full", "with --sequence-parallel"):
         assert part in result.stdout
     result = subprocess.run([sys.executable, TOOL, "--world-size", "6", *flags], capture_output=True, text=True)
     assert result.returncode == 2 and "--world-size 6 is not a multiple of TP x PP = 4" in result.stderr
+
+
+def test_sequence_parallelism_divides_every_layer_activation_by_tp(manifest):
+    """Korthikanti et al.'s count with selective recompute: 34 s b h bytes per layer in 16-bit
+    precision, all of it divided by TP under sequence parallelism (10 s b h of it is outside the
+    TP region and stays whole without it); plus the embedding's output, s b h x 2 bytes."""
+    s, b, h, t, layers = 256, 2, 512, 4, 6
+    flags = ["--domains-manifest", manifest, "--num-layers", str(layers), "--hidden-size", str(h),
+             "--num-attention-heads", "8", "--seq-length", str(s), "--micro-batch-size", str(b), "--bf16",
+             "--recompute-granularity", "selective", "--tensor-model-parallel-size", str(t)]
+    sbh = s * b * h
+    with_sp = estimated(t, [*flags, "--sequence-parallel"])["activations"]
+    assert with_sp == layers * 34 * sbh / t + 2 * sbh / t
+    without = estimated(t, flags)["activations"]
+    assert without == layers * (10 * sbh + 24 * sbh / t) + 2 * sbh
 
 
 @pytest.mark.parametrize("recipe", ["llama3_8b.sh", "llama3_70b.sh"])

@@ -1,7 +1,8 @@
 """The same run in every parallel layout: same losses, same parameters after the steps.
 
-Single rank, TP=2, PP=2 (ZeRO 0 and 1), DP=2 with ZeRO 0, 1 and 2, and the 3-D layouts on 4
-ranks (TP2 x PP2, TP2 x DP2, PP2 x DP2 with ZeRO-1) train 5 iterations on the same data and
+Single rank, TP=2 (with and without sequence parallelism), PP=2 (ZeRO 0 and 1), DP=2 with
+ZeRO 0, 1 and 2, and the 3-D layouts on 4 ranks (TP2 x PP2 with and without sequence
+parallelism, TP2 x DP2, PP2 x DP2 with ZeRO-1) train 5 iterations on the same data and
 seed in fp32; their per-iteration losses and gradient norms (the clipping reduction over TP, PP
 and DP) agree to 1e-4 (relative) and the merged parameters of their final checkpoints agree.
 """
@@ -19,6 +20,7 @@ from pretrain_helpers import SMALL_MODEL, losses_by_iteration, make_domains, pre
 LAYOUTS = {
     "single": (1, []),
     "tp2": (2, ["--tensor-model-parallel-size", "2"]),
+    "tp2-sp": (2, ["--tensor-model-parallel-size", "2", "--sequence-parallel"]),
     "pp2": (2, ["--pipeline-model-parallel-size", "2"]),
     "pp2-zero1": (2, ["--pipeline-model-parallel-size", "2", "--zero-stage", "1"]),
     "dp2-zero0": (2, ["--zero-stage", "0"]),
@@ -27,6 +29,8 @@ LAYOUTS = {
     "tp2-pp2": (4, ["--tensor-model-parallel-size", "2", "--pipeline-model-parallel-size", "2"]),
     "tp2-dp2": (4, ["--tensor-model-parallel-size", "2"]),
     "pp2-dp2-zero1": (4, ["--pipeline-model-parallel-size", "2", "--zero-stage", "1"]),
+    "tp2-pp2-sp": (4, ["--tensor-model-parallel-size", "2", "--pipeline-model-parallel-size", "2",
+                       "--sequence-parallel"]),
 }
 
 
@@ -101,10 +105,11 @@ def test_merge_tool_writes_one_full_state_dict(runs, tmp_path):
 def test_llama_style_variant_agrees_across_layouts(tmp_path):
     """The Llama shape (rotary positions, RMSNorm, SwiGLU, no linear biases, grouped-query
     attention, an untied output layer) with the loss masked at EOD: same losses and gradient
-    norms with 1 rank, TP=2 and PP=2."""
+    norms with 1 rank, TP=2 (with and without sequence parallelism) and PP=2."""
     manifest = make_domains(str(tmp_path / "data"))
     series = {}
-    for name, (nproc, layout_args) in {"single": LAYOUTS["single"], "tp2": LAYOUTS["tp2"], "pp2": LAYOUTS["pp2"]}.items():
+    layouts = {name: LAYOUTS[name] for name in ("single", "tp2", "tp2-sp", "pp2")}
+    for name, (nproc, layout_args) in layouts.items():
         metrics = str(tmp_path / f"{name}.jsonl")
         pretrain(["--domains-manifest", manifest, *SMALL_MODEL, "--micro-batch-size", "2", "--global-batch-size", "4",
                   "--train-iters", "3", "--hidden-dropout", "0", "--attention-dropout", "0", "--log-interval", "1",
@@ -114,7 +119,7 @@ def test_llama_style_variant_agrees_across_layouts(tmp_path):
                   "--metrics-file", metrics, *layout_args], nproc=nproc)
         series[name] = {r["iteration"]: (r["lm_loss"], r["grad_norm"]) for r in read_metrics(metrics)}
     assert len(series["single"]) == 3
-    for name in ("tp2", "pp2"):
+    for name in ("tp2", "tp2-sp", "pp2"):
         for iteration, (loss, grad_norm) in series["single"].items():
             assert abs(series[name][iteration][0] - loss) <= 1e-4 * abs(loss), (name, iteration)
             assert abs(series[name][iteration][1] - grad_norm) <= 1e-4 * abs(grad_norm), (name, iteration)

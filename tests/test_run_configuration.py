@@ -5,7 +5,7 @@ import json
 import pytest
 
 from megatron_dga.arguments import parse_args
-from megatron_dga.parallel.layout import resolve_layout
+from megatron_dga.parallel.layout import LayoutError, resolve_layout
 from megatron_dga.training.deepspeed_config import apply_user_config, derive_config, load_user_config
 from pretrain_helpers import SMALL_MODEL, make_domains, pretrain, read_metrics, run, torchrun_command
 
@@ -85,3 +85,8 @@ def test_pipeline_stages_exchange_activations_cut_over_tensor_parallel_ranks():
     both = ["--tensor-model-parallel-size", "2", "--pipeline-model-parallel-size", "2"]
     assert pipeline(4, *both) == {"pipe_partitioned": True, "grad_partitioned": True}
     assert pipeline(2, "--pipeline-model-parallel-size", "2") == {"pipe_partitioned": False, "grad_partitioned": False}
+    # Under sequence parallelism the activations are already cut (over the sequence).
+    assert pipeline(4, *both, "--sequence-parallel") == {"pipe_partitioned": False, "grad_partitioned": False}
+    config = parse_args(["--data-path", "x", "--num-layers", "2", *both, "--sequence-parallel"])
+    with pytest.raises(LayoutError, match="pipe_partitioned"):
+        derive_config(config, resolve_layout(config, 4), {"pipeline": {"pipe_partitioned": True}})

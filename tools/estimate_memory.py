@@ -47,6 +47,11 @@ def main(argv=None) -> int:
         other = dataclasses.replace(config, model=dataclasses.replace(config.model, recompute_granularity=granularity))
         print(f"  with --recompute-granularity {granularity or 'none'}: activations "
               f"{estimate(other, a.world_size, on_gpu=not a.cpu)['activations'] / GIB:.2f} GiB")
+    if config.parallel.tensor_model_parallel_size > 1:
+        sp = not config.parallel.sequence_parallel
+        other = dataclasses.replace(config, parallel=dataclasses.replace(config.parallel, sequence_parallel=sp))
+        print(f"  {'with' if sp else 'without'} --sequence-parallel: activations "
+              f"{estimate(other, a.world_size, on_gpu=not a.cpu)['activations'] / GIB:.2f} GiB")
     return 0
 
 

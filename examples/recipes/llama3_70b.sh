@@ -6,13 +6,15 @@
 #
 # Shape: 80 layers, hidden 8192, 64 heads with 8 key/value groups, SwiGLU 28672, RMSNorm, RoPE
 # (base 500000), no biases, untied output layer, 128256-token vocabulary, 8192-token sequences.
-# Layout: TP = 8 inside a node, PP = 4 (20 layers per stage), DP = 2 with ZeRO-1; 256 x 8192 =
-# 2M tokens per batch (micro batch 1, 128 micro batches per pipeline per step); bf16; full recompute of
-# every layer (without it, activations alone would take 66 GiB per GPU).
+# Layout: TP = 8 inside a node with sequence parallelism, PP = 4 (20 layers per stage), DP = 2
+# with ZeRO-1; 256 x 8192 = 2M tokens per batch (micro batch 1, 128 micro batches per pipeline
+# per step); bf16; selective recompute. Sequence parallelism is what lets the activations fit
+# without recomputing whole layers: without it they would take 66 GiB per GPU, and full
+# recompute (--recompute-granularity full, 1.6 GiB) would cost a third more compute.
 #
 # Memory per GPU (python tools/estimate_memory.py, the --estimate line below):
-#   parameters 4.23 GiB, gradients 8.46 GiB, optimizer 12.69 GiB, activations 11.32 GiB,
-#   backward 0.82 GiB, logits 0.00 GiB (they are on the last stage): total 37.53 GiB, plus
+#   parameters 4.23 GiB, gradients 8.46 GiB, optimizer 12.69 GiB, activations 22.25 GiB,
+#   backward 0.28 GiB, logits 0.00 GiB (they are on the last stage): total 47.91 GiB, plus
 #   1-3 GiB of CUDA context and NCCL.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -24,8 +26,8 @@ FLAGS=(
     --ffn-hidden-size 28672 --swiglu --normalization RMSNorm --position-embedding-type rope --rotary-base 500000
     --disable-bias-linear --untie-embeddings-and-output-weights --seq-length 8192 --layernorm-epsilon 1e-5
     --hidden-dropout 0 --attention-dropout 0
-    --tensor-model-parallel-size 8 --pipeline-model-parallel-size 4 --zero-stage 1
-    --micro-batch-size 1 --global-batch-size 256 --bf16 --recompute-granularity full --recompute-method uniform --recompute-num-layers 1
+    --tensor-model-parallel-size 8 --pipeline-model-parallel-size 4 --sequence-parallel --zero-stage 1
+    --micro-batch-size 1 --global-batch-size 256 --bf16 --recompute-granularity selective
     --train-iters 100000 --lr 3e-4 --min-lr 3e-5 --lr-warmup-iters 2000 --lr-decay-style cosine
     --weight-decay 0.1 --clip-grad 1.0
     --mixing dga --specific-data-path data/specific_text_document

@@ -12,6 +12,7 @@ unfused path's, so tensor-parallel ranks drop different heads.
 from __future__ import annotations
 
 import math
+from contextlib import nullcontext
 from typing import Optional
 
 import torch
@@ -46,7 +47,10 @@ class SDPAttention(MegatronModule):
         # [s, b, n, d] -> [b, n, s, d]
         q, k, v = (t.permute(1, 2, 0, 3) for t in (query, key, value))
         dropout = self.dropout if self.training else 0.0
-        with tensor_parallel.get_cuda_rng_tracker().fork():
+        # Under sequence parallelism the whole layer already runs in that fork; a nested fork
+        # of the same stream would replay its numbers.
+        streams = nullcontext() if self.config.sequence_parallel else tensor_parallel.get_cuda_rng_tracker().fork()
+        with streams:
             context = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True,
                                                      scale=self.softmax_scale)
         # [b, n, s, d] -> [s, b, n x d]

@@ -18,6 +18,7 @@ from typing import List
 
 import torch
 from deepspeed.runtime.pipe.module import LayerSpec, PipelineModule, TiedLayerSpec
+from megatron.core.models.backends import LocalSpecProvider
 from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
 
 from megatron_dga.config import ModelConfig
@@ -32,6 +33,8 @@ from megatron_dga.model.layers import (
 )
 from megatron_dga.model.attention import SDPAttention
 from megatron_dga.model.recompute import checkpoint, layer_recomputed_alone, uniform_group_size
+from megatron_dga.model.sequence_parallel import (sequence_parallel_norm, sequence_parallel_spec,
+                                                  sum_sequence_parallel_grads)
 from megatron_dga.model.transformer_config import build_transformer_config, use_transformer_engine
 from megatron_dga.parallel.initialize import ParallelContext
 
@@ -39,7 +42,7 @@ TIED_KEY = "embed"
 INIT_SEED_OFFSET = 7  # keeps per-layer init seeds apart from the data and dropout seeds
 
 
-def _layer_spec_and_norm(model: ModelConfig):
+def _layer_spec_and_norm(model: ModelConfig, sequence_parallel: bool):
     if use_transformer_engine(model):
         from megatron.core.extensions.transformer_engine_spec_provider import TESpecProvider
         from megatron.core.models.gpt.gpt_layer_specs import (
@@ -51,17 +54,20 @@ def _layer_spec_and_norm(model: ModelConfig):
     spec = get_gpt_layer_local_spec(normalization=model.normalization)
     if model.attention_backend in ("auto", "sdpa"):
         spec.submodules.self_attention.submodules.core_attention = SDPAttention
+    if sequence_parallel:
+        final_norm = LocalSpecProvider().layer_norm(rms_norm=model.normalization == "RMSNorm")
+        return sequence_parallel_spec(spec), sequence_parallel_norm(final_norm)
     return spec, None
 
 
 def gpt_layer_specs(model: ModelConfig, padded_vocab: int, tp: int, bf16: bool, fp16: bool,
-                    init_seed: int, pp: int = 1) -> List:
+                    init_seed: int, pp: int = 1, sequence_parallel: bool = False) -> List:
     """embedding, N transformer layers, final norm, LM head; layer i seeds with init_seed + i.
 
     The embedding is a TiedLayerSpec even when the head is untied (then it has one holder), so
     its parameter names are `tied_modules.embed.*` in every run shape."""
-    config = build_transformer_config(model, tp, bf16, fp16)
-    layer_spec, norm_impl = _layer_spec_and_norm(model)
+    config = build_transformer_config(model, tp, bf16, fp16, sequence_parallel=sequence_parallel)
+    layer_spec, norm_impl = _layer_spec_and_norm(model, config.sequence_parallel)
     max_positions = model.max_position_embeddings or model.seq_length
     specs = [
         TiedLayerSpec(TIED_KEY, EmbeddingPipe, config, padded_vocab, max_positions,
@@ -143,22 +149,30 @@ def _run_all(funcs, x):
 def build_model(model: ModelConfig, padded_vocab: int, ctx: ParallelContext, bf16: bool, fp16: bool,
                 seed: int) -> torch.nn.Module:
     """SequentialGPT for PP = 1, DeepSpeed PipelineModule for PP > 1."""
-    specs = gpt_layer_specs(model, padded_vocab, ctx.layout.tp, bf16, fp16, seed + INIT_SEED_OFFSET, ctx.layout.pp)
-    group = uniform_group_size(model)
+    specs = gpt_layer_specs(model, padded_vocab, ctx.layout.tp, bf16, fp16, seed + INIT_SEED_OFFSET, ctx.layout.pp,
+                            ctx.layout.sequence_parallel)
     devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
     with torch.random.fork_rng(devices=devices):
-        if ctx.layout.pp == 1:
-            return SequentialGPT(specs, recompute_group=group).to(ctx.device)
-        # DeepSpeed's own `seed_layers` is left off: it also reseeds every forward pass from a
-        # counter that checkpoints do not keep, which would change dropout after a resume.
-        # Groups of layers to recompute: DeepSpeed's activation_checkpoint_interval over the
-        # stage's layers, skipping groups that hold the embedding, final norm or head.
-        return PipelineModule(
-            layers=specs,
-            loss_fn=language_model_loss,
-            topology=ctx.topology,
-            partition_method="type:TransformerLayerPipe",
-            activation_checkpoint_interval=group,
-            activation_checkpoint_func=checkpoint,
-            checkpointable_layers=["TransformerLayerPipe"],
-        )
+        module = _build_stage(specs, model, ctx)
+    if ctx.layout.sequence_parallel:
+        sum_sequence_parallel_grads(module)
+    return module
+
+
+def _build_stage(specs: List, model: ModelConfig, ctx: ParallelContext) -> torch.nn.Module:
+    group = uniform_group_size(model)
+    if ctx.layout.pp == 1:
+        return SequentialGPT(specs, recompute_group=group).to(ctx.device)
+    # DeepSpeed's own `seed_layers` is left off: it also reseeds every forward pass from a
+    # counter that checkpoints do not keep, which would change dropout after a resume.
+    # Groups of layers to recompute: DeepSpeed's activation_checkpoint_interval over the
+    # stage's layers, skipping groups that hold the embedding, final norm or head.
+    return PipelineModule(
+        layers=specs,
+        loss_fn=language_model_loss,
+        topology=ctx.topology,
+        partition_method="type:TransformerLayerPipe",
+        activation_checkpoint_interval=group,
+        activation_checkpoint_func=checkpoint,
+        checkpointable_layers=["TransformerLayerPipe"],
+    )

@@ -12,6 +12,7 @@ initial values do not depend on which pipeline stage builds it, nor on what was 
 from __future__ import annotations
 
 import functools
+from contextlib import nullcontext
 
 import torch
 import torch.nn.functional as F
@@ -24,6 +25,7 @@ from megatron.core.transformer.spec_utils import ModuleSpec, build_module
 from megatron.core.transformer.transformer_config import TransformerConfig
 
 from megatron_dga.model.recompute import checkpoint
+from megatron_dga.model.sequence_parallel import full_sequence_length, gather_for_lm_head
 
 # Path of the shared weight inside EmbeddingPipe, for DeepSpeed's TiedLayerSpec.
 TIED_WEIGHT_ATTR = "embedding.word_embeddings.weight"
@@ -59,8 +61,9 @@ class EmbeddingPipe(MegatronModule):
 def lm_head(embedding: EmbeddingPipe, hidden: torch.Tensor) -> torch.Tensor:
     """Logits over this rank's vocabulary shard with the tied embedding weight: [s, b, v/tp].
     The copy to the TP region is the identity forward and an all-reduce of the input
-    gradient backward, as in Megatron's parallel_lm_logits."""
-    hidden = tensor_parallel.copy_to_tensor_model_parallel_region(hidden)
+    gradient backward, as in Megatron's parallel_lm_logits; under sequence parallelism it
+    all-gathers the sequence instead."""
+    hidden = gather_for_lm_head(hidden, embedding.config)
     return F.linear(hidden, embedding.embedding.word_embeddings.weight)
 
 
@@ -103,13 +106,18 @@ class TransformerLayerPipe(MegatronModule):
         return self._forward(hidden)
 
     def _forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        seq_length = hidden.shape[0]
+        seq_length = full_sequence_length(hidden, self.config)
         rotary_pos_emb = None
         if self.rotary is not None:
             rotary_pos_emb = self.rotary(seq_length).to(hidden.device)
-        output, _ = self.layer(
-            hidden, attention_mask=causal_mask(seq_length, hidden.device), rotary_pos_emb=rotary_pos_emb
-        )
+        # Under sequence parallelism each TP rank holds another part of the sequence, so its
+        # dropouts draw from the TP rank's own stream (megatron-core's TransformerBlock does
+        # the same); otherwise the replicated activations share the default stream.
+        streams = tensor_parallel.get_cuda_rng_tracker().fork() if self.config.sequence_parallel else nullcontext()
+        with streams:
+            output, _ = self.layer(
+                hidden, attention_mask=causal_mask(seq_length, hidden.device), rotary_pos_emb=rotary_pos_emb
+            )
         return output
 
 

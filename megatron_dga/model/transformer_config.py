@@ -70,10 +70,11 @@ def query_groups(model: ModelConfig):
 
 
 def build_transformer_config(model: ModelConfig, tp: int, bf16: bool, fp16: bool,
-                             on_gpu: Optional[bool] = None) -> TransformerConfig:
+                             on_gpu: Optional[bool] = None, sequence_parallel: bool = False) -> TransformerConfig:
     """The per-layer config. Pipeline parallelism is DeepSpeed's, so megatron-core sees
     pipeline size 1 and layer numbers are global (no per-stage offset). `on_gpu` (default:
-    whether CUDA is present) chooses the GPU-only switches; tests build the GPU config on CPU."""
+    whether CUDA is present) chooses the GPU-only switches; tests build the GPU config on CPU.
+    Sequence parallelism needs TP > 1 (megatron-core turns it off otherwise, with a warning)."""
     dtype = params_dtype(bf16, fp16)
     on_gpu = torch.cuda.is_available() if on_gpu is None else on_gpu
     fused_activation = use_bias_activation_fusion(model, on_gpu)
@@ -85,6 +86,7 @@ def build_transformer_config(model: ModelConfig, tp: int, bf16: bool, fp16: bool
         ffn_hidden_size=model.ffn_hidden_size or 4 * model.hidden_size,
         tensor_model_parallel_size=tp,
         pipeline_model_parallel_size=1,
+        sequence_parallel=sequence_parallel and tp > 1,
         hidden_dropout=model.hidden_dropout,
         attention_dropout=model.attention_dropout,
         init_method_std=model.init_method_std,

@@ -1,6 +1,6 @@
 """The small patches megatron-core needs to run on a machine without CUDA.
 
-megatron-core is written for GPUs. Its tensor-parallel layers run on CPU except for four
+megatron-core is written for GPUs. Its tensor-parallel layers run on CPU except for five
 places, which this module patches, and only when CUDA is absent:
 
 1. `GlobalMemoryBuffer.get_tensor` allocates its scratch buffers on
@@ -14,6 +14,10 @@ places, which this module patches, and only when CUDA is absent:
 4. `tensor_parallel.checkpoint` (selective recompute of the core attention) saves and
    restores CUDA generator states; on the CPU it is `model.recompute.checkpoint`, which
    restores the CPU generator and the tracker instead.
+5. Sequence parallelism's all-gathers and reduce-scatters (`tensor_parallel.mappings`, and the
+   backward pass of `tensor_parallel.layers`' linears) allocate their outputs on
+   `torch.cuda.current_device()`. Those two modules get a view of `torch` whose
+   `cuda.current_device()` is the CPU; everything else in it is torch itself.
 
 Everything else (layers, collectives through gloo, cross entropy) is megatron-core as is.
 On a CUDA machine `apply_cpu_shims()` does nothing.
@@ -30,6 +34,8 @@ import torch
 from megatron.core import tensor_parallel
 from megatron.core import utils as mcore_utils
 from megatron.core.models.common.embeddings.rotary_pos_embedding import RotaryEmbedding
+from megatron.core.tensor_parallel import layers as mcore_layers
+from megatron.core.tensor_parallel import mappings as mcore_mappings
 from megatron.core.tensor_parallel import random as mcore_random
 
 _APPLIED = False
@@ -91,6 +97,26 @@ class CpuRNGStatesTracker(mcore_random.CudaRNGStatesTracker):
             torch.set_rng_state(outer_state)
 
 
+class _CudaOnCpu:
+    """`torch.cuda` with `current_device()` answering the CPU."""
+
+    @staticmethod
+    def current_device() -> torch.device:
+        return torch.device("cpu")
+
+    def __getattr__(self, name):
+        return getattr(torch.cuda, name)
+
+
+class _TorchOnCpu:
+    """`torch`, except that `torch.cuda` is `_CudaOnCpu`."""
+
+    cuda = _CudaOnCpu()
+
+    def __getattr__(self, name):
+        return getattr(torch, name)
+
+
 def _cpu_checkpoint(function, distribute_saved_activations, *args):
     from megatron_dga.model.recompute import checkpoint
 
@@ -108,6 +134,8 @@ def apply_cpu_shims() -> bool:
         mcore_random._CUDA_RNG_STATE_TRACKER = CpuRNGStatesTracker()
         mcore_random._CUDA_RNG_STATE_TRACKER_INITIALIZED = True
         tensor_parallel.checkpoint = _cpu_checkpoint
+        mcore_mappings.torch = _TorchOnCpu()
+        mcore_layers.torch = _TorchOnCpu()
         _APPLIED = True
     return True
 

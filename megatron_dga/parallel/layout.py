@@ -23,13 +23,15 @@ class Layout:
     dp: int
     micro_batch_size: int
     global_batch_size: int
+    sequence_parallel: bool = False  # only with TP > 1
+
 
     @property
     def grad_accumulation_steps(self) -> int:
         return self.global_batch_size // (self.micro_batch_size * self.dp)
 
     def describe(self) -> str:
-        return f"TP={self.tp} PP={self.pp} DP={self.dp}"
+        return f"TP={self.tp} PP={self.pp} DP={self.dp}" + (" with sequence parallelism" if self.sequence_parallel else "")
 
 
 def resolve_layout(config: PretrainConfig, world_size: int) -> Layout:
@@ -86,7 +88,11 @@ def resolve_layout(config: PretrainConfig, world_size: int) -> Layout:
         )
     if train.bf16 and train.fp16:
         raise LayoutError("--bf16 and --fp16 are mutually exclusive")
-    layout = Layout(world_size, tp, pp, dp, mbs, gbs)
+    sequence_parallel = par.sequence_parallel and tp > 1
+    if sequence_parallel and model.seq_length % tp:
+        raise LayoutError(f"--sequence-parallel cuts each sequence over the tensor-parallel ranks: --seq-length "
+                          f"{model.seq_length} is not divisible by --tensor-model-parallel-size {tp}")
+    layout = Layout(world_size, tp, pp, dp, mbs, gbs, sequence_parallel)
     probe_microbatches_per_rank(config, layout)  # refuse an indivisible --dga-probe-batch-size now
     return layout
 

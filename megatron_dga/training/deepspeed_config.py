@@ -14,7 +14,7 @@ import torch
 
 from megatron_dga.config import PretrainConfig
 from megatron_dga.files import read_json
-from megatron_dga.parallel.layout import Layout
+from megatron_dga.parallel.layout import Layout, LayoutError
 
 # DeepSpeed prints its own progress every `steps_per_print` steps; the trainer logs instead.
 _QUIET_STEPS_PER_PRINT = 1 << 30
@@ -63,6 +63,7 @@ def zero_section(stage: int) -> Dict[str, Any]:
 def derive_config(config: PretrainConfig, layout: Layout, user: Dict[str, Any]) -> Dict[str, Any]:
     """The full ds_config: the JSON's keys, then derived values for the keys it leaves out."""
     t, o = config.training, config.optimizer
+    partition_pipeline = layout.tp > 1 and layout.pp > 1 and not layout.sequence_parallel
     derived: Dict[str, Any] = {
         "train_batch_size": layout.global_batch_size,
         "train_micro_batch_size_per_gpu": layout.micro_batch_size,
@@ -77,10 +78,15 @@ def derive_config(config: PretrainConfig, layout: Layout, user: Dict[str, Any]) 
         "zero_allow_untested_optimizer": True,
         # With TP, stages exchange activations and their gradients cut over the tensor-parallel
         # ranks (each sends 1/TP, the receivers all-gather): less traffic on the inter-stage
-        # link, which crosses nodes. The DGA probes' pipeline schedule does the same.
-        "pipeline": {"pipe_partitioned": layout.tp > 1 and layout.pp > 1,
-                     "grad_partitioned": layout.tp > 1 and layout.pp > 1},
+        # link, which crosses nodes. The DGA probes' pipeline schedule does the same. Under
+        # sequence parallelism the activations are already cut (over the sequence).
+        "pipeline": {"pipe_partitioned": partition_pipeline, "grad_partitioned": partition_pipeline},
     }
+    if layout.sequence_parallel and layout.pp > 1 \
+            and user.get("pipeline", {}).get("pipe_partitioned"):
+        raise LayoutError('--sequence-parallel with pipeline parallelism: the DeepSpeed config\'s "pipeline": '
+                          '{"pipe_partitioned": true} would cut activations that are already cut over the '
+                          'sequence; leave it out')
     merged = dict(derived)
     merged.update(user)
     merged.pop("gradient_accumulation_steps", None)

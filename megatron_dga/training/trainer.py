@@ -428,6 +428,8 @@ class Trainer:
             f"accumulation {self.layout.grad_accumulation_steps} | {len(self.domains)} domains | mixing "
             f"{self.mixing.name} | vocabulary {self.padded_vocab} (padded)"
         )
+        if cfg.parallel.sequence_parallel and not self.layout.sequence_parallel:
+            self.logger.print("--sequence-parallel is ignored with --tensor-model-parallel-size 1")
         if self.ctx.rank == 0:  # the first stage's first tensor-parallel shard, as Megatron reports
             print(f"number of parameters on (tensor, pipeline) model parallel rank (0, 0): {self.parameters_on_rank}",
                   flush=True)
