@@ -1,7 +1,8 @@
 """Batches read ahead on a background thread are exactly the batches read when needed, across
 mixture updates; pipeline stages between the first and the last read no data, and a 4-stage
-pipeline still trains like one rank."""
+pipeline still trains like one rank; tensor-parallel peers share one read."""
 
+import json
 import os
 
 import numpy as np
@@ -12,7 +13,9 @@ from megatron_dga.data.batches import PrefetchedBatches, TrainBatches
 from megatron_dga.data.blend import DynamicBlend
 from megatron_dga.data.domains import open_domains
 from megatron_dga.parallel.layout import Layout
-from pretrain_helpers import SMALL_MODEL, losses_by_iteration, make_domains, pretrain
+from pretrain_helpers import SMALL_MODEL, driver_command, losses_by_iteration, make_domains, pretrain, run
+
+READS_DRIVER = os.path.join(os.path.dirname(__file__), "drivers", "batch_reads_driver.py")
 
 LAYOUT = Layout(1, 1, 1, 1, 2, 8)
 ITERATIONS, UPDATE_EVERY = 12, 4
@@ -76,3 +79,27 @@ def test_four_pipeline_stages_train_like_one_rank(tmp_path, manifest):
     assert sorted(losses["pp4"]) == [1, 2, 3, 4]
     for iteration, loss in losses["single"].items():
         assert losses["pp4"][iteration] == pytest.approx(loss, rel=1e-4), iteration
+
+
+def test_tensor_parallel_peers_share_one_read(tmp_path, manifest):
+    """With TP = 2 only the first rank of the group reads the domain files; its peer receives
+    the same micro batches, which are those one rank reads alone."""
+    args = ["--domains-manifest", manifest, *SMALL_MODEL, "--micro-batch-size", "2", "--global-batch-size", "4",
+            "--train-iters", "10", "--hidden-dropout", "0", "--attention-dropout", "0", "--eval-interval", "100",
+            "--split", "100,0,0"]
+    steps = 3
+    received = {}
+    for name, nproc, layout in (("single", 1, []), ("tp2", 2, ["--tensor-model-parallel-size", "2"])):
+        prefix = str(tmp_path / name)
+        run(driver_command(READS_DRIVER, nproc, [prefix, str(steps)], [*args, *layout]))
+        for rank in range(nproc):
+            with open(f"{prefix}-{rank}.json") as f:
+                received[name, rank] = json.load(f)
+    assert received["tp2", 0]["tp_rank"] == 0 and received["tp2", 1]["tp_rank"] == 1
+    # One read per iteration by the reader, plus the next iteration's, read ahead; none by its peer.
+    assert received["tp2", 0]["reads"] == received["single", 0]["reads"] == steps + 1
+    assert received["tp2", 1]["reads"] == 0
+    single = received["single", 0]["batches"]
+    assert len(single) == steps and len(single[0]) == 2
+    assert received["tp2", 0]["batches"] == single
+    assert received["tp2", 1]["batches"] == single

@@ -34,8 +34,8 @@ def manifest(tmp_path_factory):
 @pytest.mark.parametrize(
     "nproc,layout",
     [(1, []), (2, ["--pipeline-model-parallel-size", "2"]), (2, ["--zero-stage", "2"]),
-     (2, ["--tensor-model-parallel-size", "2"])],
-    ids=["single", "pp2", "dp2-zero2", "tp2"],
+     (2, ["--tensor-model-parallel-size", "2"]), (2, ["--tensor-model-parallel-size", "2", "--sequence-parallel"])],
+    ids=["single", "pp2", "dp2-zero2", "tp2", "tp2-sp"],
 )
 def test_resume_is_exact(tmp_path, manifest, nproc, layout):
     straight, resumed = str(tmp_path / "straight"), str(tmp_path / "resumed")

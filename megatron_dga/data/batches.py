@@ -9,6 +9,10 @@ current one trains (into pinned memory on GPUs, for an asynchronous copy). It ne
 weight change: the caller prefetches an iteration only when no mixture update comes before it,
 and the blend is consulted on the caller's thread (the thread only reads sequences), so the
 batches are exactly those read synchronously.
+
+`TensorParallelSharedBatches` has the first rank of each tensor-parallel group read (and
+prefetch) and broadcast the iteration's micro batches to its peers, as Megatron's `get_batch`
+does: the peers need the same batch, and one reader per group reads 1/TP of the data.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from typing import List, Optional, Tuple
 
 import numpy as np
 import torch
+import torch.distributed as dist
 
 from megatron_dga.data.blend import DynamicBlend
 from megatron_dga.data.sequences import SequenceStream
@@ -134,6 +139,41 @@ class PrefetchedBatches:
     def close(self) -> None:
         self._wait()
         self._reader.shutdown(wait=True)
+
+
+class TensorParallelSharedBatches:
+    """Micro batches read by the first rank of the tensor-parallel group, broadcast to the others.
+
+    Two broadcasts per iteration on the training thread (token ids and labels in one int64
+    tensor, the loss masks in another), on the device the step runs on; the peers neither plan
+    nor read. Same interface as `PrefetchedBatches`."""
+
+    def __init__(self, reader: Optional[PrefetchedBatches], layout: Layout, seq_length: int, device: torch.device,
+                 group, source_rank: int):
+        self.reader = reader  # None on the peers
+        self.shape = (layout.grad_accumulation_steps, layout.micro_batch_size, seq_length)
+        self.device, self.group, self.source_rank = device, group, source_rank
+
+    def prefetch(self, iteration: int) -> None:
+        if self.reader is not None:
+            self.reader.prefetch(iteration)
+
+    def microbatches(self, iteration: int) -> List[MicroBatch]:
+        count, b, s = self.shape
+        if self.reader is not None:
+            read = [mb.to(self.device) for mb in self.reader.microbatches(iteration)]
+            ids = torch.stack([torch.stack([mb.tokens, mb.labels]) for mb in read])
+            masks = torch.stack([mb.loss_mask for mb in read])
+        else:
+            ids = torch.empty((count, 2, b, s), dtype=torch.int64, device=self.device)
+            masks = torch.empty((count, b, s), dtype=torch.float32, device=self.device)
+        dist.broadcast(ids, self.source_rank, group=self.group)
+        dist.broadcast(masks, self.source_rank, group=self.group)
+        return [MicroBatch(ids[m, 0], ids[m, 1], masks[m]) for m in range(count)]
+
+    def close(self) -> None:
+        if self.reader is not None:
+            self.reader.close()
 
 
 def fixed_microbatches(stream: SequenceStream, count: int, layout: Layout, dp_rank: int, eod: Optional[int],

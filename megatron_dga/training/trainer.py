@@ -17,10 +17,11 @@ from typing import Dict, List, Optional
 import numpy as np
 import torch
 import torch.distributed as dist
+from megatron.core import parallel_state
 
 import megatron_dga
 from megatron_dga.config import PretrainConfig
-from megatron_dga.data.batches import PrefetchedBatches, TrainBatches
+from megatron_dga.data.batches import PrefetchedBatches, TensorParallelSharedBatches, TrainBatches
 from megatron_dga.data.blend import DynamicBlend
 from megatron_dga.data.domains import Domain, open_domains, open_specific_sets
 from megatron_dga.data.sequences import FewExamples
@@ -101,10 +102,10 @@ class Trainer:
         eod, mask_eod = self.tokenizer.eod, config.training.eod_mask_loss
         self.batches = TrainBatches([d.train for d in self.domains], self.blend, self.layout, ctx.dp_rank, eod,
                                     mask_eod)
-        self.prefetcher = PrefetchedBatches(self.batches, pin_memory=torch.cuda.is_available())
         # DeepSpeed's pipeline feeds inputs to the first stage and labels to the last: the
-        # stages between read nothing.
+        # stages between read nothing. With TP, the first rank of each group reads for its peers.
         self.reads_data = self.layout.pp == 1 or ctx.pp_rank in (0, self.layout.pp - 1)
+        self.prefetcher = self._batch_source()
         eval_sets = {d.name: d.valid for d in self.domains if d.valid is not None}
         if specific_valid is not None:
             eval_sets["specific"] = specific_valid
@@ -119,6 +120,14 @@ class Trainer:
                                     config.logging.metrics_file, resumed_iteration=self.iteration)
         self._interval_losses: List[float] = []
         self._interval_times: List[float] = []
+
+    def _batch_source(self):
+        reader = PrefetchedBatches(self.batches, pin_memory=torch.cuda.is_available())
+        if self.layout.tp == 1:
+            return reader
+        return TensorParallelSharedBatches(reader if self.ctx.tp_rank == 0 else None, self.layout,
+                                           self.config.model.seq_length, self.ctx.device, self.ctx.tp_group,
+                                           parallel_state.get_tensor_model_parallel_src_rank())
 
     @staticmethod
     def _has_checkpoint(directory: Optional[str]) -> bool:
