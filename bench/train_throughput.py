@@ -7,6 +7,11 @@ reads, the learning-rate schedule and logging. The ratio of their tokens per sec
 framework's cost. With CUDA the runs use bf16 and the script also prints model FLOPs
 utilisation (MFU) against --peak-tflops.
 
+Cases (--cases): `single` (one rank), `recompute` (one rank, every layer recomputed in the
+backward pass: megatron-core's full recompute in the plain loop) and `tp2` (two ranks,
+megatron-core's tensor parallelism in both; each rank gets half the threads). Each plain loop
+runs under torchrun with the case's number of ranks.
+
     python bench/train_throughput.py                    # CPU default: 4 layers x 256, seq 256
     python bench/train_throughput.py --layers 12 --hidden 768 --heads 12 --seq-length 1024 \
         --micro-batch-size 8 --iters 40 --bf16         # GPU
@@ -15,6 +20,7 @@ utilisation (MFU) against --peak-tflops.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import statistics
@@ -41,7 +47,18 @@ def parse():
     p.add_argument("--bf16", action="store_true", help="bf16 (GPU)")
     p.add_argument("--peak-tflops", type=float, default=989.0, help="accelerator peak for MFU (H100 SXM bf16 dense: 989)")
     p.add_argument("--threads", type=int, default=os.cpu_count(), help="CPU threads for both runs")
+    p.add_argument("--cases", default="single,recompute,tp2", help="comma-separated: " + ",".join(CASES))
+    p.add_argument("--plain-worker", metavar="OUT", help=argparse.SUPPRESS)  # one rank of a plain loop
+    p.add_argument("--case", default="single", help=argparse.SUPPRESS)
     return p.parse_args()
+
+
+# case: (ranks, framework flags)
+CASES = {
+    "single": (1, []),
+    "recompute": (1, ["--recompute-granularity", "full"]),
+    "tp2": (2, ["--tensor-model-parallel-size", "2"]),
+}
 
 
 def flops_per_iteration(a, batch: int) -> float:
@@ -69,26 +86,53 @@ def write_data(directory: str, tokens: int) -> str:
     return path
 
 
-def framework_iteration_times(a, directory: str) -> list:
+def launch(nproc: int, module_or_script: list) -> list:
+    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_addr",
+            "127.0.0.1", "--master_port", str(free_port()), *module_or_script]
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def framework_iteration_times(a, directory: str, case: str) -> list:
+    nproc, layout_flags = CASES[case]
     manifest = write_data(directory, tokens=(a.iters + a.warmup + 2) * a.micro_batch_size * (a.seq_length + 1) * 2)
-    metrics = os.path.join(directory, "metrics.jsonl")
-    args = [
-        sys.executable, "-m", "megatron_dga.pretrain", "--domains-manifest", manifest,
+    metrics = os.path.join(directory, f"metrics-{case}.jsonl")
+    args = launch(nproc, ["-m", "megatron_dga.pretrain"]) + [
+        "--domains-manifest", manifest, *layout_flags,
         "--mixing", "static", "--mixture-weights", "a=0.5,b=0.5", "--split", "100,0,0",
         "--num-layers", str(a.layers), "--hidden-size", str(a.hidden), "--num-attention-heads", str(a.heads),
         "--seq-length", str(a.seq_length), "--micro-batch-size", str(a.micro_batch_size),
         "--train-iters", str(a.warmup + a.iters), "--log-interval", "1", "--eval-interval", "1000000",
         "--metrics-file", metrics, "--lr", "1e-4",
     ] + (["--bf16"] if a.bf16 else [])
-    env = dict(os.environ, OMP_NUM_THREADS=str(a.threads))
+    env = dict(os.environ, OMP_NUM_THREADS=str(max(1, a.threads // nproc)))
     subprocess.run(args, check=True, env=env, stdout=subprocess.DEVNULL)
     with open(metrics) as f:
         records = [json.loads(line) for line in f if '"train"' in line]
     return [r["iteration_time"] for r in records[a.warmup:]]
 
 
+def plain_iteration_times(a, directory: str, case: str) -> list:
+    """The plain loop of `case`, on its number of ranks; rank 0's times."""
+    nproc, _ = CASES[case]
+    out = os.path.join(directory, f"plain-{case}.json")
+    passed = ["--layers", str(a.layers), "--hidden", str(a.hidden), "--heads", str(a.heads), "--seq-length",
+              str(a.seq_length), "--micro-batch-size", str(a.micro_batch_size), "--iters", str(a.iters),
+              "--warmup", str(a.warmup), "--threads", str(max(1, a.threads // nproc)), "--case", case,
+              "--plain-worker", out, *(["--bf16"] if a.bf16 else [])]
+    subprocess.run(launch(nproc, [os.path.abspath(__file__), *passed]), check=True, stdout=subprocess.DEVNULL)
+    with open(out) as f:
+        return json.load(f)
+
+
 def plain_loop_iteration_times(a) -> list:
-    """megatron-core GPTModel + torch AdamW, one process, batches already in memory."""
+    """megatron-core GPTModel + torch AdamW on this torchrun rank, batches already in memory."""
     import torch.distributed as dist
     from megatron.core import parallel_state
     from megatron.core.models.gpt import GPTModel
@@ -100,16 +144,22 @@ def plain_loop_iteration_times(a) -> list:
     from megatron_dga.parallel.cpu_shims import apply_cpu_shims, model_parallel_manual_seed
 
     torch.set_num_threads(a.threads)
-    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-    os.environ.setdefault("MASTER_PORT", "29599")
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dist.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=0, world_size=1)
+    nproc, _ = CASES[a.case]
+    tp = 2 if a.case == "tp2" else 1
+    cuda = torch.cuda.is_available()
+    if cuda:
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+    device = torch.device("cuda", torch.cuda.current_device()) if cuda else torch.device("cpu")
+    dist.init_process_group("nccl" if cuda else "gloo")
     apply_cpu_shims()
-    parallel_state.initialize_model_parallel(1, 1)
-    model_parallel_manual_seed(1234, 0)
+    parallel_state.initialize_model_parallel(tp, 1)
+    model_parallel_manual_seed(1234, parallel_state.get_tensor_model_parallel_rank())
     model_cfg = ModelConfig(num_layers=a.layers, hidden_size=a.hidden, num_attention_heads=a.heads,
                             seq_length=a.seq_length)
-    config = build_transformer_config(model_cfg, 1, a.bf16, False)
+    config = build_transformer_config(model_cfg, tp, a.bf16, False)
+    if a.case == "recompute":
+        config = dataclasses.replace(config, recompute_granularity="full", recompute_method="uniform",
+                                     recompute_num_layers=1)
     model = GPTModel(config, get_gpt_layer_local_spec(), vocab_size=VOCAB, max_sequence_length=a.seq_length,
                      share_embeddings_and_output_weights=True).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.01, fused=device.type == "cuda")
@@ -128,26 +178,38 @@ def plain_loop_iteration_times(a) -> list:
         if device.type == "cuda":
             torch.cuda.synchronize()
         times.append(time.perf_counter() - start)
+    rank = dist.get_rank()
     dist.destroy_process_group()
-    return times[a.warmup:]
+    return times[a.warmup:] if rank == 0 else None
 
 
 def main():
     a = parse()
+    if a.plain_worker:
+        times = plain_loop_iteration_times(a)
+        if times is not None:
+            with open(a.plain_worker, "w") as f:
+                json.dump(times, f)
+        return
     tokens_per_iteration = a.micro_batch_size * a.seq_length
-    with tempfile.TemporaryDirectory() as directory:
-        framework = statistics.median(framework_iteration_times(a, directory))
-    plain = statistics.median(plain_loop_iteration_times(a))
     print(f"model: {a.layers} layers x {a.hidden} hidden, {a.heads} heads, seq {a.seq_length}, "
           f"micro batch {a.micro_batch_size}, vocab {VOCAB}, {'bf16' if a.bf16 else 'fp32'}, "
-          f"{'cuda' if torch.cuda.is_available() else f'cpu x {a.threads} threads'}")
-    print(f"plain loop (megatron-core GPTModel + AdamW): {plain * 1000:8.1f} ms/iter  {tokens_per_iteration / plain:10.0f} tokens/s")
-    print(f"megatron_dga.pretrain (static mixture)     : {framework * 1000:8.1f} ms/iter  {tokens_per_iteration / framework:10.0f} tokens/s")
-    print(f"framework / plain time ratio: {framework / plain:.3f}  (overhead {100 * (framework / plain - 1):+.1f}%)")
-    if torch.cuda.is_available():
-        flops = flops_per_iteration(a, a.micro_batch_size)
-        for name, t in (("plain", plain), ("framework", framework)):
-            print(f"MFU {name}: {100 * flops / t / (a.peak_tflops * 1e12):.1f}% of {a.peak_tflops:.0f} TFLOP/s")
+          f"{'cuda' if torch.cuda.is_available() else f'cpu x {a.threads} threads in all'}")
+    for case in a.cases.split(","):
+        with tempfile.TemporaryDirectory() as directory:
+            framework = statistics.median(framework_iteration_times(a, directory, case))
+            plain = statistics.median(plain_iteration_times(a, directory, case))
+        print(f"[{case}] plain loop (megatron-core GPTModel + AdamW): {plain * 1000:8.1f} ms/iter  "
+              f"{tokens_per_iteration / plain:10.0f} tokens/s")
+        print(f"[{case}] megatron_dga.pretrain (static mixture)     : {framework * 1000:8.1f} ms/iter  "
+              f"{tokens_per_iteration / framework:10.0f} tokens/s")
+        print(f"[{case}] framework / plain time ratio: {framework / plain:.3f}  "
+              f"(overhead {100 * (framework / plain - 1):+.1f}%)")
+        if torch.cuda.is_available():
+            flops = flops_per_iteration(a, a.micro_batch_size)
+            for name, t in (("plain", plain), ("framework", framework)):
+                print(f"[{case}] MFU {name}: {100 * flops / t / (a.peak_tflops * 1e12):.1f}% of "
+                      f"{a.peak_tflops:.0f} TFLOP/s")
 
 
 if __name__ == "__main__":
