@@ -32,6 +32,10 @@ import time
 import numpy as np
 import torch
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests"))
+
+from pretrain_helpers import driver_command, free_port, torchrun_command  # noqa: E402
+
 VOCAB = 8192
 
 
@@ -86,31 +90,18 @@ def write_data(directory: str, tokens: int) -> str:
     return path
 
 
-def launch(nproc: int, module_or_script: list) -> list:
-    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_addr",
-            "127.0.0.1", "--master_port", str(free_port()), *module_or_script]
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def framework_iteration_times(a, directory: str, case: str) -> list:
     nproc, layout_flags = CASES[case]
     manifest = write_data(directory, tokens=(a.iters + a.warmup + 2) * a.micro_batch_size * (a.seq_length + 1) * 2)
     metrics = os.path.join(directory, f"metrics-{case}.jsonl")
-    args = launch(nproc, ["-m", "megatron_dga.pretrain"]) + [
+    args = torchrun_command(nproc, [
         "--domains-manifest", manifest, *layout_flags,
         "--mixing", "static", "--mixture-weights", "a=0.5,b=0.5", "--split", "100,0,0",
         "--num-layers", str(a.layers), "--hidden-size", str(a.hidden), "--num-attention-heads", str(a.heads),
         "--seq-length", str(a.seq_length), "--micro-batch-size", str(a.micro_batch_size),
         "--train-iters", str(a.warmup + a.iters), "--log-interval", "1", "--eval-interval", "1000000",
-        "--metrics-file", metrics, "--lr", "1e-4",
-    ] + (["--bf16"] if a.bf16 else [])
+        "--metrics-file", metrics, "--lr", "1e-4", *(["--bf16"] if a.bf16 else []),
+    ])
     env = dict(os.environ, OMP_NUM_THREADS=str(max(1, a.threads // nproc)))
     subprocess.run(args, check=True, env=env, stdout=subprocess.DEVNULL)
     with open(metrics) as f:
@@ -126,7 +117,7 @@ def plain_iteration_times(a, directory: str, case: str) -> list:
               str(a.seq_length), "--micro-batch-size", str(a.micro_batch_size), "--iters", str(a.iters),
               "--warmup", str(a.warmup), "--threads", str(max(1, a.threads // nproc)), "--case", case,
               "--plain-worker", out, *(["--bf16"] if a.bf16 else [])]
-    subprocess.run(launch(nproc, [os.path.abspath(__file__), *passed]), check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(driver_command(os.path.abspath(__file__), nproc, passed, []), check=True, stdout=subprocess.DEVNULL)
     with open(out) as f:
         return json.load(f)
 
@@ -150,6 +141,9 @@ def plain_loop_iteration_times(a) -> list:
     if cuda:
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
     device = torch.device("cuda", torch.cuda.current_device()) if cuda else torch.device("cpu")
+    for name, default in (("RANK", "0"), ("WORLD_SIZE", "1"), ("MASTER_ADDR", "127.0.0.1"),
+                          ("MASTER_PORT", str(free_port()))):
+        os.environ.setdefault(name, default)  # one rank runs without torchrun
     dist.init_process_group("nccl" if cuda else "gloo")
     apply_cpu_shims()
     parallel_state.initialize_model_parallel(tp, 1)
