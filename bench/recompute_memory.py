@@ -2,8 +2,9 @@
 one run of each.
 
 A model where activations dominate (narrow, long sequences, a large micro batch): the same
-training with --recompute-granularity none, selective and full on one rank, then without
-recompute on TP=2 with and without --sequence-parallel. The peak is rank 0's: the allocator's
+training with --recompute-granularity none, selective and full on one rank, then TP=2 with and
+without --sequence-parallel, with selective recompute (Megatron's usual pairing: the attention
+scores, which TP alone divides, are not kept, so what sequence parallelism divides shows). The peak is rank 0's: the allocator's
 (torch.cuda.max_memory_allocated) on a GPU, and on the CPU the resident set's high-water mark
 minus its value when training starts. Each is printed with tools/estimate_memory.py's estimate.
 
@@ -86,9 +87,10 @@ def main() -> int:
                   f"estimate {estimated:6.3f} GiB")
         tp2 = None
         for sequence_parallel in (False, True):
-            measured, estimated = peak_gib(a, manifest, directory, None, tp=2, sequence_parallel=sequence_parallel)
+            measured, estimated = peak_gib(a, manifest, directory, "selective", tp=2,
+                                           sequence_parallel=sequence_parallel)
             tp2 = tp2 or measured
-            print(f"TP=2 {'with' if sequence_parallel else 'without'} sequence parallelism: peak of rank 0 "
+            print(f"TP=2, selective recompute, {'with' if sequence_parallel else 'without'} sequence parallelism: peak of rank 0 "
                   f"{measured:6.3f} GiB ({measured / tp2:.2f} of without), estimate {estimated:6.3f} GiB")
     return 0
 
