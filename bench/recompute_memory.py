@@ -4,9 +4,9 @@ one run of each.
 A model where activations dominate (narrow, long sequences, a large micro batch): the same
 training with --recompute-granularity none, selective and full on one rank, then TP=2 with and
 without --sequence-parallel, with selective recompute (Megatron's usual pairing: the attention
-scores, which TP alone divides, are not kept, so what sequence parallelism divides shows). The peak is rank 0's: the allocator's
-(torch.cuda.max_memory_allocated) on a GPU, and on the CPU the resident set's high-water mark
-minus its value when training starts. Each is printed with tools/estimate_memory.py's estimate.
+scores, which TP alone divides, are not kept, so what sequence parallelism divides shows). The
+peak is rank 0's: the allocator's (torch.cuda.max_memory_allocated) on a GPU, and on the CPU the
+resident set's high-water mark minus its value when training starts. Each is printed with tools/estimate_memory.py's estimate.
 
     python bench/recompute_memory.py                     # CPU default: 4 x 64, seq 512, micro batch 16
     python bench/recompute_memory.py --layers 24 --hidden 1024 --heads 16 --seq-length 2048 --bf16   # GPU
@@ -90,8 +90,8 @@ def main() -> int:
             measured, estimated = peak_gib(a, manifest, directory, "selective", tp=2,
                                            sequence_parallel=sequence_parallel)
             tp2 = tp2 or measured
-            print(f"TP=2, selective recompute, {'with' if sequence_parallel else 'without'} sequence parallelism: peak of rank 0 "
-                  f"{measured:6.3f} GiB ({measured / tp2:.2f} of without), estimate {estimated:6.3f} GiB")
+            print(f"TP=2, selective recompute, {'with' if sequence_parallel else 'without'} sequence parallelism: "
+                  f"peak of rank 0 {measured:6.3f} GiB ({measured / tp2:.2f} of without), estimate {estimated:6.3f} GiB")
     return 0
 
 

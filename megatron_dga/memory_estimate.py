@@ -13,9 +13,10 @@ activations of PP micro batches in flight) the estimate adds:
 - **activations** kept for the backward pass, per layer and micro batch, by the count of
   Korthikanti et al., "Reducing Activation Recomputation in Large Transformer Models" (2022),
   generalised to grouped-query attention, SwiGLU and any MLP width: tensors inside the TP
-  region are divided by TP, and with sequence parallelism the others too; attention scores (5 a s^2 b 16-bit units) are not kept with
-  selective recompute or with a fused SDPA kernel on GPU; full recompute keeps only each
-  layer's input (plus one layer's activations while it is recomputed);
+  region are divided by TP, and with sequence parallelism the others too; attention scores
+  (5 a s^2 b 16-bit units) are not kept with selective recompute or with a fused SDPA kernel
+  on GPU; full recompute keeps only each layer's input (plus one layer's activations while it
+  is recomputed);
 - the **backward pass's temporaries**: while a layer is back-propagated, gradients of the size
   of its activations, and where attention scores are materialised two more score-sized
   tensors (the masked scores, the softmax's gradient);

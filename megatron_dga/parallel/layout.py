@@ -31,7 +31,8 @@ class Layout:
         return self.global_batch_size // (self.micro_batch_size * self.dp)
 
     def describe(self) -> str:
-        return f"TP={self.tp} PP={self.pp} DP={self.dp}" + (" with sequence parallelism" if self.sequence_parallel else "")
+        described = f"TP={self.tp} PP={self.pp} DP={self.dp}"
+        return described + " with sequence parallelism" if self.sequence_parallel else described
 
 
 def resolve_layout(config: PretrainConfig, world_size: int) -> Layout:
