@@ -25,7 +25,6 @@ class Layout:
     global_batch_size: int
     sequence_parallel: bool = False  # only with TP > 1
 
-
     @property
     def grad_accumulation_steps(self) -> int:
         return self.global_batch_size // (self.micro_batch_size * self.dp)

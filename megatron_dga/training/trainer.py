@@ -122,10 +122,12 @@ class Trainer:
         self._interval_times: List[float] = []
 
     def _batch_source(self):
-        reader = PrefetchedBatches(self.batches, pin_memory=torch.cuda.is_available())
+        """This rank's training batches: its own reads, or with TP the first rank's, shared."""
+        reads = self.ctx.tp_rank == 0
+        reader = PrefetchedBatches(self.batches, pin_memory=torch.cuda.is_available()) if reads else None
         if self.layout.tp == 1:
             return reader
-        return TensorParallelSharedBatches(reader if self.ctx.tp_rank == 0 else None, self.layout,
+        return TensorParallelSharedBatches(reader, self.layout,
                                            self.config.model.seq_length, self.ctx.device, self.ctx.tp_group,
                                            parallel_state.get_tensor_model_parallel_src_rank())
 
