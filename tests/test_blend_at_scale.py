@@ -91,6 +91,39 @@ def test_weights_below_one_sample_per_update_are_still_sampled():
     assert np.all(draws[512:] >= 1)
 
 
+def drawn_domains_over_bases(min_domain_weight):
+    """DGA over 16 base distributions of 179 clusters, as in the large-k experiment: each base
+    weights its clusters by their tokens, so a tiny cluster in a large group has a share of a
+    few parts per million. 20 updates of 320 positions (200 iterations of 32 sequences)."""
+    from megatron_dga.mixing.dga import DGAHyperparameters, DGAMixing
+
+    rng = np.random.default_rng(2)
+    k, num_bases, per_update, updates = 179, 16, 320, 20
+    tokens = rng.lognormal(8.0, 1.0, k)
+    tokens[0] = tokens.max() * 1e-5
+    group = np.arange(k) % num_bases
+    bases = np.stack([np.where(group == j, tokens, 0.0) for j in range(num_bases)])
+    hyper = DGAHyperparameters(min_weight=0.01, min_domain_weight=min_domain_weight)
+    mixing = DGAMixing([f"c{i}" for i in range(k)], np.full(num_bases, 1 / num_bases), hyper,
+                       base_distributions=bases)
+    blend = DynamicBlend(k, mixing.weights())
+    position = 0
+    for u in range(1, updates + 1):
+        blend.set_weights(position, mixing.weights())
+        blend.lookup(position, position + per_update)
+        position += per_update
+        blend.release_before(position)
+        mixing.update(u * 10, rng.normal(0.0, 1.0, num_bases))
+    return blend.draws_before(position) > 0, position
+
+
+def test_a_domain_floor_samples_every_cluster_under_base_distributions():
+    drawn, positions = drawn_domains_over_bases(0.0)
+    assert not drawn[0]  # the source floor does not reach a cluster's share in its base
+    drawn, positions = drawn_domains_over_bases(2.0 / positions)  # an integral of 2 samples or more
+    assert drawn.all()
+
+
 def test_state_does_not_grow_with_updates():
     k = 256
     rng = np.random.default_rng(2)

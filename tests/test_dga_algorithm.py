@@ -219,11 +219,28 @@ def test_stderr_is_logged():
     assert values["dga-noise"]["stderr-rms"] == pytest.approx(np.sqrt((0.01 + 0.04 + 0.09) / 3))
 
 
+def test_domain_floor_bounds_every_domain_under_base_distributions():
+    """With base distributions the source floor bounds a domain only through its share in its
+    bases; the domain floor bounds it directly: w = m + (1 - k m) (alpha^T P)."""
+    bases = np.array([[1.0, 0.0, 0.0], [0.0, 1.0 - 1e-4, 1e-4]])  # c: a tiny share of base 1
+    changes = dict(lr=100.0, ema=0.0, min_weight=0.05)
+    plain = DGAMixing(NAMES, np.array([0.5, 0.5]), hyperparameters(**changes), base_distributions=bases)
+    floored = DGAMixing(NAMES, np.array([0.5, 0.5]), hyperparameters(**changes, min_domain_weight=0.01),
+                        base_distributions=bases)
+    for m in (plain, floored):
+        m.update(10, [1.0, -1.0])
+    assert plain.weights()[2] < 1e-5  # the source floor alone leaves c a few parts per million
+    np.testing.assert_allclose(floored.weights(), 0.01 + (1 - 3 * 0.01) * (floored.sampling @ bases), rtol=1e-12)
+    assert floored.weights().min() >= 0.01 - 1e-12 and floored.weights().sum() == pytest.approx(1.0)
+
+
 def test_bad_hyperparameters_are_refused():
     with pytest.raises(ValueError, match="--dga-ema"):
         dga(ema=1.0)
     with pytest.raises(ValueError, match="--dga-min-weight"):
         dga(min_weight=0.5)
+    with pytest.raises(ValueError, match="--dga-min-domain-weight .* below 1/3"):
+        dga(min_domain_weight=0.34)
     with pytest.raises(ValueError, match="--dga-update-interval"):
         dga(update_interval=0)
     with pytest.raises(ValueError, match="--dga-alignment"):

@@ -141,10 +141,10 @@ def test_dga_over_base_distributions(tmp_path, data):
     bases.write_text(json.dumps({"bases": [[0.0, 1.0, 0.0], [0.5, 0.0, 0.5]]}))
     run_dir = str(tmp_path / "bases")
     pretrain(args_for(data, run_dir, 30, ["--mixing", "dga", "--dga-base-distributions", str(bases),
-                                          "--dga-update-interval", "5", "--log-interval", "5", "--eval-interval", "100"]))
+                                          "--dga-min-domain-weight", "0.05", "--dga-update-interval", "5", "--log-interval", "5", "--eval-interval", "100"]))
     record = read_metrics(os.path.join(run_dir, "metrics.jsonl"))[-1]
     assert set(record["alignment"]) == {"base_0", "base_1"}
     w = record["dga_source_weights"]
     assert w["base_0"] > w["base_1"]  # the base holding the specific set's domain wins
-    expected = {"dom0": 0.5 * w["base_1"], "dom1": w["base_0"], "dom2": 0.5 * w["base_1"]}
-    assert record["data_mixture"] == pytest.approx(expected)
+    mixed = {"dom0": 0.5 * w["base_1"], "dom1": w["base_0"], "dom2": 0.5 * w["base_1"]}
+    assert record["data_mixture"] == pytest.approx({d: 0.05 + (1 - 3 * 0.05) * p for d, p in mixed.items()})

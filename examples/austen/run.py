@@ -118,7 +118,9 @@ def method_flags(method: str, a, prepared: Dict) -> List[str]:
     flags = ["--mixing", "dga", "--dga-ema", ema, "--dga-lr", str(a.dga_lr),
              "--dga-update-interval", str(a.dga_update_interval), *VARIANTS[a.variant]]
     if a.base_distributions:
-        flags += ["--dga-base-distributions", clustering(a, prepared)["bases"]]
+        # A domain floor of 2 samples over the run: a tiny cluster in a large base is still sampled.
+        floor = 2.0 / (a.train_iters * a.global_batch_size)
+        flags += ["--dga-base-distributions", clustering(a, prepared)["bases"], "--dga-min-domain-weight", f"{floor:.6g}"]
     return flags
 
 

@@ -32,7 +32,8 @@ steps).
 normal double, so a source pushed to zero can come back. An alignment or step that is not
 finite skips the update with a warning; the weights stay where they were, finite and on the
 simplex. With base distributions P (N x k, one row per base) the weights live on the
-N-simplex and domains are sampled from p = w^T P.
+N-simplex and domains are sampled from p = w^T P, floored per domain by
+`--dga-min-domain-weight` so that a small domain in a large base is still sampled.
 """
 
 from __future__ import annotations
@@ -69,6 +70,7 @@ class DGAHyperparameters:
     ema_mode: str = "state"
     warmup_iters: int = 0
     min_weight: float = 0.0
+    min_domain_weight: float = 0.0
     alignment: str = "adam"
     step_scale: str = "rms"
     rms_decay: float = 0.9
@@ -76,7 +78,7 @@ class DGAHyperparameters:
     scale_by_lr: bool = True
     score_ema: float = 0.5
 
-    def check(self, num_sources: int) -> None:
+    def check(self, num_sources: int, num_domains: Optional[int] = None) -> None:
         if self.update_interval < 1:
             raise ValueError("--dga-update-interval must be >= 1")
         if not np.isfinite(self.lr) or self.lr < 0:
@@ -88,6 +90,12 @@ class DGAHyperparameters:
         if not 0.0 <= self.min_weight or self.min_weight * num_sources >= 1.0:
             raise ValueError(
                 f"--dga-min-weight {self.min_weight} must be >= 0 and below 1/{num_sources} (number of sources)"
+            )
+        num_domains = num_sources if num_domains is None else num_domains
+        if not 0.0 <= self.min_domain_weight or self.min_domain_weight * num_domains >= 1.0:
+            raise ValueError(
+                f"--dga-min-domain-weight {self.min_domain_weight} must be >= 0 and below 1/{num_domains} "
+                "(number of domains)"
             )
         if self.alignment not in ALIGNMENTS:
             raise ValueError(f"--dga-alignment must be one of {', '.join(ALIGNMENTS)}")
@@ -127,7 +135,7 @@ class DGAMixing(MixingAlgorithm):
         self.source_names = source_names or (
             list(domain_names) if base_distributions is None else [f"base_{j}" for j in range(len(self.bases))]
         )
-        hyper.check(len(self.bases))
+        hyper.check(len(self.bases), k)
         start = normalise(initial_weights)
         if len(start) != len(self.bases):
             raise ValueError(f"{len(start)} initial weights for {len(self.bases)} sources")
@@ -165,7 +173,11 @@ class DGAMixing(MixingAlgorithm):
         return self._floored(self.log_smoothed)
 
     def domain_weights_of(self, source_weights: np.ndarray) -> np.ndarray:
-        return normalise(source_weights @ self.bases)
+        """p = m_d + (1 - k m_d) w^T P. The domain floor m_d matters with base distributions,
+        where the source floor reaches a domain only through its share in its bases."""
+        m = self.hyper.min_domain_weight
+        mixed = normalise(source_weights @ self.bases)
+        return normalise(m + (1.0 - m * len(mixed)) * mixed) if m > 0 else mixed
 
     # ---- updates -------------------------------------------------------------------------
     def wants_update(self, iteration: int) -> bool:
