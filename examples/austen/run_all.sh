@@ -48,7 +48,7 @@ else
     RUN_ARGS=(--model small --train-iters 200 --eval-interval 25)
     SCALE_ARGS=(--model small --train-iters 600 --eval-interval 50)
     PREPARE_ARGS=(--embedder minilm --max-docs 1500)
-    VOCAB=8192 SCALE_VOCAB=2048 CLUSTERS=16,64,256 LARGE_K=64,256 BASES=16
+    VOCAB=8192 SCALE_VOCAB=2048 CLUSTERS=16,64,256 LARGE_K=${LARGE_K:-64,256} BASES=16
 fi
 TWO_SEEDS=$(echo $SEEDS | cut -d' ' -f1-2)
 if [[ -z "${CORPUS_DIR:-}" ]]; then
@@ -116,10 +116,13 @@ if has_phase large-k; then
     for k in ${LARGE_K//,/ }; do
         experiment=clusters$k
         common=(--domains clusters --clusters-k $k "${RUN_ARGS[@]}")
-        run "$AUSTEN" $experiment plenty uniform 1 --method uniform "${common[@]}"
+        # Uniform and DGA over bases on two seeds: DGA over bases is the cheaper way to k = 256.
+        for seed in $TWO_SEEDS; do
+            run "$AUSTEN" $experiment plenty uniform $seed --method uniform "${common[@]}"
+            run "$AUSTEN" $experiment plenty dga-bases $seed --method dga --variant adam-control \
+                --base-distributions "${common[@]}"
+        done
         run "$AUSTEN" $experiment plenty importance 1 --method importance "${common[@]}"
-        run "$AUSTEN" $experiment plenty dga-bases 1 --method dga --variant adam-control --base-distributions \
-            "${common[@]}"
         # Over every cluster: k + 1 probes per update, so updates are rarer (T_r = 50).
         run "$AUSTEN" $experiment plenty dga 1 --method dga --variant adam-control --dga-update-interval 50 \
             "${common[@]}"
