@@ -10,6 +10,7 @@ import pickle
 import numpy as np
 
 from megatron_dga.data.blend import DynamicBlend
+from megatron_dga.mixing.dga import DGAHyperparameters, DGAMixing
 
 
 def dga_like_weights(rng, k, updates, step=0.5):
@@ -95,8 +96,6 @@ def drawn_domains_over_bases(min_domain_weight):
     """DGA over 16 base distributions of 179 clusters, as in the large-k experiment: each base
     weights its clusters by their tokens, so a tiny cluster in a large group has a share of a
     few parts per million. 20 updates of 320 positions (200 iterations of 32 sequences)."""
-    from megatron_dga.mixing.dga import DGAHyperparameters, DGAMixing
-
     rng = np.random.default_rng(2)
     k, num_bases, per_update, updates = 179, 16, 320, 20
     tokens = rng.lognormal(8.0, 1.0, k)

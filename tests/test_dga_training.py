@@ -141,7 +141,8 @@ def test_dga_over_base_distributions(tmp_path, data):
     bases.write_text(json.dumps({"bases": [[0.0, 1.0, 0.0], [0.5, 0.0, 0.5]]}))
     run_dir = str(tmp_path / "bases")
     pretrain(args_for(data, run_dir, 30, ["--mixing", "dga", "--dga-base-distributions", str(bases),
-                                          "--dga-min-domain-weight", "0.05", "--dga-update-interval", "5", "--log-interval", "5", "--eval-interval", "100"]))
+                                          "--dga-min-domain-weight", "0.05", "--dga-update-interval", "5",
+                                          "--log-interval", "5", "--eval-interval", "100"]))
     record = read_metrics(os.path.join(run_dir, "metrics.jsonl"))[-1]
     assert set(record["alignment"]) == {"base_0", "base_1"}
     w = record["dga_source_weights"]

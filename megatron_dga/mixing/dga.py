@@ -78,7 +78,7 @@ class DGAHyperparameters:
     scale_by_lr: bool = True
     score_ema: float = 0.5
 
-    def check(self, num_sources: int, num_domains: Optional[int] = None) -> None:
+    def check(self, num_sources: int, num_domains: int) -> None:
         if self.update_interval < 1:
             raise ValueError("--dga-update-interval must be >= 1")
         if not np.isfinite(self.lr) or self.lr < 0:
@@ -91,7 +91,6 @@ class DGAHyperparameters:
             raise ValueError(
                 f"--dga-min-weight {self.min_weight} must be >= 0 and below 1/{num_sources} (number of sources)"
             )
-        num_domains = num_sources if num_domains is None else num_domains
         if not 0.0 <= self.min_domain_weight or self.min_domain_weight * num_domains >= 1.0:
             raise ValueError(
                 f"--dga-min-domain-weight {self.min_domain_weight} must be >= 0 and below 1/{num_domains} "
