@@ -264,6 +264,11 @@ class MixingConfig:
         "so --dga-lr is a step in log-weight units whatever the gradient scale.", choices=["none", "rms"],
     )
     dga_rms_decay: float = arg(0.9, "DGA: decay of the running mean square behind --dga-step-scale rms.")
+    dga_rms_clip: float = arg(
+        3.0, "DGA: each update's spread enters the running mean square behind --dga-step-scale rms clipped "
+        "at this many times the running RMS, so that one outlying update cannot shrink every later step; "
+        "0 turns the clip off.",
+    )
     dga_step_clip: float = arg(
         1.0, "DGA: clip every source's step eta x score to [-C, C] (log-weight units); 0: no clip."
     )

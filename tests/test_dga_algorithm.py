@@ -249,6 +249,8 @@ def test_bad_hyperparameters_are_refused():
         dga(step_clip=-1.0)
     with pytest.raises(ValueError, match="--dga-score-ema"):
         dga(score_ema=1.0)
+    with pytest.raises(ValueError, match="--dga-rms-clip"):
+        dga(rms_clip=0.5)
 
 
 def test_a_source_cut_by_one_noisy_update_recovers_under_step_control():
@@ -274,6 +276,44 @@ def test_a_source_cut_by_one_noisy_update_recovers_under_step_control():
     weights, leads = run(lr=0.5, step_scale="rms", step_clip=1.0, score_ema=0.5)
     assert leads[-1] == 0 and weights[0] > 0.5, (weights, leads)
     assert leads.index(0) <= 5, leads
+
+
+def test_one_outlying_update_does_not_shrink_the_steps_after_it():
+    """Seen at k = 256 (16 base distributions): one update's alignments spread 50 times wider
+    than every other's, pure noise (their standard errors as large). Its square entered the
+    running mean square whole, the running RMS grew 15-fold, and every later step shrank with
+    it: the weights froze for the rest of the run. The spread entering the mean is clipped at
+    --dga-rms-clip times the running RMS, so the steps after the outlier keep their size."""
+    rng = np.random.default_rng(0)
+    names = [f"s{i}" for i in range(16)]
+    signal = np.linspace(1.0, -1.0, 16)
+    normal = [signal + 0.3 * rng.standard_normal(16) for _ in range(12)]
+    outlier = 50.0 * rng.standard_normal(16)
+
+    def later_steps(first_four, **hyper):
+        m = DGAMixing(names, np.full(16, 1 / 16), DGAHyperparameters(**hyper))
+        for t, a in enumerate(first_four + normal[4:], start=1):
+            m.update(10 * t, a)
+            if t == 8:  # four updates after the fourth
+                return np.abs(m.last_step).mean()
+
+    quiet = later_steps(normal[:4])
+    assert later_steps(normal[:3] + [outlier]) > 0.5 * quiet
+    # Without the clip the same outlier shrinks the steps after it tenfold.
+    assert later_steps(normal[:3] + [outlier], rms_clip=0.0) < 0.2 * quiet
+
+
+def test_the_rms_clip_still_follows_a_lasting_change_of_scale():
+    """A clip bounds how fast the scale can grow (x sqrt(0.9 + 0.1 c^2) per update), not where
+    it ends: after alignments grow 100-fold for good, the steps are back to their size."""
+    names = [f"s{i}" for i in range(5)]
+    base = np.array([1.0, 0.5, 0.0, -0.5, -1.0])
+    m = DGAMixing(names, np.full(5, 0.2), DGAHyperparameters(step_clip=0.0, score_ema=0.0, scale_by_lr=False))
+    m.update(10, base)
+    before = m.last_step.copy()
+    for t in range(2, 60):
+        m.update(10 * t, 100.0 * base)
+    np.testing.assert_allclose(m.last_step, before, rtol=0.05)
 
 
 def test_command_line_defaults_are_the_algorithm_defaults():

@@ -23,7 +23,8 @@ iterate that is smoothed again: the smallest weight tends to m, not to m / (1 - 
 **Step control** (docs/dga.md has the derivation): the score x is the alignment centred
 across sources (on its median: the softmax ignores a common shift), divided by a running RMS
 of its spread across sources (`--dga-step-scale rms`, so eta is a step in log-weight units
-whatever the gradient scale), scaled by the learning-rate ratio gamma_t / gamma_max
+whatever the gradient scale; an update's spread enters that mean clipped at `--dga-rms-clip`
+times the running RMS, so that one outlying update does not shrink every step after it), scaled by the learning-rate ratio gamma_t / gamma_max
 (`--dga-scale-by-lr`), clipped to [-C, C] after multiplying by eta (`--dga-step-clip`), and
 averaged over updates (`--dga-score-ema`, a bias-corrected moving average of the clipped
 steps).
@@ -74,6 +75,7 @@ class DGAHyperparameters:
     alignment: str = "adam"
     step_scale: str = "rms"
     rms_decay: float = 0.9
+    rms_clip: float = 3.0
     step_clip: float = 1.0
     scale_by_lr: bool = True
     score_ema: float = 0.5
@@ -102,6 +104,8 @@ class DGAHyperparameters:
             raise ValueError(f"--dga-step-scale must be one of {', '.join(STEP_SCALES)}")
         if not 0.0 <= self.rms_decay < 1.0:
             raise ValueError("--dga-rms-decay must be in [0, 1)")
+        if not (self.rms_clip == 0.0 or 1.0 <= self.rms_clip < np.inf):
+            raise ValueError("--dga-rms-clip must be 0 (no clip) or a finite number >= 1")
         if not (np.isfinite(self.step_clip) and self.step_clip >= 0):
             raise ValueError("--dga-step-clip must be a finite number >= 0 (0: no clip)")
         if not 0.0 <= self.score_ema < 1.0:
@@ -192,7 +196,10 @@ class DGAMixing(MixingAlgorithm):
         (the softmax ignores a common shift, so any centre gives the same unclipped step), the
         scale a running RMS of each update's robust spread (1.4826 x the median absolute
         deviation, the standard deviation for Gaussian scores), and the average is taken over
-        clipped steps, so an outlier moves one update by at most C and never the ones after."""
+        clipped steps, so an outlier moves one update by at most C and never the ones after.
+        The scale is robust to one outlying update too: its spread enters the running mean
+        clipped at `rms_clip` times the running RMS, which bounds the growth of the scale per
+        update (x sqrt(decay + (1 - decay) c^2), 1.34 at the defaults) but not where it ends."""
         h = self.hyper
         t = self.updates + 1
         centred = alignment - np.median(alignment)
@@ -201,8 +208,12 @@ class DGAMixing(MixingAlgorithm):
             spread = MAD_TO_SD * np.median(np.abs(centred))
             if spread == 0.0:  # more than half the sources tie: fall back on the mean deviation
                 spread = np.mean(np.abs(centred))
+            if h.rms_clip > 0 and self.mean_square > 0:
+                # One update whose scores spread 50-fold wider, pure noise, once froze the
+                # weights for the rest of a run through this mean: it enters clipped.
+                spread = min(spread, h.rms_clip * self._rms(t - 1))
             self.mean_square = float(h.rms_decay * self.mean_square + (1.0 - h.rms_decay) * np.square(spread))
-            rms = np.sqrt(self.mean_square / (1.0 - h.rms_decay ** t))
+            rms = self._rms(t)
             score = centred / rms if rms > 0 else np.zeros_like(centred)
         step = h.lr * (lr_scale if h.scale_by_lr else 1.0) * score
         if h.step_clip > 0:
@@ -211,6 +222,10 @@ class DGAMixing(MixingAlgorithm):
             self.score_average = h.score_ema * self.score_average + (1.0 - h.score_ema) * step
             step = self.score_average / (1.0 - h.score_ema ** t)
         return step
+
+    def _rms(self, updates: int) -> float:
+        """The running RMS after `updates` updates: the mean square, bias-corrected."""
+        return float(np.sqrt(self.mean_square / (1.0 - self.hyper.rms_decay ** updates)))
 
     def _mirror_step(self, log_from: np.ndarray, step: np.ndarray) -> np.ndarray:
         """log softmax(log F(from) + step): the step starts from the floored weights."""

@@ -40,6 +40,7 @@ def dga_hyperparameters(config: MixingConfig) -> DGAHyperparameters:
         ema_mode=config.dga_ema_mode, warmup_iters=config.dga_warmup_iters, min_weight=config.dga_min_weight,
         min_domain_weight=config.dga_min_domain_weight,
         alignment=config.dga_alignment, step_scale=config.dga_step_scale, rms_decay=config.dga_rms_decay,
+        rms_clip=config.dga_rms_clip,
         step_clip=config.dga_step_clip, scale_by_lr=config.dga_scale_by_lr, score_ema=config.dga_score_ema,
     )
 
