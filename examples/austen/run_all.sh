@@ -21,14 +21,16 @@
 # Environment: WORK (default runs, or runs/austen-quick), CORPUS_DIR (an existing corpus of
 # <domain>.jsonl; default: built from packages by tools/build_corpus.py with its default cap of
 # 4 M characters per domain), SEEDS (default "1 2 3"; the scale and target phases use the
-# first two), REPORT (default docs/results.md; the quick mode writes into WORK).
+# first two), REPORT (default docs/results.md when every phase runs; with some phases, or in
+# the quick mode, WORK/results.md, so that a partial run does not overwrite the page).
 # Finished runs are skipped, so an interrupted suite resumes where it stopped.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
 QUICK=0
 [[ "${1:-}" == "--quick" ]] && QUICK=1
-PHASES=${PHASES:-"first variants large-k scale targets"}
+ALL_PHASES="first variants large-k scale targets"
+PHASES=${PHASES:-$ALL_PHASES}
 GENERIC=scripture_kjv,drama_shakespeare,poetry_milton,quotes_en,wordnet_glosses,docs_python,code_python
 
 BUILD_ARGS=()
@@ -44,7 +46,7 @@ if (( QUICK )); then
 else
     WORK=${WORK:-runs}
     SEEDS=${SEEDS:-"1 2 3"}
-    REPORT=${REPORT:-docs/results.md}
+    if [[ "$PHASES" == "$ALL_PHASES" ]]; then REPORT=${REPORT:-docs/results.md}; else REPORT=${REPORT:-$WORK/results.md}; fi
     RUN_ARGS=(--model small --train-iters 200 --eval-interval 25)
     SCALE_ARGS=(--model small --train-iters 600 --eval-interval 50)
     PREPARE_ARGS=(--embedder minilm --max-docs 1500)
