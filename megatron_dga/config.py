@@ -238,8 +238,9 @@ class MixingConfig:
     dga_min_weight: float = arg(0.0, "DGA: floor on every weight (must be below 1/number of sources).")
     dga_min_domain_weight: float = arg(
         0.0, "DGA: floor on every domain's sampling weight, applied after mixing the base distributions "
-        "(must be below 1/number of domains). With --dga-base-distributions, the floor that makes every "
-        "domain sampled: 2 / (train iterations x global batch) gives each an integral of 2 samples.",
+        "(must be below 1/number of domains): the domains below it are lifted to it, the others give up "
+        "that mass in proportion. With --dga-base-distributions, the floor that makes every domain "
+        "sampled: 2 / (train iterations x global batch) gives each an integral of 2 samples.",
     )
     dga_probe_microbatches: int = arg(
         1, "DGA: probe micro batches per source and for the specific set, per data-parallel rank."

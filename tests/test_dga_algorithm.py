@@ -5,7 +5,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from megatron_dga.mixing.dga import PAPER_UPDATE, DGAHyperparameters, DGAMixing, exponentiated_gradient_step
+from megatron_dga.mixing.dga import (PAPER_UPDATE, DGAHyperparameters, DGAMixing, exponentiated_gradient_step,
+                                     lift_to_floor)
 
 NAMES = ["a", "b", "c"]
 
@@ -221,7 +222,8 @@ def test_stderr_is_logged():
 
 def test_domain_floor_bounds_every_domain_under_base_distributions():
     """With base distributions the source floor bounds a domain only through its share in its
-    bases; the domain floor bounds it directly: w = m + (1 - k m) (alpha^T P)."""
+    bases; the domain floor bounds it directly. It lifts only the domains below it, to exactly
+    m_d, and takes the mass from the others in proportion, so their ratios do not change."""
     bases = np.array([[1.0, 0.0, 0.0], [0.0, 1.0 - 1e-4, 1e-4]])  # c: a tiny share of base 1
     changes = dict(lr=100.0, ema=0.0, min_weight=0.05)
     plain = DGAMixing(NAMES, np.array([0.5, 0.5]), hyperparameters(**changes), base_distributions=bases)
@@ -229,9 +231,39 @@ def test_domain_floor_bounds_every_domain_under_base_distributions():
                         base_distributions=bases)
     for m in (plain, floored):
         m.update(10, [1.0, -1.0])
-    assert plain.weights()[2] < 1e-5  # the source floor alone leaves c a few parts per million
-    np.testing.assert_allclose(floored.weights(), 0.01 + (1 - 3 * 0.01) * (floored.sampling @ bases), rtol=1e-12)
-    assert floored.weights().min() >= 0.01 - 1e-12 and floored.weights().sum() == pytest.approx(1.0)
+    mixed = plain.weights()
+    assert mixed[2] < 1e-5  # the source floor alone leaves c a few parts per million
+    w = floored.weights()
+    assert w[2] == pytest.approx(0.01, rel=1e-12) and w.sum() == pytest.approx(1.0, rel=1e-12)
+    np.testing.assert_allclose(w[:2], mixed[:2] * (1 - 0.01) / mixed[:2].sum(), rtol=1e-12)
+
+
+def test_the_domain_floor_moves_only_the_mass_it_must():
+    """Domains already above the floor keep their weights when none is below it, and a lifted
+    domain cannot push another below the floor (the lift is repeated until none is)."""
+    m = DGAMixing(NAMES, np.array([0.5, 0.5]), hyperparameters(min_domain_weight=0.1),
+                  base_distributions=np.array([[0.6, 0.4, 0.0], [0.0, 0.0, 1.0]]))
+    np.testing.assert_allclose(m.weights(), [0.3, 0.2, 0.5], rtol=1e-12)  # all above 0.1: unchanged
+    names = [f"d{i}" for i in range(4)]
+    lifted = DGAMixing(names, np.array([1.0]), hyperparameters(min_domain_weight=0.2),
+                       base_distributions=np.array([[0.7, 0.21, 0.08, 0.01]]))
+    # d3 and d2 lift to 0.2 each; scaling the rest by 0.6 / 0.91 would put d1 at 0.138, so it
+    # is lifted too, and d0 keeps the remaining 0.4.
+    np.testing.assert_allclose(lifted.weights(), [0.4, 0.2, 0.2, 0.2], rtol=1e-12)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.floats(0.0, 1.0), min_size=2, max_size=40).filter(lambda w: sum(w) > 0),
+       st.floats(0.0, 0.999))
+def test_lift_to_floor_is_on_the_simplex_above_the_floor(weights, fraction):
+    p = np.array(weights) / sum(weights)
+    floor = fraction / len(p)
+    q = lift_to_floor(p, floor)
+    assert q.sum() == pytest.approx(1.0, rel=1e-9) and np.all(q >= floor * (1 - 1e-12))
+    kept = q > floor * (1 + 1e-9)  # the domains not lifted keep their ratios to each other
+    if kept.sum() >= 2:
+        ratio = q[kept] / p[kept]
+        np.testing.assert_allclose(ratio, ratio[0], rtol=1e-9)
 
 
 def test_bad_hyperparameters_are_refused():

@@ -148,4 +148,9 @@ def test_dga_over_base_distributions(tmp_path, data):
     w = record["dga_source_weights"]
     assert w["base_0"] > w["base_1"]  # the base holding the specific set's domain wins
     mixed = {"dom0": 0.5 * w["base_1"], "dom1": w["base_0"], "dom2": 0.5 * w["base_1"]}
-    assert record["data_mixture"] == pytest.approx({d: 0.05 + (1 - 3 * 0.05) * p for d, p in mixed.items()})
+    # The domain floor lifts only the domains below 0.05, taking the mass from the others.
+    below = {d for d, p in mixed.items() if p < 0.05}
+    rest = 1 - 0.05 * len(below)
+    above_total = sum(p for d, p in mixed.items() if d not in below)
+    assert record["data_mixture"] == pytest.approx(
+        {d: 0.05 if d in below else rest * p / above_total for d, p in mixed.items()})

@@ -33,7 +33,7 @@ steps).
 normal double, so a source pushed to zero can come back. An alignment or step that is not
 finite skips the update with a warning; the weights stay where they were, finite and on the
 simplex. With base distributions P (N x k, one row per base) the weights live on the
-N-simplex and domains are sampled from p = w^T P, floored per domain by
+N-simplex and domains are sampled from p = w^T P, lifted per domain to
 `--dga-min-domain-weight` so that a small domain in a large base is still sampled.
 """
 
@@ -124,6 +124,24 @@ def exponentiated_gradient_step(weights: np.ndarray, alignment: np.ndarray, lr: 
     return np.exp(log_softmax(logits))
 
 
+def lift_to_floor(p: np.ndarray, floor: float) -> np.ndarray:
+    """max(floor, s p), with the s <= 1 that keeps the sum at 1: the domains below the floor
+    are lifted to it, and the others give up the mass in proportion to their weights, so no
+    more mass moves than the lift needs (an additive floor, floor + (1 - k floor) p, moved 7
+    times more in the large-k experiment). Lifting can push another domain below the floor,
+    so it repeats until none is; with floor x k < 1 it ends with at least one domain free."""
+    if floor <= 0:
+        return p
+    lifted = np.zeros(len(p), dtype=bool)
+    while True:
+        free = ~lifted
+        scaled = p * (1.0 - floor * lifted.sum()) / p[free].sum()
+        newly = free & (scaled < floor)
+        if not newly.any():
+            return np.where(lifted, floor, scaled)
+        lifted |= newly
+
+
 class DGAMixing(MixingAlgorithm):
     name = "dga"
 
@@ -176,11 +194,11 @@ class DGAMixing(MixingAlgorithm):
         return self._floored(self.log_smoothed)
 
     def domain_weights_of(self, source_weights: np.ndarray) -> np.ndarray:
-        """p = m_d + (1 - k m_d) w^T P. The domain floor m_d matters with base distributions,
-        where the source floor reaches a domain only through its share in its bases."""
-        m = self.hyper.min_domain_weight
+        """p = w^T P, lifted to the domain floor m_d (`lift_to_floor`). The domain floor
+        matters with base distributions, where the source floor reaches a domain only through
+        its share in its bases."""
         mixed = normalise(source_weights @ self.bases)
-        return normalise(m + (1.0 - m * len(mixed)) * mixed) if m > 0 else mixed
+        return lift_to_floor(mixed, self.hyper.min_domain_weight)
 
     # ---- updates -------------------------------------------------------------------------
     def wants_update(self, iteration: int) -> bool:
