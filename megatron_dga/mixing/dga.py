@@ -24,10 +24,10 @@ iterate that is smoothed again: the smallest weight tends to m, not to m / (1 - 
 across sources (on its median: the softmax ignores a common shift), divided by a running RMS
 of its spread across sources (`--dga-step-scale rms`, so eta is a step in log-weight units
 whatever the gradient scale; an update's spread enters that mean clipped at `--dga-rms-clip`
-times the running RMS, so that one outlying update does not shrink every step after it), scaled by the learning-rate ratio gamma_t / gamma_max
-(`--dga-scale-by-lr`), clipped to [-C, C] after multiplying by eta (`--dga-step-clip`), and
-averaged over updates (`--dga-score-ema`, a bias-corrected moving average of the clipped
-steps).
+times the running RMS, so that one outlying update does not shrink every step after it),
+scaled by the learning-rate ratio gamma_t / gamma_max (`--dga-scale-by-lr`), clipped to
+[-C, C] after multiplying by eta (`--dga-step-clip`), and averaged over updates
+(`--dga-score-ema`, a bias-corrected moving average of the clipped steps).
 
 **Safety**: the iterates are kept as log-weights, clamped below at the log of the smallest
 normal double, so a source pushed to zero can come back. An alignment or step that is not
