@@ -313,7 +313,7 @@ def test_a_source_cut_by_one_noisy_update_recovers_under_step_control():
 def test_one_outlying_update_does_not_shrink_the_steps_after_it():
     """Seen at k = 256 (16 base distributions): one update's alignments spread 50 times wider
     than every other's, pure noise (their standard errors as large). Its square entered the
-    running mean square whole, the running RMS grew 15-fold, and every later step shrank with
+    running mean square whole, the running RMS grew 36-fold, and every later step shrank with
     it: the weights froze for the rest of the run. The spread entering the mean is clipped at
     --dga-rms-clip times the running RMS, so the steps after the outlier keep their size."""
     rng = np.random.default_rng(0)
