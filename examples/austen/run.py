@@ -5,6 +5,7 @@
 
 Methods (all with the same model, steps and tokens):
     uniform, natural      fixed mixtures
+    static                a fixed mixture given by --mixture (name=weight,...), as in the headroom search
     importance            the specific set's histogram over the domains (tools/cluster_domains.py --assign)
     dga, dga-ema          DGA without EMA (--dga-ema 0) and with it (--dga-ema EMA)
 Regimes:
@@ -33,7 +34,7 @@ sys.path.insert(0, REPO)
 
 from megatron_dga.files import write_json  # noqa: E402
 
-METHODS = ["uniform", "natural", "importance", "dga", "dga-ema"]
+METHODS = ["uniform", "natural", "static", "importance", "dga", "dga-ema"]
 REGIMES = ["plenty", "token-limited", "few-specific"]
 
 # Variants of DGA's score and step (docs/dga.md), added to the flags of the dga methods; every
@@ -83,6 +84,10 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--out", required=True, help="run folder (metrics.jsonl, tb/, log.txt)")
     p.add_argument("--train-iters", type=int, default=300)
+    p.add_argument("--stop-at", type=int,
+                   help="train only up to this iteration of the --train-iters schedule and save a checkpoint; a "
+                        "later call with a larger --stop-at continues from it (successive halving, headroom.py)")
+    p.add_argument("--mixture", help="--method static: the fixed mixture, name=weight,... (unnamed domains get 0)")
     p.add_argument("--micro-batch-size", type=int, default=8)
     p.add_argument("--global-batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=1e-3)
@@ -103,6 +108,10 @@ def parse_args(argv=None):
 def method_flags(method: str, a, prepared: Dict) -> List[str]:
     if method in ("uniform", "natural"):
         return ["--mixing", method]
+    if method == "static":
+        if not a.mixture:
+            raise SystemExit("--method static needs --mixture name=weight,...")
+        return ["--mixing", "static", "--mixture-weights", a.mixture]
     if method == "importance":
         if a.domains == "clusters":
             histogram = clustering(a, prepared)["histogram"]
@@ -158,8 +167,23 @@ def pretrain_args(a, prepared: Dict) -> List[str]:
         "--specific-data-path", prepared["specific"], "--specific-valid-data-path", prepared["heldout"],
         "--log-interval", "10", "--eval-interval", str(a.eval_interval), "--eval-iters", str(a.eval_iters),
         "--metrics-file", os.path.join(a.out, "metrics.jsonl"), "--tensorboard-dir", os.path.join(a.out, "tb"),
-        *method_flags(a.method, a, prepared), *regime_flags(a.regime, a), *a.extra.split(),
+        *method_flags(a.method, a, prepared), *regime_flags(a.regime, a), *stop_flags(a), *a.extra.split(),
     ]
+
+
+def stop_at(a) -> int:
+    return a.train_iters if a.stop_at is None else min(a.stop_at, a.train_iters)
+
+
+def stop_flags(a) -> List[str]:
+    """With --stop-at: stop there with a checkpoint, and continue from the last one."""
+    if a.stop_at is None:
+        return []
+    checkpoints = os.path.join(a.out, "checkpoints")
+    flags = ["--save", checkpoints, "--load", checkpoints]
+    if stop_at(a) < a.train_iters:
+        flags += ["--exit-interval", str(stop_at(a))]
+    return flags
 
 
 PROGRESS = re.compile(r"^\s*(iteration\s+\d+/|validation at|stopping at|saved checkpoint|training \d+ iterations)")
@@ -179,18 +203,22 @@ def run_showing_progress(command: List[str], log, name: str) -> subprocess.Compl
 def label(a) -> str:
     """How the report names the run's method: the method, with its DGA variant and bases."""
     name = a.method
+    if a.method == "static":
+        name += f" {a.mixture}"
     if a.method.startswith("dga"):
         name += "" if a.variant == "raw" else f" {a.variant}"
         name += " (bases)" if a.base_distributions else ""
     return name
 
 
-def finished(out: str, train_iters: int) -> bool:
+def finished(out: str, train_iters: int, until: int) -> bool:
+    """Whether the run in `out` reached iteration `until` of its `train_iters` schedule."""
     path = os.path.join(out, "run.json")
     if not os.path.exists(path):
         return False
     with open(path) as f:
-        return json.load(f).get("train_iters") == train_iters
+        info = json.load(f)
+    return info.get("train_iters") == train_iters and info.get("iterations_done", train_iters) >= until
 
 
 def launcher_command(a, args: List[str]) -> List[str]:
@@ -207,15 +235,22 @@ def main(argv=None) -> int:
     a = parse_args(argv)
     with open(a.prepared) as f:
         prepared = json.load(f)
-    if finished(a.out, a.train_iters):
+    until = stop_at(a)
+    if finished(a.out, a.train_iters, until):
         print(f"{a.out}: already done", flush=True)
         return 0
     os.makedirs(a.out, exist_ok=True)
-    shutil.rmtree(os.path.join(a.out, "tb"), ignore_errors=True)  # a fresh run, not appended to
+    continuing = a.stop_at is not None and os.path.exists(os.path.join(a.out, "checkpoints"))
+    previous_seconds = 0.0
+    if continuing and os.path.exists(os.path.join(a.out, "run.json")):
+        with open(os.path.join(a.out, "run.json")) as f:
+            previous_seconds = json.load(f).get("wall_seconds", 0.0)
+    if not continuing:
+        shutil.rmtree(os.path.join(a.out, "tb"), ignore_errors=True)  # a fresh run, not appended to
     command = launcher_command(a, pretrain_args(a, prepared))
     print("+", " ".join(command), flush=True)
     start = time.time()
-    with open(os.path.join(a.out, "log.txt"), "w") as log:
+    with open(os.path.join(a.out, "log.txt"), "a" if continuing else "w") as log:
         result = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT) if not a.progress \
             else run_showing_progress(command, log, a.method)
     if result.returncode != 0:
@@ -224,10 +259,13 @@ def main(argv=None) -> int:
     info = {"method": a.method, "regime": a.regime, "domains": a.domains, "seed": a.seed,
             "experiment": a.experiment or a.domains,
             "label": label(a),
-            "train_iters": a.train_iters, "wall_seconds": time.time() - start, "run_args": argv,
+            "train_iters": a.train_iters, "iterations_done": until,
+            "wall_seconds": previous_seconds + time.time() - start, "run_args": argv,
             "command": command}
     write_json(os.path.join(a.out, "run.json"), info)  # written last: it marks the run finished
-    print(f"{a.out}: done in {info['wall_seconds']:.0f} s", flush=True)
+    if until == a.train_iters:
+        shutil.rmtree(os.path.join(a.out, "checkpoints"), ignore_errors=True)  # no longer needed
+    print(f"{a.out}: done to iteration {until} in {info['wall_seconds']:.0f} s", flush=True)
     return 0
 
 

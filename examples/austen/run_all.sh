@@ -29,7 +29,7 @@ cd "$(dirname "$0")/../.."
 
 QUICK=0
 [[ "${1:-}" == "--quick" ]] && QUICK=1
-ALL_PHASES="first variants large-k scale targets"
+ALL_PHASES="first variants large-k scale targets headroom"
 PHASES=${PHASES:-$ALL_PHASES}
 GENERIC=scripture_kjv,drama_shakespeare,poetry_milton,quotes_en,wordnet_glosses,docs_python,code_python
 
@@ -67,7 +67,7 @@ run() {
     local prepared=$1 experiment=$2 regime=$3 label=$4 seed=$5
     shift 5
     local out="$WORK/runs/$experiment/$regime/$label/seed$seed"
-    if [[ $regime == few-specific && ( $label == uniform || $label == natural ) ]]; then
+    if [[ $regime == few-specific && ( $label == uniform || $label == natural || $label == static-* ) ]]; then
         # These never read the specific set's training sequences: the run is the plenty one.
         python examples/austen/run.py --prepared "$prepared" --experiment "$experiment" --regime plenty \
             --seed "$seed" --out "$WORK/runs/$experiment/plenty/$label/seed$seed" "$@"
@@ -80,9 +80,11 @@ run() {
 }
 
 # Austen with the 8,192-token vocabulary: source domains, and clusterings of the generic mix.
-python examples/austen/prepare.py --work-dir "$WORK/austen" --importance --vocab-size $VOCAB \
-    --clusters $CLUSTERS --bases $BASES "${PREPARE_ARGS[@]}"
 AUSTEN="$WORK/austen/prepared.json"
+if has_phase first || has_phase variants || has_phase large-k; then
+    python examples/austen/prepare.py --work-dir "$WORK/austen" --importance --vocab-size $VOCAB \
+        --clusters $CLUSTERS --bases $BASES "${PREPARE_ARGS[@]}"
+fi
 
 if has_phase first; then
     first_k=${CLUSTERS%%,*}
@@ -163,6 +165,67 @@ if has_phase targets; then
             run "$WORK/target-$target/prepared.json" target-$target plenty dga $seed --method dga \
                 --variant adam-control "${RUN_ARGS[@]}"
         done
+    done
+fi
+
+if has_phase headroom; then
+    # target: generic domains; every target at the scale phase's size (2,048 tokens, 600 iterations)
+    declare -A HEADROOM_GENERIC=(
+        [novels_austen]=$GENERIC
+        [docs_python]=code_python,docs_perl_pod,scripture_kjv,drama_shakespeare,quotes_pt,code_go
+        [code_go]=code_java,code_rust,scripture_kjv,drama_shakespeare,wordnet_glosses,quotes_en
+        [drama_shakespeare]=scripture_kjv,poetry_milton,quotes_en,wordnet_glosses,docs_python,code_python
+    )
+    HEADROOM_TARGETS=${HEADROOM_TARGETS:-"novels_austen docs_python code_go drama_shakespeare"}
+    # DGA's update in each form compared here (run.py --variant); the first is the default.
+    HEADROOM_VARIANTS=${HEADROOM_VARIANTS:-"adam-control"}
+    FIRST_SEED=${SEEDS%% *}
+    prepared_of() { echo "$WORK/headroom-$1-v$SCALE_VOCAB/prepared.json"; }
+    # search TARGET [headroom.py flags]: the best fixed mixture on the first seed, then the
+    # winner and uniform on the other seed, whose losses the choice has not seen.
+    search() {
+        local target=$1 experiment=headroom-$1 prepared
+        shift
+        prepared=$(prepared_of $target)
+        python examples/austen/headroom.py --prepared "$prepared" --work-dir "$WORK" --experiment $experiment \
+            --seed $FIRST_SEED --rungs "${HEADROOM_RUNGS:-150,300,600}" "$@" -- "${SCALE_ARGS[@]}"
+        local winner
+        winner=$(python examples/austen/headroom.py winner "$WORK/headroom/$experiment-seed$FIRST_SEED.json")
+        for seed in $TWO_SEEDS; do
+            [[ $seed == "$FIRST_SEED" ]] && continue
+            run "$prepared" $experiment plenty uniform $seed --method uniform "${SCALE_ARGS[@]}"
+            [[ $winner == uniform* ]] || run "$prepared" $experiment plenty "static-${winner%% *}" $seed \
+                --method static --mixture "${winner#* }" "${SCALE_ARGS[@]}"
+        done
+        if [[ $target == novels_austen ]]; then  # the same runs: fixed mixtures never read the specific set
+            for seed in $TWO_SEEDS; do
+                run "$prepared" $experiment few-specific uniform $seed --method uniform "${SCALE_ARGS[@]}"
+                [[ $winner == uniform* ]] || run "$prepared" $experiment few-specific "static-${winner%% *}" \
+                    $seed --method static --mixture "${winner#* }" "${SCALE_ARGS[@]}"
+            done
+        fi
+    }
+    for target in $HEADROOM_TARGETS; do
+        python examples/austen/prepare.py --work-dir "$(dirname "$(prepared_of $target)")" --target $target \
+            --generic "${HEADROOM_GENERIC[$target]}" --vocab-size $SCALE_VOCAB "${PREPARE_ARGS[@]}"
+        search $target
+    done
+    for target in $HEADROOM_TARGETS; do
+        regimes=plenty
+        [[ $target == novels_austen ]] && regimes="plenty few-specific"
+        for seed in $TWO_SEEDS; do
+            for regime in $regimes; do
+                for variant in $HEADROOM_VARIANTS; do
+                    label=dga
+                    [[ $variant != adam-control ]] && label=dga-$variant
+                    run "$(prepared_of $target)" headroom-$target $regime $label $seed --method dga \
+                        --variant $variant "${SCALE_ARGS[@]}"
+                done
+            done
+        done
+        # The default's learned mixture as one more fixed candidate (the finished runs are reused).
+        search $target --candidate "$(python examples/austen/headroom.py mixture \
+            "$WORK/runs/headroom-$target/plenty/dga/seed$FIRST_SEED")"
     done
 fi
 
