@@ -145,6 +145,7 @@ class Search:
         return sorted(at, key=lambda label: self.candidates[label]["losses"][str(rung)])
 
     def save(self) -> None:
+        os.makedirs(os.path.dirname(self.path), exist_ok=True)
         write_json(self.path, {
             "experiment": self.a.experiment, "seed": self.a.seed, "rungs": self.a.rungs, "domains": self.names,
             "candidates": self.candidates,
