@@ -52,7 +52,7 @@ def run_args(data_dir: str, run_dir: str, layout: str, iters: int, save_interval
     return ["--domains-manifest", os.path.join(data_dir, "domains.json"), *SMALL_MODEL, "--micro-batch-size", "2",
             "--global-batch-size", "8", "--train-iters", str(iters), "--lr", "2e-3", "--split", "90,10,0",
             "--hidden-dropout", "0.1", "--attention-dropout", "0.1", "--mixing", "dga", "--dga-update-interval", "3",
-            "--dga-alignment", "adam", "--dga-step-scale", "rms", "--dga-lr", "0.5",
+            "--dga-alignment", "adam", "--dga-step-scale", "spread", "--dga-lr", "0.5",
             "--specific-data-path", os.path.join(data_dir, "dom1_text_document"),
             "--log-interval", "1", "--eval-interval", "5", "--eval-iters", "1",
             "--save", checkpoints, "--load", checkpoints, "--save-interval", str(save_interval),

@@ -78,6 +78,11 @@ def check_flags(config: PretrainConfig) -> None:
     t, m, d = config.training, config.model, config.data
     if t.bf16 and t.fp16:
         raise ValueError("--bf16 and --fp16 are mutually exclusive")
+    if t.accumulate_allreduce_grads_in_fp32 and not t.bf16:
+        raise ValueError("--accumulate-allreduce-grads-in-fp32 is for --bf16 (fp32 training accumulates in fp32; "
+                         "DeepSpeed's fp16 optimizers accumulate in fp16)")
+    if t.grad_reduce_in_bf16 and not (t.bf16 and t.accumulate_allreduce_grads_in_fp32 is not False):
+        raise ValueError("--grad-reduce-in-bf16 needs --bf16 with fp32 accumulation (the default with --bf16)")
     for name in ("num_layers", "hidden_size", "num_attention_heads", "seq_length"):
         if getattr(m, name) <= 0:
             raise ValueError(f"--{name.replace('_', '-')} must be positive")

@@ -138,6 +138,14 @@ class TrainingConfig:
     seed: int = arg(1234, "Random seed of initialisation, data order and dropout.")
     bf16: bool = arg(False, "bf16 mixed precision (GPU).")
     fp16: bool = arg(False, "fp16 mixed precision with dynamic loss scaling (GPU).")
+    accumulate_allreduce_grads_in_fp32: Optional[bool] = arg(
+        None, "Accumulate gradients over micro batches, and all-reduce them, in fp32 (on by default with --bf16, "
+        "as in Megatron). DeepSpeed does this in its BF16_Optimizer, a ZeRO-1 optimizer, so --zero-stage 0 then "
+        "runs as ZeRO-1; --no-accumulate-allreduce-grads-in-fp32 keeps bf16 accumulation.",
+    )
+    grad_reduce_in_bf16: bool = arg(
+        False, "With fp32 accumulation, all-reduce the accumulated gradients in bf16 (half the traffic).",
+    )
     eod_mask_loss: bool = arg(False, "Exclude end-of-document tokens from the loss.")
     deepspeed: bool = arg(
         False, "Accepted for Megatron-DeepSpeed compatibility; DeepSpeed is always used."
@@ -261,14 +269,13 @@ class MixingConfig:
         choices=["raw", "adam", "cosine"],
     )
     dga_step_scale: str = arg(
-        "rms", "DGA: 'rms' divides the centred score by a running RMS of the centred alignment, "
-        "so --dga-lr is a step in log-weight units whatever the gradient scale.", choices=["none", "rms"],
+        "spread", "DGA: 'spread' divides the centred score by the running scale of the scores (the median of "
+        "the robust spreads of the last --dga-scale-window updates), so --dga-lr is a step in log-weight units "
+        "whatever the gradient scale; 'none' uses the score as it is.", choices=["none", "spread"],
     )
-    dga_rms_decay: float = arg(0.9, "DGA: decay of the running mean square behind --dga-step-scale rms.")
-    dga_rms_clip: float = arg(
-        3.0, "DGA: each update's spread enters the running mean square behind --dga-step-scale rms clipped "
-        "at this many times the running RMS, so that one outlying update cannot shrink every later step; "
-        "0 turns the clip off.",
+    dga_scale_window: int = arg(
+        9, "DGA: updates whose spreads make the running scale of --dga-step-scale spread (their median): it "
+        "ignores up to (W - 1) / 2 outlying updates and follows a lasting change of scale within (W + 1) / 2.",
     )
     dga_step_clip: float = arg(
         1.0, "DGA: clip every source's step eta x score to [-C, C] (log-weight units); 0: no clip."

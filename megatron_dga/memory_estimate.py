@@ -23,6 +23,17 @@ activations of PP micro batches in flight) the estimate adds:
 - the **logits and loss** of a micro batch on the last stage (one fp32 buffer: the logits,
   then in place their softmax and gradient; plus the half-precision gradient in bf16/fp16).
 
+With `--mixing dga` it adds what an update needs on top of the memory held between steps
+(parameters, optimizer state, the gradient buffers that persist: fp32 ones in bf16/fp16, ZeRO's
+partitions), `dga (during an update)`:
+- the specific direction P g_spe, one buffer of this rank's parameters in fp32 (float64 on the
+  CPU), two with `--dga-alignment cosine` (a source's own gradient, for its norm);
+- the gradient of the largest parameter while it is dotted in, twice (a tied weight's two parts
+  are summed), in the training dtype: probes hold no other gradient;
+- one probe micro batch's activations, backward temporaries and logits, without selective
+  recompute (megatron-core recomputes the core attention only in training mode);
+and the run's peak with DGA is the larger of the training step's and the update's.
+
 What it leaves out: the framework's own memory (CUDA context, NCCL buffers, allocator
 fragmentation, DeepSpeed's reduce buckets), typically 1-3 GB per GPU.
 """
@@ -31,6 +42,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Dict
+
+from megatron_dga.training.deepspeed_config import effective_zero_stage
 
 GIB = 1024 ** 3
 
@@ -64,6 +77,12 @@ def layer_parameters(s: LayerShapes, tp: int) -> float:
     return sharded / tp + replicated
 
 
+def largest_layer_weight(s: LayerShapes, tp: int) -> float:
+    """Elements of the largest weight of a transformer layer on one TP rank."""
+    fc1 = s.ffn * (2 if s.swiglu else 1)
+    return max(s.h * (s.h + 2 * s.kv), s.h * s.h, s.h * fc1, s.ffn * s.h) / tp
+
+
 def activation_bytes_per_layer(s: LayerShapes, seq: int, micro_batch: int, tp: int, dtype_bytes: int,
                                keep_scores: bool, sequence_parallel: bool = False) -> float:
     """Bytes one transformer layer keeps for the backward pass, for one micro batch.
@@ -92,7 +111,7 @@ def estimate(config, world_size: int, on_gpu: bool = True) -> Dict[str, float]:
     model, par, train = config.model, config.parallel, config.training
     tp, pp = par.tensor_model_parallel_size, par.pipeline_model_parallel_size
     dp = max(1, world_size // (tp * pp))
-    zero = par.zero_stage
+    zero = effective_zero_stage(config)  # bf16 with fp32 accumulation runs ZeRO-0 as ZeRO-1
     sp = par.sequence_parallel and tp > 1
     sequence_share = tp if sp else 1  # layer inputs and outputs: [s/TP, b, h] under SP
     s = _shapes(model)
@@ -114,10 +133,12 @@ def estimate(config, world_size: int, on_gpu: bool = True) -> Dict[str, float]:
     # parallelism (its BF16_Optimizer); bf16/fp16 with ZeRO-0 otherwise keep it whole.
     optimizer_shards = dp if (zero >= 1 or (train.bf16 and pp > 1)) else 1
     # Gradients in the training dtype (split over DP by ZeRO-2), plus fp32 copies in mixed
-    # precision: the whole model's with ZeRO-0, this rank's partition with ZeRO-1/2.
+    # precision: a partition with ZeRO-2 (and ZeRO-1's fp16 optimizer), the whole model's where
+    # they are accumulated (DeepSpeed's BF16_Optimizer, bf16 with ZeRO-1 or PP) or copied (ZeRO-0).
     gradients = weight_bytes / (dp if zero >= 2 else 1)
     if half:
-        gradients += 4 / (dp if zero >= 1 else 1)
+        bf16_optimizer = train.bf16 and zero <= 1 and (zero == 1 or pp > 1)
+        gradients += 4 / (dp if zero >= 2 or (zero == 1 and not bf16_optimizer) else 1)
 
     granularity = model.recompute_granularity
     fused_attention = on_gpu and model.attention_backend in ("auto", "sdpa")
@@ -134,12 +155,17 @@ def estimate(config, world_size: int, on_gpu: bool = True) -> Dict[str, float]:
     backward = activation_bytes_per_layer(s, seq, micro, tp, weight_bytes, materialised_scores, sp)
     if materialised_scores:
         backward += 2 * s.heads * seq * seq * micro / tp * weight_bytes
+    layer_backward = backward
+    if not model.untie_embeddings_and_output_weights and pp == 1:
+        # The output layer's part of the tied embedding's gradient is computed first and held
+        # until the embedding's own part is added at the end of the backward pass.
+        backward += vocab * s.h / tp * weight_bytes
     logits = 0.0
     if pp == 1:
         # megatron-core's cross entropy turns an fp32 copy of the logits into the softmax and
         # then into their gradient in place; in bf16/fp16 the gradient flows back in half precision
         logits = seq * micro * vocab / tp * (4 + (2 if half else 0))
-    return {
+    parts = {
         "parameters": first_stage * weight_bytes,
         "gradients": first_stage * gradients,
         "optimizer": first_stage * optimizer_bytes / optimizer_shards,
@@ -148,6 +174,24 @@ def estimate(config, world_size: int, on_gpu: bool = True) -> Dict[str, float]:
         "logits": logits,
         "parameter count (this rank)": first_stage,
     }
+    if config.mixing.mixing == "dga":
+        # One probe micro batch at a time, in eval mode: full recompute still applies (it
+        # follows autograd), selective recompute does not.
+        probe_layer = activation_bytes_per_layer(s, seq, micro, tp, weight_bytes, not fused_attention, sp)
+        if granularity == "full":
+            probe_activations = layers * layer_input + probe_layer
+        else:
+            probe_activations = layers * probe_layer
+        largest = max(vocab * s.h / tp, largest_layer_weight(s, tp))
+        buffers = 2 if config.mixing.dga_alignment == "cosine" else 1
+        parts["dga (during an update)"] = (buffers * first_stage * (4 if on_gpu else 8)
+                                           + 2 * largest * weight_bytes
+                                           + probe_activations + layer_input + layer_backward + logits)
+        # Between steps: parameters, optimizer state and the gradient buffers that persist
+        # (fp32 copies in mixed precision, ZeRO's partitions); plain fp32 gradients are freed.
+        persistent_gradients = parts["gradients"] if (half or zero >= 1) else 0.0
+        parts["held between steps"] = parts["parameters"] + parts["optimizer"] + persistent_gradients
+    return parts
 
 
 def config_padded_vocab(config) -> int:
@@ -162,5 +206,16 @@ def config_padded_vocab(config) -> int:
                              config.parallel.tensor_model_parallel_size)
 
 
+NOT_SUMMED = ("parameter count (this rank)", "dga (during an update)", "held between steps")
+
+
 def total(parts: Dict[str, float]) -> float:
-    return sum(v for k, v in parts.items() if not k.startswith("parameter count"))
+    """The training step's peak."""
+    return sum(v for k, v in parts.items() if k not in NOT_SUMMED)
+
+
+def total_with_dga(parts: Dict[str, float]) -> float:
+    """The run's peak with DGA: the training step's, or an update's if that is higher."""
+    if "dga (during an update)" not in parts:
+        return total(parts)
+    return max(total(parts), parts["held between steps"] + parts["dga (during an update)"])

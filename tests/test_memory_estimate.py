@@ -65,6 +65,10 @@ def test_the_tool_prints_every_component_and_refuses_a_bad_world_size(manifest):
     for part in ("parameters", "gradients", "optimizer", "activations", "total",
                  "with --recompute-granularity full", "with --sequence-parallel"):
         assert part in result.stdout
+    assert "dga" not in result.stdout
+    dga = subprocess.run([sys.executable, TOOL, "--world-size", "8", *flags, "--mixing", "dga",
+                          "--specific-data-path", "x"], capture_output=True, text=True)
+    assert "during a DGA update" in dga.stdout and "total, dga" in dga.stdout, dga.stdout
     result = subprocess.run([sys.executable, TOOL, "--world-size", "6", *flags], capture_output=True, text=True)
     assert result.returncode == 2 and "--world-size 6 is not a multiple of TP x PP = 4" in result.stderr
 
@@ -92,7 +96,30 @@ def test_each_recipe_states_the_estimate_of_its_own_flags(recipe):
     result = subprocess.run(["bash", path, "--estimate"], capture_output=True, text=True, env=env)
     assert result.returncode == 0, result.stderr[-2000:]
     computed = re.search(r"total\s+([\d.]+) GiB", result.stdout).group(1)
+    with_dga = re.search(r"total, dga\s+([\d.]+) GiB", result.stdout).group(1)
     with open(path, encoding="utf-8") as f:
-        stated = re.search(r"total ([\d.]+) GiB", f.read()).group(1)
-    assert stated == computed
-    assert float(computed) < 80  # it fits the 80 GB GPUs it is written for
+        header = f.read()
+    assert re.search(r"total ([\d.]+) GiB", header).group(1) == computed
+    assert re.search(r"with DGA on, ([\d.]+) GiB", header).group(1) == with_dga
+    # it fits the 80 GB GPUs it is written for, with 3 GiB for CUDA's context and NCCL
+    assert float(computed) <= float(with_dga) < 80 * 10 ** 9 / 2 ** 30 - 3
+
+
+def test_the_dga_term_counts_one_buffer_and_nothing_between_updates(manifest):
+    """--mixing dga adds no memory to the training step; an update holds the specific direction
+    (one fp32 buffer of the rank's parameters on a GPU, two with cosine), one parameter's
+    gradient and one probe micro batch."""
+    from megatron_dga.arguments import parse_args
+    from megatron_dga.memory_estimate import estimate, total, total_with_dga
+
+    flags = ["--domains-manifest", manifest, "--num-layers", "4", "--hidden-size", "512", "--num-attention-heads",
+             "8", "--seq-length", "128", "--vocab-size", "50257", "--specific-data-path", manifest]
+    uniform = estimate(parse_args([*flags, "--mixing", "uniform"]), 1, on_gpu=True)
+    parts = {kind: estimate(parse_args([*flags, "--mixing", "dga", "--dga-alignment", kind]), 1, on_gpu=True)
+             for kind in ("adam", "cosine")}
+    assert "dga (during an update)" not in uniform and total(parts["adam"]) == total(uniform)
+    n = parts["adam"]["parameter count (this rank)"]
+    assert parts["cosine"]["dga (during an update)"] - parts["adam"]["dga (during an update)"] == 4 * n
+    assert parts["adam"]["dga (during an update)"] > 4 * n
+    assert total_with_dga(parts["adam"]) == max(total(parts["adam"]), parts["adam"]["held between steps"]
+                                                + parts["adam"]["dga (during an update)"])

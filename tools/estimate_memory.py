@@ -5,7 +5,8 @@
 
 Prints, for the most loaded rank (the first pipeline stage), the parameters, gradients,
 optimizer state under the ZeRO stage, activations (with the run's recompute setting, and for
-comparison without recompute and with full recompute) and the logits, in GiB. `--vocab-size`
+comparison without recompute and with full recompute) and the logits, in GiB; with
+`--mixing dga`, what a DGA update adds and the total with DGA on. `--vocab-size`
 must be among the flags. The model (megatron_dga/memory_estimate.py) says what it counts and
 what it leaves out. `--cpu` estimates a CPU run (fp32 attention scores are kept).
 """
@@ -18,7 +19,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from megatron_dga.arguments import parse_args  # noqa: E402
-from megatron_dga.memory_estimate import GIB, estimate, total  # noqa: E402
+from megatron_dga.memory_estimate import GIB, NOT_SUMMED, estimate, total, total_with_dga  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -38,9 +39,14 @@ def main(argv=None) -> int:
         return 2
     print(f"per rank of the first pipeline stage ({parts['parameter count (this rank)'] / 1e9:.3f} B parameters):")
     for name, value in parts.items():
-        if not name.startswith("parameter count"):
+        if name not in NOT_SUMMED:
             print(f"  {name:<12} {value / GIB:8.2f} GiB")
     print(f"  {'total':<12} {total(parts) / GIB:8.2f} GiB (plus 1-3 GiB of CUDA context, NCCL and allocator)")
+    if "dga (during an update)" in parts:
+        print(f"  {'dga':<12} {parts['dga (during an update)'] / GIB:8.2f} GiB during a DGA update, above the "
+              f"{parts['held between steps'] / GIB:.2f} GiB held between steps (none between updates)")
+        print(f"  {'total, dga':<12} {total_with_dga(parts) / GIB:8.2f} GiB: the larger of the training step's "
+              f"peak and an update's")
     for granularity in (None, "selective", "full"):
         if granularity == config.model.recompute_granularity:
             continue

@@ -40,13 +40,13 @@ REGIMES = ["plenty", "token-limited", "few-specific"]
 # Variants of DGA's score and step (docs/dga.md), added to the flags of the dga methods; every
 # variant spells out each part, so it means the same whatever the framework's defaults.
 # "raw": the paper's update (raw inner product, step eta x score, no control).
-# "rms": the step in log-weight units (running-RMS scale, eta 0.5), nothing else.
+# "rms": the step in log-weight units (the running scale of the scores, eta 0.5), nothing else.
 # "control" (the framework's default, adam-control): also clipped to [-1, 1], following a
 # moving average of the scores, and scaled by the learning-rate ratio.
 NO_CONTROL = ["--dga-step-scale", "none", "--dga-step-clip", "0", "--dga-score-ema", "0", "--no-dga-scale-by-lr"]
-SCALED = ["--dga-step-scale", "rms", "--dga-lr", "0.5", "--dga-step-clip", "0", "--dga-score-ema", "0",
+SCALED = ["--dga-step-scale", "spread", "--dga-lr", "0.5", "--dga-step-clip", "0", "--dga-score-ema", "0",
           "--no-dga-scale-by-lr"]
-CONTROL = ["--dga-step-scale", "rms", "--dga-lr", "0.5", "--dga-step-clip", "1", "--dga-score-ema", "0.5",
+CONTROL = ["--dga-step-scale", "spread", "--dga-lr", "0.5", "--dga-step-clip", "1", "--dga-score-ema", "0.5",
            "--dga-scale-by-lr"]
 VARIANTS = {
     "raw": ["--dga-alignment", "raw", *NO_CONTROL],

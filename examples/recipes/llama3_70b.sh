@@ -13,9 +13,12 @@
 # recompute (--recompute-granularity full, 1.6 GiB) would cost a third more compute.
 #
 # Memory per GPU (python tools/estimate_memory.py, the --estimate line below):
-#   parameters 4.23 GiB, gradients 8.46 GiB, optimizer 12.69 GiB, activations 22.25 GiB,
-#   backward 0.28 GiB, logits 0.00 GiB (they are on the last stage): total 47.91 GiB, plus
-#   1-3 GiB of CUDA context and NCCL.
+#   parameters 4.23 GiB, gradients 12.69 GiB (bf16, and the fp32 buffers they accumulate in),
+#   optimizer 12.69 GiB, activations 22.25 GiB, backward 0.28 GiB, logits 0.00 GiB (they are on
+#   the last stage): total 52.14 GiB for a training step, plus 1-3 GiB of CUDA context and NCCL.
+# A DGA update holds 14.79 GiB above the 29.62 GiB kept between steps (the fp32 specific
+#   direction, 8.5 GiB, one parameter's gradient and one probe micro batch): the peak
+#   with DGA on, 52.14 GiB, stays the training step's.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 WORLD_SIZE=${WORLD_SIZE:-64}

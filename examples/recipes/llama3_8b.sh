@@ -10,8 +10,12 @@
 # = 2M tokens per batch (micro batch 1, 16 accumulation steps); bf16; selective recompute.
 #
 # Memory per GPU (python tools/estimate_memory.py, the --estimate line below):
-#   parameters 7.48 GiB, gradients 8.41 GiB, optimizer 2.80 GiB, activations 18.03 GiB,
-#   backward 0.56 GiB, logits 2.94 GiB: total 40.23 GiB, plus 1-3 GiB of CUDA context and NCCL.
+#   parameters 7.48 GiB, gradients 22.44 GiB (bf16, and the fp32 buffers they accumulate in, as
+#   Megatron's main_grad), optimizer 2.80 GiB, activations 18.03 GiB, backward 0.56 GiB, logits
+#   2.94 GiB: total 54.25 GiB for a training step, plus 1-3 GiB of CUDA context and NCCL.
+# A DGA update (every 50 iterations) holds 37.47 GiB above the 32.72 GiB kept between steps: the
+#   fp32 specific direction (15.0 GiB), one parameter's gradient and one probe micro batch, whose
+#   activations are a training micro batch's. The peak with DGA on, 70.19 GiB, is the update's.
 # Without sequence parallelism the activations would take 23.06 GiB.
 # Selective recompute saves nothing more here: the fused SDPA kernel keeps no attention scores.
 set -euo pipefail

@@ -14,9 +14,10 @@ Each data-parallel rank probes its own micro batches. The dot product is linear,
     <mean_{r,m} g_i(r, m), G>  =  mean_{r,m} <g_i(r, m), G>:
 
 the specific gradient is computed first and all-reduced once over the data-parallel group;
-then every source micro batch's gradient is dotted into it as soon as its backward pass
-returns it (no source gradient is ever held, for any number of sources), and one all-reduce of
-the [sources x DP x micro batches] matrix of dots over the whole world finishes the job. That
+then every source micro batch's gradient is dotted into it parameter by parameter as the
+backward pass produces it (`gradients.GradientTap`: no source gradient is ever held, not even
+one micro batch's), and one all-reduce of the [sources x DP x micro batches] matrix of dots over
+the whole world finishes the job. That
 all-reduce also sums the partial dots of tensor-parallel shards and pipeline stages.
 Parameters replicated across tensor-parallel ranks count once, on TP rank 0
 (`parallel.reductions.counts_once`). The tied embedding's gradient has a part on the first
@@ -27,21 +28,21 @@ The matrix of per-micro-batch dots also gives each score's standard error (their
 the DP x M micro batches, divided by sqrt(DP x M)), logged so that a user can see how noisy
 the probes are; it does not include the noise of the specific gradient.
 
+Memory: the specific direction (P G with adam) is the one parameter-sized buffer an update
+holds, in fp32 (float64 on the CPU), and only during the update; which parameters count is a
+flag per parameter, not a parameter-sized mask. Cosine is the exception: it needs each
+source's whole gradient for its norm, so it keeps a second buffer, one source at a time.
+
 With pipeline parallelism the specific micro batches go through one pipeline schedule and all
 the sources' micro batches through a second one (two fill-and-drain phases per update, not
-k + 1). Cosine needs each source's whole gradient for its norm, so it keeps one source buffer
-at a time and runs one schedule per source.
-
-`full_allreduce_alignment` computes the same scores by all-reducing every source gradient over
-data-parallel ranks: about k times more communication; it is the reference the tests compare
-against.
+k + 1); cosine runs one schedule per source.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -49,26 +50,20 @@ import torch.distributed as dist
 from megatron.core.tensor_parallel import param_is_not_tensor_parallel_duplicate
 
 from megatron_dga.data.batches import MicroBatch
-from megatron_dga.mixing.gradients import FlatGradient, ProbeGradients
+from megatron_dga.mixing.gradients import ProbeGradients, chunks
 from megatron_dga.mixing.preconditioner import AdamPreconditioner
 from megatron_dga.mixing.probes import ProbeData
 from megatron_dga.parallel.initialize import ParallelContext
 from megatron_dga.parallel.reductions import counts_once, model_parallel_sum
 
 
-def parameter_mask(layout: FlatGradient, keep) -> torch.Tensor:
-    """1 on the parameters for which keep(param) holds, 0 elsewhere."""
-    mask = layout.zeros()
-    for index, p in enumerate(layout.params):
-        if keep(p):
-            layout.view(mask, index).fill_(1.0)
-    return mask
-
-
 @dataclass
 class AlignmentMeasurement:
     scores: np.ndarray  # one per source, identical on every rank
     stderr: np.ndarray  # standard error of each score over the probe micro batches (NaN with one)
+    # False when the scores are not in the units asked for: adam before the optimizer's first
+    # step, which falls back on the raw inner product.
+    in_kind_units: bool = True
 
 
 @dataclass
@@ -85,9 +80,10 @@ class AlignmentMeter:
             raise ValueError("--dga-alignment adam needs the optimizer's preconditioner")
         self.gradients, self.layout, self.probes, self.ctx = gradients, gradients.layout, probes, ctx
         self.kind, self.preconditioner = kind, preconditioner
-        self.owned = parameter_mask(self.layout, counts_once)  # every parameter counted once
+        params = self.layout.params
+        self.owned = [counts_once(p) for p in params]  # every parameter counted once
         # Tied copies both count against the summed specific gradient: each holds its part.
-        self.dot_mask = parameter_mask(self.layout, param_is_not_tensor_parallel_duplicate)
+        self.dotted = [param_is_not_tensor_parallel_duplicate(p) for p in params]
         self.times = AlignmentTimes()
 
     @property
@@ -100,18 +96,26 @@ class AlignmentMeter:
             flat /= self._dp
         return flat
 
-    def _norm(self, flat: torch.Tensor) -> torch.Tensor:
+    def norm(self, flat: torch.Tensor) -> torch.Tensor:
         """|x| over the whole model, from this rank's (tied-summed) buffer."""
-        return model_parallel_sum(torch.dot(flat * self.owned, flat)).sqrt()
+        local = torch.zeros((), dtype=flat.dtype, device=flat.device)
+        for index, owned in enumerate(self.owned):
+            if owned:
+                for (piece,) in chunks(self.layout.view(flat, index)):
+                    local += torch.dot(piece, piece)
+        return model_parallel_sum(local).sqrt()
 
-    def specific_gradient(self) -> torch.Tensor:
+    def specific_gradient(self) -> Tuple[torch.Tensor, bool]:
         """G (preconditioned by P with adam), averaged over data-parallel ranks, tied parts
-        summed, tensor-parallel duplicates zeroed: ready to be dotted into."""
+        summed, tensor-parallel duplicates zeroed: ready to be dotted into. The flag is False
+        where adam had no preconditioner yet and G is the raw gradient."""
         spe = self._dp_mean_(self.gradients.mean(self.probes.specific_microbatches()))
-        spe.mul_(self.dot_mask)
+        for index, dotted in enumerate(self.dotted):
+            if not dotted:
+                self.layout.view(spe, index).zero_()
         if self.kind == "adam":
-            self.preconditioner.apply_(spe)
-        return spe
+            return spe, self.preconditioner.apply_(spe) is not None
+        return spe, True
 
     def _micro_batches(self, sources: List[int]) -> List[MicroBatch]:
         return [mb for j in sources for mb in self.probes.source_microbatches(j)]
@@ -119,29 +123,31 @@ class AlignmentMeter:
     def measure(self) -> AlignmentMeasurement:
         start = time.time()
         self.probes.begin_update()
-        spe = self.specific_gradient()
+        spe, in_kind_units = self.specific_gradient()
         n, m = self.probes.num_sources, self.probes.probe_microbatches
         dots = torch.zeros((n, self._dp, m), dtype=spe.dtype, device=spe.device)
         rank = self.ctx.dp_rank
 
         def dot_into(offset: int):
-            def visit(index, grads, unscale):
-                j, micro = divmod(offset + index, m)
-                dots[j, rank, micro] = self.layout.dot(spe, grads, unscale)
-            return visit
+            def consume(micro, index, grad, unscale):
+                j, column = divmod(offset + micro, m)
+                dots[j, rank, column] += self.layout.dot(spe, index, grad) * unscale
+            return consume
 
         norms = None
         if self.kind == "cosine":
             norms = torch.zeros(n, dtype=spe.dtype, device=spe.device)
             for j in range(n):  # one source buffer at a time, for its norm
                 buffer = self.layout.zeros()
+                into_dots = dot_into(j * m)
 
-                def visit(index, grads, unscale, j=j, buffer=buffer):
-                    dot_into(j * m)(index, grads, unscale)
-                    self.layout.add_(buffer, grads, unscale / m)
-                self.gradients.run(self.probes.source_microbatches(j), visit)
+                def consume(micro, index, grad, unscale, buffer=buffer, into_dots=into_dots):
+                    into_dots(micro, index, grad, unscale)
+                    self.layout.add_(buffer, index, grad, unscale / m)
+                self.gradients.run(self.probes.source_microbatches(j), consume)
                 self.gradients.reduce_tied(buffer)
-                norms[j] = self._norm(self._dp_mean_(buffer))
+                norms[j] = self.norm(self._dp_mean_(buffer))
+                del buffer
         else:
             self.gradients.run(self._micro_batches(list(range(n))), dot_into(0))
         dist.all_reduce(dots)  # sums TP shards and PP stages; DP ranks fill their own column
@@ -151,28 +157,9 @@ class AlignmentMeter:
         count = per_microbatch.shape[1]
         stderr = per_microbatch.std(axis=1, ddof=1) / np.sqrt(count) if count > 1 else np.full(n, np.nan)
         if norms is not None:
-            scale = (norms * self._norm(spe)).cpu().numpy().astype(np.float64)
+            scale = (norms * self.norm(spe)).cpu().numpy().astype(np.float64)
             scores, stderr = scores / scale, stderr / scale
         self.times.last_seconds = time.time() - start
         self.times.probe_seconds += self.times.last_seconds
         self.times.measurements += 1
-        return AlignmentMeasurement(scores, stderr)
-
-
-def full_allreduce_alignment(meter: AlignmentMeter) -> np.ndarray:
-    """Reference: all-reduce every source gradient over data-parallel ranks, then dot."""
-    probes = meter.probes
-    probes.begin_update()
-    spe = meter._dp_mean_(meter.gradients.mean(probes.specific_microbatches()))
-    spe_norm = meter._norm(spe)
-    if meter.kind == "adam":
-        meter.preconditioner.apply_(spe)
-    scores = []
-    for source in range(probes.num_sources):
-        g = meter._dp_mean_(meter.gradients.mean(probes.source_microbatches(source)))
-        score = model_parallel_sum(torch.dot(g * meter.owned, spe))
-        if meter.kind == "cosine":
-            score = score / (meter._norm(g) * spe_norm)
-        scores.append(float(score))
-    probes.end_update()
-    return np.asarray(scores)
+        return AlignmentMeasurement(scores, stderr, in_kind_units)

@@ -2,39 +2,37 @@
 
 Every T_r iterations the trainer measures, for each source i (a domain, or a base
 distribution over domains), an alignment score a_i between the gradient of source i and the
-gradient of the specific set (`--dga-alignment`: raw inner product, Adam-preconditioned, or
-cosine; `alignment.py`), and hands it to `update`, which takes one exponentiated-gradient
-(mirror-descent) step on the simplex,
+gradient of the specific set (`--dga-alignment`; `alignment.py`), and hands it to `update`,
+which takes one exponentiated-gradient (mirror-descent) step on the simplex from the weights
+being sampled, w:
 
-    alpha_hat = softmax(log w + eta * x),        x: the controlled score (below),
+    alpha_hat = lift(softmax(log w + x)),        x: the controlled step (below),
 
-then smooths it with an exponential moving average of weight beta (`--dga-ema`):
+and smooths it with an exponential moving average of weight beta (`--dga-ema`):
 
-    mode "state"    (default): q <- beta * q + (1 - beta) * alpha_hat, and the smoothed q is
-                    both sampled from and where the next step starts;
-    mode "sampling":           the mirror state r follows alpha_hat unsmoothed; only the
-                    sampling weights are smoothed, q <- beta * q + (1 - beta) * alpha_hat.
+    mode "state"    (default): q <- beta * q + (1 - beta) * alpha_hat; q is sampled from and is
+                    where the next step starts;
+    mode "sampling":           the mirror state r <- alpha_hat follows the steps unsmoothed and
+                    only what is sampled is smoothed, q <- beta * q + (1 - beta) * alpha_hat.
 
-A floor `--dga-min-weight` m keeps every source sampled: the weights sampled from are
-w = m + (1 - N m) q, and each step starts from them (so a floored source recovers in one
-step when its alignment turns). The floor is applied once, to what is sampled, never to an
-iterate that is smoothed again: the smallest weight tends to m, not to m / (1 - (1 - N m) beta).
+`lift` is the floor `--dga-min-weight` m: the sources below m are lifted to it and the others
+give up that mass in proportion (`lift_to_floor`). It leaves weights already at or above the
+floor unchanged, so a step of zero changes nothing, and a source that always scores worst
+settles at m exactly; an average of floored weights is floored, so nothing is floored twice.
 
-**Step control** (docs/dga.md has the derivation): the score x is the alignment centred
-across sources (on its median: the softmax ignores a common shift), divided by a running RMS
-of its spread across sources (`--dga-step-scale rms`, so eta is a step in log-weight units
-whatever the gradient scale; an update's spread enters that mean clipped at `--dga-rms-clip`
-times the running RMS, so that one outlying update does not shrink every step after it),
-scaled by the learning-rate ratio gamma_t / gamma_max (`--dga-scale-by-lr`), clipped to
-[-C, C] after multiplying by eta (`--dga-step-clip`), and averaged over updates
-(`--dga-score-ema`, a bias-corrected moving average of the clipped steps).
+**Step control** (docs/dga.md has the derivation): the score is centred on its median across
+sources (the softmax ignores a common shift) and divided by the running scale of the scores,
+the median of the robust spreads of the last `--dga-scale-window` updates (`--dga-step-scale
+spread`: eta is then a step in log-weight units whatever the gradient scale); it is then
+multiplied by eta and by the learning-rate ratio gamma_t / gamma_max (`--dga-scale-by-lr`),
+clipped to [-C, C] (`--dga-step-clip`) and averaged over updates (`--dga-score-ema`).
 
 **Safety**: the iterates are kept as log-weights, clamped below at the log of the smallest
 normal double, so a source pushed to zero can come back. An alignment or step that is not
 finite skips the update with a warning; the weights stay where they were, finite and on the
 simplex. With base distributions P (N x k, one row per base) the weights live on the
 N-simplex and domains are sampled from p = w^T P, lifted per domain to
-`--dga-min-domain-weight` so that a small domain in a large base is still sampled.
+`--dga-min-domain-weight`.
 """
 
 from __future__ import annotations
@@ -55,7 +53,7 @@ MIN_LOG_WEIGHT = float(np.log(np.finfo(np.float64).tiny))
 
 ALIGNMENTS = ("raw", "adam", "cosine")
 MAD_TO_SD = 1.4826  # the median absolute deviation of Gaussian samples times this is their standard deviation
-STEP_SCALES = ("none", "rms")
+STEP_SCALES = ("none", "spread")
 
 
 # The paper's update, alpha <- softmax(log alpha + eta <g_spe, g_i>), without step control: the
@@ -73,9 +71,8 @@ class DGAHyperparameters:
     min_weight: float = 0.0
     min_domain_weight: float = 0.0
     alignment: str = "adam"
-    step_scale: str = "rms"
-    rms_decay: float = 0.9
-    rms_clip: float = 3.0
+    step_scale: str = "spread"
+    scale_window: int = 9
     step_clip: float = 1.0
     scale_by_lr: bool = True
     score_ema: float = 0.5
@@ -102,10 +99,8 @@ class DGAHyperparameters:
             raise ValueError(f"--dga-alignment must be one of {', '.join(ALIGNMENTS)}")
         if self.step_scale not in STEP_SCALES:
             raise ValueError(f"--dga-step-scale must be one of {', '.join(STEP_SCALES)}")
-        if not 0.0 <= self.rms_decay < 1.0:
-            raise ValueError("--dga-rms-decay must be in [0, 1)")
-        if not (self.rms_clip == 0.0 or 1.0 <= self.rms_clip < np.inf):
-            raise ValueError("--dga-rms-clip must be 0 (no clip) or a finite number >= 1")
+        if self.scale_window < 1:
+            raise ValueError("--dga-scale-window must be >= 1")
         if not (np.isfinite(self.step_clip) and self.step_clip >= 0):
             raise ValueError("--dga-step-clip must be a finite number >= 0 (0: no clip)")
         if not 0.0 <= self.score_ema < 1.0:
@@ -117,19 +112,19 @@ def log_softmax(logits: np.ndarray) -> np.ndarray:
     return shifted - np.log(np.sum(np.exp(shifted)))
 
 
-def exponentiated_gradient_step(weights: np.ndarray, alignment: np.ndarray, lr: float) -> np.ndarray:
-    """softmax(log w + lr * a), computed stably; zero weights stay zero."""
-    with np.errstate(divide="ignore"):
-        logits = np.log(weights) + lr * alignment
-    return np.exp(log_softmax(logits))
+def robust_spread(centred: np.ndarray) -> float:
+    """1.4826 x the median absolute deviation (the standard deviation of Gaussian scores); the
+    mean absolute deviation where more than half the sources tie."""
+    spread = MAD_TO_SD * float(np.median(np.abs(centred)))
+    return spread if spread > 0 else float(np.mean(np.abs(centred)))
 
 
 def lift_to_floor(p: np.ndarray, floor: float) -> np.ndarray:
-    """max(floor, s p), with the s <= 1 that keeps the sum at 1: the domains below the floor
+    """max(floor, s p), with the s <= 1 that keeps the sum at 1: the entries below the floor
     are lifted to it, and the others give up the mass in proportion to their weights, so no
-    more mass moves than the lift needs (an additive floor, floor + (1 - k floor) p, moved 7
-    times more in the large-k experiment). Lifting can push another domain below the floor,
-    so it repeats until none is; with floor x k < 1 it ends with at least one domain free."""
+    more mass moves than the lift needs, and weights already at or above the floor are left
+    as they are. Lifting can push another entry below the floor, so it repeats until none is;
+    with floor x k < 1 it ends with at least one entry free."""
     if floor <= 0:
         return p
     lifted = np.zeros(len(p), dtype=bool)
@@ -160,15 +155,15 @@ class DGAMixing(MixingAlgorithm):
         start = normalise(initial_weights)
         if len(start) != len(self.bases):
             raise ValueError(f"{len(start)} initial weights for {len(self.bases)} sources")
-        with np.errstate(divide="ignore"):
-            start_log = np.maximum(np.log(start), MIN_LOG_WEIGHT)
+        start_log = self._lifted(start_log_of(start))
         self.log_state = start_log.copy()  # r: the mirror-descent iterate ("sampling" mode)
-        self.log_smoothed = start_log.copy()  # q: the smoothed iterate, sampled from (through the floor)
+        self.log_smoothed = start_log.copy()  # q: the smoothed iterate, sampled from
         self.last_alignment = np.full(len(self.bases), np.nan)
         self.last_stderr = np.full(len(self.bases), np.nan)
         self.last_step = np.zeros(len(self.bases))
         self.score_average = np.zeros(len(self.bases))  # EMA of the clipped steps (bias-corrected on use)
-        self.mean_square = 0.0  # EMA of the squared spread of the centred alignment (bias-corrected)
+        self.log_spreads: List[float] = []  # log of the robust spread of the last --dga-scale-window updates
+        self.score_updates = 0  # updates that entered the score average
         self.updates = 0
         self.skipped = 0
         super().__init__(domain_names, self.domain_weights_of(self.sampling))
@@ -178,20 +173,20 @@ class DGAMixing(MixingAlgorithm):
     def num_sources(self) -> int:
         return len(self.bases)
 
-    def _log_floored(self, log_q: np.ndarray) -> np.ndarray:
-        """log(m + (1 - N m) softmax(log_q)): the log of the weights sampled from, computed
-        in log space so that a weight too small for a double keeps a finite log."""
+    def _lifted(self, log_w: np.ndarray) -> np.ndarray:
+        """log lift(softmax(log_w)): the floor --dga-min-weight, in log space (without a floor
+        a weight too small for a double keeps a finite log)."""
+        log_p = log_softmax(log_w)
         m = self.hyper.min_weight
-        log_p = log_softmax(log_q)
-        return np.logaddexp(np.log(m), np.log1p(-m * len(log_q)) + log_p) if m > 0 else log_p
-
-    def _floored(self, log_q: np.ndarray) -> np.ndarray:
-        return normalise(np.exp(self._log_floored(log_q)))
+        if m <= 0:
+            return log_p
+        with np.errstate(divide="ignore"):
+            return np.log(lift_to_floor(np.exp(log_p), m))
 
     @property
     def sampling(self) -> np.ndarray:
         """The source weights domains are sampled from."""
-        return self._floored(self.log_smoothed)
+        return normalise(np.exp(self.log_smoothed))
 
     def domain_weights_of(self, source_weights: np.ndarray) -> np.ndarray:
         """p = w^T P, lifted to the domain floor m_d (`lift_to_floor`). The domain floor
@@ -205,49 +200,40 @@ class DGAMixing(MixingAlgorithm):
         h = self.hyper
         return iteration > 0 and iteration >= h.warmup_iters and iteration % h.update_interval == 0
 
-    def controlled_step(self, alignment: np.ndarray, lr_scale: float) -> np.ndarray:
-        """The step in log-weights, eta * x: centred, scaled, clipped, then averaged over
-        updates. Updates the running averages; called only with a finite alignment.
+    def running_scale(self) -> Optional[float]:
+        """The median spread of the last --dga-scale-window updates (None before the first)."""
+        return float(np.exp(np.median(self.log_spreads))) if self.log_spreads else None
 
-        Every statistic is robust to one outlying source, the failure seen in practice (one
-        pair of probes scoring 80 where the others score below 6): the centre is the median
-        (the softmax ignores a common shift, so any centre gives the same unclipped step), the
-        scale a running RMS of each update's robust spread (1.4826 x the median absolute
-        deviation, the standard deviation for Gaussian scores), and the average is taken over
-        clipped steps, so an outlier moves one update by at most C and never the ones after.
-        The scale is robust to one outlying update too: its spread enters the running mean
-        clipped at `rms_clip` times the running RMS, which bounds the growth of the scale per
-        update (x sqrt(decay + (1 - decay) c^2), 1.34 at the defaults) but not where it ends."""
+    def controlled_step(self, alignment: np.ndarray, lr_scale: float, in_running_scale: bool = True) -> np.ndarray:
+        """The step in log-weights, eta * x: centred, scaled, clipped, then averaged over
+        updates. Updates the running statistics; called only with a finite alignment.
+
+        Every statistic is robust to outliers: the centre is the median across sources (any
+        centre gives the same unclipped step), the spread their median absolute deviation,
+        the scale the median of the last W spreads, kept as logarithms (it ignores up to
+        (W - 1) / 2 outlying updates whatever their size, follows a lasting change of scale
+        in (W + 1) / 2 updates, either way, and cannot overflow), and the average is taken
+        over clipped steps, so an outlying source moves one update by at most C.
+        A measurement in other units (`in_running_scale=False`: the raw score measured before
+        Adam has state) is scaled by its own spread and does not enter the running scale."""
         h = self.hyper
-        t = self.updates + 1
         centred = alignment - np.median(alignment)
         score = centred
-        if h.step_scale == "rms":
-            spread = MAD_TO_SD * np.median(np.abs(centred))
-            if spread == 0.0:  # more than half the sources tie: fall back on the mean deviation
-                spread = np.mean(np.abs(centred))
-            if h.rms_clip > 0 and self.mean_square > 0:
-                # One update whose scores spread 50-fold wider, pure noise, once froze the
-                # weights for the rest of a run through this mean: it enters clipped.
-                spread = min(spread, h.rms_clip * self._rms(t - 1))
-            self.mean_square = float(h.rms_decay * self.mean_square + (1.0 - h.rms_decay) * np.square(spread))
-            rms = self._rms(t)
-            score = centred / rms if rms > 0 else np.zeros_like(centred)
+        if h.step_scale == "spread":
+            spread = robust_spread(centred)
+            usable = np.isfinite(spread) and spread > 0
+            if usable and in_running_scale:
+                self.log_spreads = (self.log_spreads + [float(np.log(spread))])[-h.scale_window:]
+            scale = self.running_scale() if in_running_scale else (spread if usable else None)
+            score = centred / scale if scale else np.zeros_like(centred)
         step = h.lr * (lr_scale if h.scale_by_lr else 1.0) * score
         if h.step_clip > 0:
             step = np.clip(step, -h.step_clip, h.step_clip)
         if h.score_ema > 0:
+            self.score_updates += 1
             self.score_average = h.score_ema * self.score_average + (1.0 - h.score_ema) * step
-            step = self.score_average / (1.0 - h.score_ema ** t)
+            step = self.score_average / (1.0 - h.score_ema ** self.score_updates)
         return step
-
-    def _rms(self, updates: int) -> float:
-        """The running RMS after `updates` updates: the mean square, bias-corrected."""
-        return float(np.sqrt(self.mean_square / (1.0 - self.hyper.rms_decay ** updates)))
-
-    def _mirror_step(self, log_from: np.ndarray, step: np.ndarray) -> np.ndarray:
-        """log softmax(log F(from) + step): the step starts from the floored weights."""
-        return log_softmax(self._log_floored(log_from) + step)
 
     def _smooth(self, log_q: np.ndarray, log_new: np.ndarray) -> np.ndarray:
         beta = self.hyper.ema
@@ -255,27 +241,27 @@ class DGAMixing(MixingAlgorithm):
             return log_new
         return log_softmax(np.logaddexp(np.log(beta) + log_q, np.log1p(-beta) + log_new))
 
-    def update(self, iteration: int, alignment, stderr=None, lr_scale: float = 1.0) -> bool:
+    def update(self, iteration: int, alignment, stderr=None, lr_scale: float = 1.0,
+               in_running_scale: bool = True) -> bool:
         a = np.asarray(alignment, dtype=np.float64)
         self.last_alignment = a.copy()
         self.last_stderr = np.full(self.num_sources, np.nan) if stderr is None else np.asarray(stderr, np.float64)
         if a.shape != (self.num_sources,) or not np.all(np.isfinite(a)):
             return self._skip(iteration, f"alignment is not finite: {a}")
-        saved = (self.score_average.copy(), self.mean_square)
+        saved = (self.score_average.copy(), list(self.log_spreads), self.score_updates)
         with np.errstate(over="ignore", invalid="ignore"):
-            step = self.controlled_step(a, lr_scale)
+            step = self.controlled_step(a, lr_scale, in_running_scale)
         if not np.all(np.isfinite(step)):
-            self.score_average, self.mean_square = saved
+            self.score_average, self.log_spreads, self.score_updates = saved
             return self._skip(iteration, f"the step overflows (eta x alignment): {step}")
         self.last_step = step
         if self.hyper.ema_mode == "state":
-            new = self._mirror_step(self.log_smoothed, step)
+            new = self._lifted(self.log_smoothed + step)
             self.log_smoothed = self._smooth(self.log_smoothed, new)
             self.log_state = self.log_smoothed.copy()
         else:
-            new = self._mirror_step(self.log_state, step)
-            self.log_state = new
-            self.log_smoothed = self._smooth(self.log_smoothed, new)
+            self.log_state = self._lifted(self.log_state + step)
+            self.log_smoothed = self._smooth(self.log_smoothed, self.log_state)
         self.log_state = np.maximum(self.log_state, MIN_LOG_WEIGHT)
         self.log_smoothed = np.maximum(self.log_smoothed, MIN_LOG_WEIGHT)
         self._weights = self.domain_weights_of(self.sampling)
@@ -311,7 +297,8 @@ class DGAMixing(MixingAlgorithm):
             "log_state": self.log_state.tolist(),
             "log_smoothed": self.log_smoothed.tolist(),
             "score_average": self.score_average.tolist(),
-            "mean_square": self.mean_square,
+            "score_updates": self.score_updates,
+            "log_spreads": list(self.log_spreads),
             "last_alignment": self.last_alignment.tolist(),
             "last_stderr": self.last_stderr.tolist(),
             "last_step": self.last_step.tolist(),
@@ -324,14 +311,31 @@ class DGAMixing(MixingAlgorithm):
         super().load_state_dict(state)
         if np.asarray(state["bases"]).shape != self.bases.shape:
             raise ValueError("checkpoint DGA base distributions differ from this run's")
-        if "log_state" not in state:
+        if "log_spreads" not in state:
             raise ValueError("this checkpoint's DGA state is from an older version; it cannot be resumed exactly")
         self.log_state = np.asarray(state["log_state"], dtype=np.float64)
         self.log_smoothed = np.asarray(state["log_smoothed"], dtype=np.float64)
         self.score_average = np.asarray(state["score_average"], dtype=np.float64)
-        self.mean_square = float(state["mean_square"])
+        self.score_updates = int(state["score_updates"])
+        self.log_spreads = [float(x) for x in state["log_spreads"]]
         self.last_alignment = np.asarray(state["last_alignment"], dtype=np.float64)
         self.last_stderr = np.asarray(state["last_stderr"], dtype=np.float64)
         self.last_step = np.asarray(state["last_step"], dtype=np.float64)
         self.updates = int(state["updates"])
         self.skipped = int(state["skipped"])
+
+
+def start_log_of(weights: np.ndarray) -> np.ndarray:
+    with np.errstate(divide="ignore"):
+        return np.maximum(np.log(weights), MIN_LOG_WEIGHT)
+
+
+def natural_source_weights(bases: np.ndarray, domain_tokens: np.ndarray) -> np.ndarray:
+    """Each source's share of the training tokens: every domain's tokens are split between the
+    bases that hold it, in proportion to their weight on it. When the bases partition the
+    domains, w^T P is then the natural distribution itself."""
+    share = np.asarray(bases, dtype=np.float64)
+    held = share.sum(axis=0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        split = np.where(held > 0, share / held, 0.0)
+    return normalise(split @ np.asarray(domain_tokens, dtype=np.float64))

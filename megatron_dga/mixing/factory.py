@@ -9,7 +9,7 @@ import numpy as np
 from megatron_dga.config import MixingConfig
 from megatron_dga.files import read_json
 from megatron_dga.mixing.base import MixingAlgorithm, normalise, parse_weight_spec
-from megatron_dga.mixing.dga import DGAHyperparameters, DGAMixing
+from megatron_dga.mixing.dga import DGAHyperparameters, DGAMixing, natural_source_weights
 from megatron_dga.mixing.importance import ImportanceMixing, read_histogram
 from megatron_dga.mixing.static import NaturalMixing, StaticMixing, UniformMixing
 
@@ -39,8 +39,7 @@ def dga_hyperparameters(config: MixingConfig) -> DGAHyperparameters:
         update_interval=config.dga_update_interval, lr=config.dga_lr, ema=config.dga_ema,
         ema_mode=config.dga_ema_mode, warmup_iters=config.dga_warmup_iters, min_weight=config.dga_min_weight,
         min_domain_weight=config.dga_min_domain_weight,
-        alignment=config.dga_alignment, step_scale=config.dga_step_scale, rms_decay=config.dga_rms_decay,
-        rms_clip=config.dga_rms_clip,
+        alignment=config.dga_alignment, step_scale=config.dga_step_scale, scale_window=config.dga_scale_window,
         step_clip=config.dga_step_clip, scale_by_lr=config.dga_scale_by_lr, score_ema=config.dga_score_ema,
     )
 
@@ -74,8 +73,8 @@ def build_mixing(config: MixingConfig, domain_names: List[str], train_tokens: Li
             bases = load_base_distributions(config.dga_base_distributions, len(domain_names))
         num_sources = len(domain_names) if bases is None else len(bases)
         if config.dga_initial_weights == "natural":
-            # Natural weights over domains; over bases, each base's natural share.
-            initial = natural if bases is None else normalise(bases @ natural)
+            # Natural weights over domains; over bases, each base's share of the tokens.
+            initial = natural if bases is None else natural_source_weights(bases, natural)
         else:
             initial = np.ones(num_sources)
         return DGAMixing(domain_names, initial, dga_hyperparameters(config), bases)

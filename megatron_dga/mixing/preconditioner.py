@@ -1,10 +1,12 @@
 """Adam's preconditioner, read from the optimizer's own state, for `--dga-alignment adam`.
 
 Adam moves the parameters by -gamma * P m_hat with P = diag(1 / (sqrt(v_hat) + eps)), v_hat the
-bias-corrected second moment. Adding a source's gradient g_i to a training step therefore
-changes the specific loss, to first order, by -gamma (1 - beta1) <g_spe, P g_i>: the alignment
-DGA should use under Adam is <P g_spe, g_i>. `apply_(flat)` multiplies a gradient buffer of
-this rank's parameters by P, element by element.
+bias-corrected second moment. Adding a source's gradient g_i to the next training step (step
+t + 1) therefore changes the specific loss, to first order in g_i, by
+-gamma (1 - beta1) / (1 - beta1^(t+1)) <g_spe, P g_i>, with the P of that step:
+v_hat = beta2 v_t / (1 - beta2^(t+1)) (the gradient's own share of v is second order). The
+alignment DGA should use under Adam is <P g_spe, g_i>. `apply_(flat)` multiplies a gradient
+buffer of this rank's parameters by P, element by element, in place.
 
 The second moments live where the optimizer keeps them:
 - a plain torch optimizer (ZeRO-0, fp32): `state[param]["exp_avg_sq"]`;
@@ -25,7 +27,7 @@ import torch
 import torch.distributed as dist
 from deepspeed.utils.tensor_fragment import fragment_address
 
-from megatron_dga.mixing.gradients import FlatGradient
+from megatron_dga.mixing.gradients import FlatGradient, chunks
 
 log = logging.getLogger(__name__)
 
@@ -33,11 +35,18 @@ log = logging.getLogger(__name__)
 Fragment = Tuple[int, slice, torch.Tensor, float, float, float]
 
 
+def next_step_preconditioner(v: torch.Tensor, beta2: float, eps: float, step: float, dtype) -> torch.Tensor:
+    """1 / (sqrt(v_hat) + eps) of Adam's next step (step + 1), from the second moment v now."""
+    v_hat = v.to(dtype) * (beta2 / (1.0 - beta2 ** (max(step, 0.0) + 1.0)))
+    return 1.0 / (v_hat.sqrt() + eps)
+
+
 class OptimizerStateMissing(ValueError):
     pass
 
 
 def _step_count(state) -> float:
+    """The optimizer's step count (a host read where it is a device tensor: once per group)."""
     step = state.get("step", 0)
     return float(step.item() if torch.is_tensor(step) else step)
 
@@ -54,6 +63,7 @@ class AdamPreconditioner:
         self.engine, self.layout, self.dp_group, self.dp_size = engine, layout, dp_group, dp_size
         self.partitioned = any(hasattr(p, "_hp_mapping") for p in layout.params)
         self._warned = False
+        self._step: Optional[float] = None
 
     # ---- where the second moments are --------------------------------------------------------
     def _partition_tensor(self, wrapper, group_index: int) -> torch.Tensor:
@@ -110,12 +120,17 @@ class AdamPreconditioner:
         beta2, eps = _group_hyper(optimizer, tensor)
         v = state["exp_avg_sq"].reshape(-1).narrow(0, hp_address.start, hp_address.numel)
         params_slice = slice(lp_address.start, lp_address.start + lp_address.numel)
-        return index, params_slice, v, beta2, eps, _step_count(state)
+        if self._step is None:  # every parameter has taken the same steps
+            self._step = _step_count(state)
+        return index, params_slice, v, beta2, eps, self._step
 
     # ---- P x ---------------------------------------------------------------------------------
     def apply_(self, flat: torch.Tensor) -> Optional[torch.Tensor]:
         """P * flat in place (and returned); None, flat unchanged, where the optimizer has no
-        state yet (before its first step)."""
+        state yet (before its first step). Under ZeRO each rank multiplies the fragments it
+        holds, zeroes the rest, and one all-reduce over the data-parallel group assembles the
+        whole product: no second buffer."""
+        self._step = None
         try:
             fragments = list(self._fragments())
         except OptimizerStateMissing as e:
@@ -123,13 +138,19 @@ class AdamPreconditioner:
                 log.warning("--dga-alignment adam: %s; this update uses the raw inner product", e)
                 self._warned = True
             return None
-        out = torch.zeros_like(flat) if self.partitioned else flat
+        held = {}
         for index, params_slice, v, beta2, eps, step in fragments:
-            view = self.layout.view(flat, index)[params_slice]
-            v_hat = v.to(flat.dtype) / (1.0 - beta2 ** max(step, 1.0))
-            self.layout.view(out, index)[params_slice] = view / (v_hat.sqrt() + eps)
-        if self.partitioned and self.dp_size > 1:
-            dist.all_reduce(out, group=self.dp_group)  # every element comes from one rank
-        if out is not flat:
-            flat.copy_(out)
+            for target, second_moment in chunks(self.layout.view(flat, index)[params_slice], v):
+                target.mul_(next_step_preconditioner(second_moment, beta2, eps, step, flat.dtype))
+            held.setdefault(index, []).append(params_slice)
+        if self.partitioned:
+            for index in range(len(self.layout.params)):
+                view = self.layout.view(flat, index)
+                end = 0
+                for piece in sorted(held.get(index, []), key=lambda s: s.start):
+                    view[end:piece.start].zero_()  # held by another data-parallel rank
+                    end = piece.stop
+                view[end:].zero_()
+            if self.dp_size > 1:
+                dist.all_reduce(flat, group=self.dp_group)  # every element comes from one rank
         return flat

@@ -37,13 +37,18 @@ def model_parallel_sum(local: torch.Tensor) -> torch.Tensor:
     return local
 
 
+CHUNK = 1 << 22  # elements converted to the accumulation dtype at a time (no full-size copy)
+
+
 def local_dot(xs: Sequence[torch.Tensor], ys: Sequence[torch.Tensor]) -> torch.Tensor:
     """sum_i <xs[i], ys[i]> in fp32 (float64 on CPU for exact comparisons in tests)."""
     on_gpu = torch.cuda.is_available()
     dtype = torch.float32 if on_gpu else torch.float64
     total = torch.zeros((), dtype=dtype, device=torch.cuda.current_device() if on_gpu else "cpu")
     for x, y in zip(xs, ys):
-        total += torch.dot(x.reshape(-1).to(dtype), y.reshape(-1).to(dtype))
+        x, y = x.reshape(-1), y.reshape(-1)
+        for start in range(0, x.numel(), CHUNK):
+            total += torch.dot(x[start: start + CHUNK].to(dtype), y[start: start + CHUNK].to(dtype))
     return total
 
 

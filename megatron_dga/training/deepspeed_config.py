@@ -49,6 +49,33 @@ def apply_user_config(config: PretrainConfig, user: Dict[str, Any]) -> None:
         t.fp16 = bool(user["fp16"].get("enabled", False))
 
 
+def accumulates_in_fp32(config: PretrainConfig) -> bool:
+    """Megatron's --accumulate-allreduce-grads-in-fp32, on by default with bf16."""
+    flag = config.training.accumulate_allreduce_grads_in_fp32
+    return config.training.bf16 if flag is None else bool(flag)
+
+
+def effective_zero_stage(config: PretrainConfig) -> int:
+    """The ZeRO stage DeepSpeed runs. bf16 with fp32 accumulation is DeepSpeed's BF16_Optimizer,
+    which DeepSpeed builds only as a ZeRO-1 optimizer (its fp32 master weights and Adam moments
+    sharded over data-parallel ranks): --zero-stage 0 runs as 1 then."""
+    stage = config.parallel.zero_stage
+    return 1 if stage == 0 and accumulates_in_fp32(config) else stage
+
+
+def fp32_accumulation(config: PretrainConfig, user: Dict[str, Any]) -> bool:
+    """Whether this run accumulates in fp32. A --deepspeed_config that asks for ZeRO stage 0
+    wins, and DeepSpeed accumulates bf16 there: refused if fp32 accumulation was asked for."""
+    if not accumulates_in_fp32(config):
+        return False
+    if int(user.get("zero_optimization", {}).get("stage", 1)) == 0:
+        if config.training.accumulate_allreduce_grads_in_fp32:
+            raise LayoutError("--accumulate-allreduce-grads-in-fp32: DeepSpeed accumulates bf16 gradients in fp32 "
+                              "only with ZeRO 1 or 2, and the --deepspeed_config sets stage 0")
+        return False
+    return True
+
+
 def zero_section(stage: int) -> Dict[str, Any]:
     """ZeRO settings. On GPUs, ZeRO-1/2 overlap the gradient reduction with the backward pass
     (`overlap_comm`, on a side stream) and copy gradients into one contiguous buffer as they
@@ -69,7 +96,7 @@ def derive_config(config: PretrainConfig, layout: Layout, user: Dict[str, Any]) 
         "train_micro_batch_size_per_gpu": layout.micro_batch_size,
         "gradient_accumulation_steps": layout.grad_accumulation_steps,
         "gradient_clipping": o.clip_grad if o.clip_grad > 0 else NO_CLIP,
-        "zero_optimization": zero_section(config.parallel.zero_stage),
+        "zero_optimization": zero_section(effective_zero_stage(config)),
         "bf16": {"enabled": t.bf16},
         "fp16": {"enabled": t.fp16, "loss_scale": 0, "initial_scale_power": 16},
         "steps_per_print": _QUIET_STEPS_PER_PRINT,
@@ -87,6 +114,11 @@ def derive_config(config: PretrainConfig, layout: Layout, user: Dict[str, Any]) 
         raise LayoutError('--sequence-parallel with pipeline parallelism: the DeepSpeed config\'s "pipeline": '
                           '{"pipe_partitioned": true} would cut activations that are already cut over the '
                           'sequence; leave it out')
+    if fp32_accumulation(config, user):
+        # Megatron's main_grad: every micro batch's bf16 gradient is added into fp32 buffers,
+        # which are then all-reduced (in fp32, or in bf16 with --grad-reduce-in-bf16).
+        derived["data_types"] = {"grad_accum_dtype": "fp32"}
+        derived["communication_data_type"] = "bf16" if t.grad_reduce_in_bf16 else "fp32"
     merged = dict(derived)
     merged.update(user)
     merged.pop("gradient_accumulation_steps", None)

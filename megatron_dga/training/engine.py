@@ -22,7 +22,7 @@ from megatron_dga.data.batches import MicroBatch
 from megatron_dga.parallel.initialize import ParallelContext
 from megatron_dga.parallel.mpu import MegatronCoreMPU
 from megatron_dga.parallel.reductions import global_grad_norm
-from megatron_dga.training.deepspeed_config import derive_config
+from megatron_dga.training.deepspeed_config import derive_config, fp32_accumulation
 from megatron_dga.training.optimizer import build_optimizer, build_scheduler
 
 
@@ -98,6 +98,10 @@ class TrainingEngine:
         self.ctx = ctx
         self.pipelined = ctx.layout.pp > 1
         self.ds_config = derive_config(config, ctx.layout, user_ds_config)
+        if ctx.rank == 0 and fp32_accumulation(config, user_ds_config) and config.parallel.zero_stage == 0:
+            print("--bf16: gradients accumulate and are all-reduced in fp32 (Megatron's "
+                  "--accumulate-allreduce-grads-in-fp32), by DeepSpeed's BF16_Optimizer, a ZeRO-1 optimizer: "
+                  "--zero-stage 0 runs as ZeRO-1 (--no-accumulate-allreduce-grads-in-fp32 keeps ZeRO-0)", flush=True)
         # The optimizer is built on the device the parameters train on: torch's fused AdamW
         # needs them there (a PipelineModule is still on the CPU until DeepSpeed moves it).
         model.to(ctx.device)

@@ -4,6 +4,10 @@ On a GPU: torch's allocator (`memory_allocated`, `max_memory_allocated`), which 
 model, optimizer and activations occupy. On the CPU: the resident set of the process (Linux
 `VmRSS`, and its high-water mark `VmHWM`), which also holds the interpreter and libraries:
 compare the peak with the value at the start of training.
+
+`Peaks` measures the peak of one phase (a DGA update) without losing the run's: the high-water
+mark is reset at the phase's start (torch's peak statistics; on Linux, `/proc/self/clear_refs`)
+and the run's peak so far is kept aside.
 """
 
 from __future__ import annotations
@@ -36,3 +40,36 @@ def current_bytes() -> int:
 
 def peak_bytes() -> int:
     return _reading(torch.cuda.max_memory_allocated, "VmHWM")
+
+
+def _reset_peak() -> bool:
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+        return True
+    try:
+        with open("/proc/self/clear_refs", "w", encoding="ascii") as f:
+            f.write("5")  # resets VmHWM to the current resident set
+        return True
+    except OSError:
+        return False
+
+
+class Peaks:
+    """The run's peak, and the peak of each measured phase above the memory at its start."""
+
+    def __init__(self):
+        self._run_peak = 0
+
+    def run_peak(self) -> int:
+        return max(self._run_peak, peak_bytes())
+
+    def measure(self, phase):
+        """Run `phase()`; return its result and its peak above the memory at its start (None
+        where the peak cannot be reset)."""
+        self._run_peak = self.run_peak()
+        start = current_bytes()
+        resettable = _reset_peak()
+        result = phase()
+        extra = peak_bytes() - start if resettable else None
+        self._run_peak = self.run_peak()
+        return result, extra

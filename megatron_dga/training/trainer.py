@@ -28,7 +28,8 @@ from megatron_dga.data.sequences import FewExamples
 from megatron_dga.mixing.alignment import AlignmentMeter
 from megatron_dga.mixing.dga import DGAMixing
 from megatron_dga.mixing.factory import build_mixing
-from megatron_dga.mixing.gradients import PipelineProbeGradients, SequentialProbeGradients
+from megatron_dga.mixing.gradients import SequentialProbeGradients
+from megatron_dga.mixing.pipeline_probes import PipelineProbeGradients
 from megatron_dga.mixing.importance import assign_to_clusters
 from megatron_dga.mixing.preconditioner import AdamPreconditioner
 from megatron_dga.mixing.probes import ProbeData, probe_streams
@@ -112,6 +113,8 @@ class Trainer:
         self.evaluator = Evaluator(eval_sets, self.layout, ctx.dp_rank, config.logging.eval_iters, eod, mask_eod)
         self.alignment = self._build_alignment_meter() if isinstance(self.mixing, DGAMixing) else None
         self.replan_seconds = 0.0
+        self.peaks = memory.Peaks()
+        self.dga_update_bytes: Optional[int] = None  # the last DGA update's peak above its start
         self.checkpointer = Checkpointer(ctx, self.engine.engine)
         self.iteration = 0
         if config.checkpoint.load:
@@ -329,8 +332,10 @@ class Trainer:
             "consumed-samples": self.consumed_samples,
             # fp16 steps DeepSpeed skipped for an overflow, since the start of the run
             "skipped-iterations": self.engine.engine.skipped_steps,
-            "memory/peak-mb": memory.peak_bytes() / 2 ** 20,
+            "memory/peak-mb": self.peaks.run_peak() / 2 ** 20,
         }
+        if self.dga_update_bytes is not None:
+            scalars["memory/dga-update-mb"] = self.dga_update_bytes / 2 ** 20
         for group, values in series.items():
             scalars.update({f"{group}/{name}": value for name, value in values.items()})
         self.logger.scalars(self.iteration, scalars)
@@ -339,7 +344,8 @@ class Trainer:
             "lm_loss": loss, "learning_rate": self.engine.learning_rate, "grad_norm": grad_norm,
             "iteration_time": iteration_time, "tokens_per_second": tokens_per_second,
             "skipped": result.skipped, "skipped_iterations": self.engine.engine.skipped_steps,
-            "memory_peak_mb": memory.peak_bytes() / 2 ** 20,
+            "memory_peak_mb": self.peaks.run_peak() / 2 ** 20,
+            "memory_dga_update_mb": None if self.dga_update_bytes is None else self.dga_update_bytes / 2 ** 20,
             "memory_at_start_mb": self._memory_at_start / 2 ** 20,
             **{k.replace("-", "_"): v for k, v in series.items()},
         })
@@ -356,9 +362,11 @@ class Trainer:
     def update_mixture(self) -> None:
         """Measure the alignment, step the mixing algorithm, re-plan the blend from here on."""
         with self.watchdog.watch(f"DGA probes before iteration {self.iteration + 1}"):
-            measured = self.alignment.measure()
+            # What an update adds to the memory held between steps (its peak above it).
+            measured, self.dga_update_bytes = self.peaks.measure(self.alignment.measure)
         lr_scale = self.engine.learning_rate / self.config.optimizer.lr if self.config.optimizer.lr > 0 else 1.0
-        changed = self.mixing.update(self.iteration, measured.scores, measured.stderr, lr_scale)
+        changed = self.mixing.update(self.iteration, measured.scores, measured.stderr, lr_scale,
+                                     in_running_scale=measured.in_kind_units)
         start = time.time()
         if changed:
             self.blend.set_weights(self.consumed_samples, self.mixing.weights())
