@@ -117,3 +117,22 @@ def test_setting_the_same_weights_changes_nothing():
     after = blend.lookup(0, 2000)
     assert blend.state_dict() == DynamicBlend(3, [1, 1, 1]).state_dict()
     np.testing.assert_array_equal(before[0], after[0])
+
+
+@pytest.mark.parametrize("planned", [0, 35, 80])
+def test_resume_after_a_change_at_a_future_position_plans_the_same(planned):
+    """Weights set to change at a position after the first unconsumed one (the trainer changes
+    them at the first unconsumed position; the method allows later ones): the state saved
+    before the change takes effect resumes into the same plan, whatever was planned already."""
+    blend = DynamicBlend(3, [0.5, 0.3, 0.2])
+    blend.lookup(0, 20)
+    blend.release_before(10)
+    if planned:
+        blend.lookup(10, planned)
+    blend.set_weights(50, [0.1, 0.1, 0.8])
+    resumed = DynamicBlend(3, [0.5, 0.3, 0.2])
+    resumed.load_state_dict(blend.state_dict())
+    for a, b in zip(blend.lookup(10, 400), resumed.lookup(10, 400)):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(blend.draws_before(400), resumed.draws_before(400))
+    np.testing.assert_allclose(resumed.weights, [0.1, 0.1, 0.8])

@@ -51,3 +51,29 @@ def test_resumed_probes_plan_the_same_sequences():
     resumed.load_state_dict(state)
     np.testing.assert_array_equal(planned_domains(resumed, 5), expected)
     assert not np.array_equal(first, expected)
+
+
+class Numbered:
+    """A stream whose k-th draw is the sequence [k, k, ...]: a probe's draw numbers show."""
+
+    def sample(self, k):
+        return np.full(5, k, dtype=np.int64)
+
+
+def probed_draws(probes, training_draws):
+    probes.begin_update(np.asarray(training_draws))
+    draws = [sorted(set(mb.tokens[:, 0].tolist()) | set(mb.labels[:, -1].tolist()))
+             for j in range(probes.num_sources) for mb in probes.source_microbatches(j)]
+    probes.end_update()
+    return draws
+
+
+def test_probes_read_ahead_of_training_and_never_twice():
+    """A probe reads what the domain's next training step would: the sequences just after the
+    domain's training draws so far; and when training has not moved on (a domain of small
+    weight), the next update reads further ahead instead of the same sequences again."""
+    probes = ProbeData([Numbered(), Numbered()], None, np.eye(2), Layout(1, 1, 1, 1, 2, 2), 0, 1, None, False)
+    assert probed_draws(probes, [10, 0]) == [[10, 11], [0, 1]]
+    assert probed_draws(probes, [10, 0]) == [[12, 13], [2, 3]]  # not the same sequences again
+    assert probed_draws(probes, [40, 3]) == [[40, 41], [4, 5]]  # training has passed the cursor
+    np.testing.assert_array_equal(probes.state_dict()["domain_draws"], [42, 6])

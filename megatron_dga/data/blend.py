@@ -16,9 +16,11 @@ into the new weights. Hence:
 - only positions that are asked for are planned (a batch at a time), so a change wastes
   nothing.
 
-State: the rule's O(k) state at the start of the current segment, and every domain's draws
-at the first unconsumed position; the plan of positions between that one and the last one
-asked for is a cache, rebuilt on resume. Nothing grows with the number of updates.
+State: the rule's O(k) state at the first unconsumed position, and every domain's draws
+there; the plan of positions between that one and the last one asked for is a cache, rebuilt
+on resume. Nothing grows with the number of updates. (When the current weights take effect
+at a position after the first unconsumed one, the domains of the positions between the two are
+saved instead, and the rule's state where the weights take effect.)
 """
 
 from __future__ import annotations
@@ -121,9 +123,16 @@ class DynamicBlend:
 
     # ---- checkpointing -------------------------------------------------------------------
     def state_dict(self) -> Dict:
-        """O(k) numbers: the rule at the first unconsumed position, and the draws there."""
+        """O(k) numbers: the rule at the first unconsumed position, and the draws there. The
+        rule only knows its current segment: if that starts later, the positions before it are
+        saved as planned, with the rule's state at the segment's start."""
+        pending = np.zeros(0, dtype=np.int64)
+        if self._segment_start > self._anchor:
+            self._plan_until(self._segment_start)
+            pending = self._domains[: self._segment_start - self._anchor]
         return {
-            "rule": self._rule_state_at(self._anchor),
+            "rule": self._rule_state_at(self._anchor + len(pending)),
+            "pending_domains": pending.tolist(),
             "segment_start": int(self._segment_start),
             "segment_draws": self._segment_draws.tolist(),
             "anchor": int(self._anchor),
@@ -143,5 +152,9 @@ class DynamicBlend:
         self._segment_draws = np.asarray(state["segment_draws"], dtype=np.int64)
         self._anchor = int(state["anchor"])
         self._anchor_draws = np.asarray(state["anchor_draws"], dtype=np.int64)
-        self._domains = np.zeros(0, dtype=np.int64)
-        self._draws = np.zeros(0, dtype=np.int64)
+        self._domains = np.asarray(state.get("pending_domains", []), dtype=np.int64)
+        self._draws = np.zeros(len(self._domains), dtype=np.int64)
+        drawn = self._anchor_draws.copy()
+        for i, d in enumerate(self._domains):  # each pending position's draw number
+            self._draws[i] = drawn[d]
+            drawn[d] += 1

@@ -28,7 +28,8 @@ class StreamKind(IntEnum):
     """What a random stream is for; part of every stream's seed key."""
 
     TRAIN = 1  # a domain's training sequences
-    PROBE = 2  # a domain's sequences for DGA's probes
+    # 2 was a separate stream of each domain's sequences for DGA's probes, which now read ahead in
+    # the training streams; the other values keep their keys.
     CAP = 3  # the subset of a domain's documents kept by --domain-max-tokens
     SPECIFIC = 4  # the specific set's sequences
     SPECIFIC_EXAMPLES = 5  # the order of the --specific-train-samples examples, pass after pass

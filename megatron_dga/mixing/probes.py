@@ -1,10 +1,16 @@
 """The data DGA's probes read: micro batches of each source and of the specific set.
 
-Probes never touch the training data position: every domain has a second, independently
-seeded stream of its training sequences for probes (`StreamKind.PROBE`), and the specific set
-has its own. At update u each source (a domain, or a base distribution over domains) gets
-`probe_microbatches x DP` micro batches, one share per data-parallel rank, exactly as a
-training batch is split.
+DGA's score is the first-order effect of the next training step's gradient on domain i, so a
+probe reads what that step would read: the sequences just ahead of the training position in
+domain i's own training stream. A probe of domain i starts at the later of the domain's
+training draws so far and the end of its previous probe, and moves that cursor on: it never
+re-reads a sequence it probed, and reads a sequence of the current epoch that training has not
+reached, or, in a later epoch, a repeated one exactly as training would (a domain read many
+times over is probed on text the model has seen, as it is trained on it). Probes read without
+moving the training position: the k-th draw of a stream is a pure function of (seed, domain,
+k). The specific set has a stream of its own. At each update each source (a domain, or a base
+distribution over domains) gets `probe_microbatches x DP` micro batches, one share per
+data-parallel rank, exactly as a training batch is split.
 
 A base distribution P_j spreads its sequences over its domains by the same low-discrepancy
 rule as the training blend, with a state that persists from one update to the next: over
@@ -21,17 +27,8 @@ import numpy as np
 
 from megatron_dga.data.apportion import Apportioner
 from megatron_dga.data.batches import MicroBatch, make_microbatch
-from megatron_dga.data.sequences import SequenceStream, StreamKind, stream_key
+from megatron_dga.data.sequences import SequenceStream
 from megatron_dga.parallel.layout import Layout
-
-
-def probe_streams(domains, seq_length: int, seed: int) -> List[SequenceStream]:
-    """Every domain's probe stream: its training sequences, in an order of their own."""
-    return [
-        SequenceStream(d.name, d.train.dataset, d.train.doc_ids, d.train.sizes, seq_length,
-                       seed_key=stream_key(seed, StreamKind.PROBE, i))
-        for i, d in enumerate(domains)
-    ]
 
 
 class BaseSampler:
@@ -55,15 +52,15 @@ class BaseSampler:
 
 
 class ProbeData:
-    def __init__(self, probe_streams: List[SequenceStream], specific, bases: np.ndarray, layout: Layout,
+    def __init__(self, training_streams: List[SequenceStream], specific, bases: np.ndarray, layout: Layout,
                  dp_rank: int, probe_microbatches: int, eod: Optional[int], eod_mask_loss: bool):
-        self.streams, self.specific, self.bases = probe_streams, specific, bases
+        self.streams, self.specific, self.bases = training_streams, specific, bases
         self.layout, self.dp_rank = layout, dp_rank
         self.probe_microbatches = probe_microbatches
         self.eod, self.eod_mask_loss = eod, eod_mask_loss
         # Sequences per source and per update, over all data-parallel ranks.
         self.block = probe_microbatches * layout.dp * layout.micro_batch_size
-        self.domain_draws = np.zeros(len(probe_streams), dtype=np.int64)
+        self.domain_draws = np.zeros(len(training_streams), dtype=np.int64)  # each domain's probe cursor
         self.specific_draws = 0
         self.samplers = [BaseSampler(row) for row in bases]
         self._plan = None  # (source domains, draw numbers, counters after) of the current update
@@ -78,12 +75,15 @@ class ProbeData:
             start = (m * self.layout.dp + self.dp_rank) * mbs
             yield slice(start, start + mbs)
 
-    def begin_update(self) -> None:
-        """Plan this update's probe sequences: for every source, `block` (domain, draw) pairs."""
+    def begin_update(self, training_draws: Optional[np.ndarray] = None) -> None:
+        """Plan this update's probe sequences: for every source, `block` (domain, draw) pairs,
+        each domain's draws from max(its training draws so far, its probe cursor) on."""
         domains = np.stack([sampler.next_block(self.block) for sampler in self.samplers])
         flat = domains.reshape(-1)
         draws = np.empty_like(flat)
         counters = self.domain_draws.copy()
+        if training_draws is not None:
+            counters = np.maximum(counters, np.asarray(training_draws, dtype=np.int64))
         for position, d in enumerate(flat):  # draws continue each domain's probe stream
             draws[position] = counters[d]
             counters[d] += 1

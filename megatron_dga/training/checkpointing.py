@@ -188,12 +188,14 @@ class Checkpointer:
 
     def optimizer_sharded_over_dp(self) -> Optional[str]:
         """What shards this run's optimizer state over data-parallel ranks, if anything: ZeRO,
-        or DeepSpeed's bf16 optimizer (used for bf16 without ZeRO), which partitions its fp32
-        master weights over data-parallel ranks the same way."""
+        or DeepSpeed's bf16 optimizer (bf16 with ZeRO-1 or pipeline parallelism), which
+        partitions its fp32 master weights over data-parallel ranks the same way."""
+        from deepspeed.runtime.bf16_optimizer import BF16_Optimizer
+
+        if isinstance(self.engine.optimizer, BF16_Optimizer):
+            return "DeepSpeed's bf16"
         if self.engine.zero_optimization_stage() > 0:
             return f"ZeRO-{self.engine.zero_optimization_stage()}"
-        if self.engine.bfloat16_enabled():
-            return "DeepSpeed's bf16"
         return None
 
     def load(self, directory: str, load_optimizer: bool, load_rng: bool) -> Dict[str, Any]:

@@ -32,7 +32,7 @@ from megatron_dga.mixing.gradients import SequentialProbeGradients
 from megatron_dga.mixing.pipeline_probes import PipelineProbeGradients
 from megatron_dga.mixing.importance import assign_to_clusters
 from megatron_dga.mixing.preconditioner import AdamPreconditioner
-from megatron_dga.mixing.probes import ProbeData, probe_streams
+from megatron_dga.mixing.probes import ProbeData
 from megatron_dga.model.gpt import build_model
 from megatron_dga.model.transformer_config import padded_vocab_size
 from megatron_dga.parallel.initialize import ParallelContext, seed_everything
@@ -157,11 +157,9 @@ class Trainer:
 
     def _build_alignment_meter(self) -> AlignmentMeter:
         cfg = self.config
-        streams = probe_streams(self.domains, cfg.model.seq_length, cfg.training.seed)
-        for stream in streams:
-            stream.vocab_size = self.vocab_size
-        probes = ProbeData(streams, self.specific_train, self.mixing.bases, self.layout, self.ctx.dp_rank,
-                           probe_microbatches_per_rank(cfg, self.layout), self.tokenizer.eod,
+        # Probes read ahead in the domains' own training streams (mixing/probes.py).
+        probes = ProbeData([d.train for d in self.domains], self.specific_train, self.mixing.bases, self.layout,
+                           self.ctx.dp_rank, probe_microbatches_per_rank(cfg, self.layout), self.tokenizer.eod,
                            cfg.training.eod_mask_loss)
         if self.engine.pipelined:
             gradients = PipelineProbeGradients(self.engine.engine, self.ctx.device)
@@ -363,7 +361,8 @@ class Trainer:
         """Measure the alignment, step the mixing algorithm, re-plan the blend from here on."""
         with self.watchdog.watch(f"DGA probes before iteration {self.iteration + 1}"):
             # What an update adds to the memory held between steps (its peak above it).
-            measured, self.dga_update_bytes = self.peaks.measure(self.alignment.measure)
+            draws = self._domain_draws()
+            measured, self.dga_update_bytes = self.peaks.measure(lambda: self.alignment.measure(draws))
         lr_scale = self.engine.learning_rate / self.config.optimizer.lr if self.config.optimizer.lr > 0 else 1.0
         changed = self.mixing.update(self.iteration, measured.scores, measured.stderr, lr_scale,
                                      in_running_scale=measured.in_kind_units)
