@@ -28,10 +28,11 @@ from megatron_dga.monitoring.runs import Run, read_run  # noqa: E402
 from run import VARIANTS  # noqa: E402
 from unigram import unigram_baseline  # noqa: E402
 
-BASE_METHODS = ["uniform", "natural", "importance", "dga", "dga-ema"]
+BASE_METHODS = ["uniform", "natural", "static", "importance", "dga", "dga-ema"]
 REGIME_ORDER = ["plenty", "token-limited", "few-specific"]
 # Groups of runs (run.json "experiment"), in the order the report shows them.
-EXPERIMENT_ORDER = ["sources", "clusters", "variants", "clusters64", "clusters256", "scale"]
+EXPERIMENT_ORDER = ["sources", "clusters", "variants", "clusters64", "clusters256", "scale",
+                    "headroom-novels_austen", "headroom-docs_python", "headroom-code_go", "headroom-drama_shakespeare"]
 HELDOUT = "lm loss validation/specific"
 
 
@@ -54,6 +55,8 @@ def load_runs(work: str) -> Dict[tuple, List[dict]]:
     for info_path in sorted(glob.glob(os.path.join(work, "runs", "*", "*", "*", "seed*", "run.json"))):
         with open(info_path) as f:
             info = json.load(f)
+        if info.get("iterations_done", info["train_iters"]) < info["train_iters"]:
+            continue  # a headroom candidate stopped early: in the headroom section, not the tables
         info.setdefault("label", info["method"])
         info.setdefault("experiment", info["domains"])
         folder = os.path.dirname(info_path)
@@ -119,6 +122,60 @@ def table(runs: List[dict]) -> List[str]:
     return lines
 
 
+def final_losses(folder: str) -> List[float]:
+    """The held-out loss at the end of each seed's run in `folder`/seed*/ (finished runs only)."""
+    losses = []
+    for info_path in sorted(glob.glob(os.path.join(folder, "seed*", "run.json"))):
+        with open(info_path) as f:
+            info = json.load(f)
+        if info.get("iterations_done", info["train_iters"]) == info["train_iters"]:
+            losses.append(read_run(os.path.join(os.path.dirname(info_path), "metrics.jsonl"), "").last(HELDOUT))
+    return losses
+
+
+def headroom_section(work: str) -> List[str]:
+    """Per target: uniform, the best fixed mixture found by headroom.py, and each DGA form, with
+    the fraction of the available gain each captures, (uniform - method) / (uniform - best fixed),
+    from the means over seeds."""
+    searches = sorted(glob.glob(os.path.join(work, "headroom", "*-seed*.json")))
+    if not searches:
+        return []
+    lines = ["## Headroom: the best fixed mixture of each target, and how much of it DGA captures", "",
+             "| target | regime | uniform | best fixed mixture (searched on seed 1) | best fixed | method | "
+             "held-out loss | captured | search cost |", "|---|---|---:|---|---:|---|---:|---:|---:|"]
+    for path in searches:
+        with open(path) as f:
+            search = json.load(f)
+        experiment, winner = search["experiment"], search.get("winner")
+        if not winner:
+            continue
+        base = os.path.join(work, "runs", experiment)
+        uniform = final_losses(os.path.join(base, "plenty", "uniform"))
+        best = uniform if winner == "uniform" else final_losses(os.path.join(base, "plenty", f"static-{winner}"))
+        weights = ", ".join(f"{n} {w:.2f}" for n, w in sorted(search["candidates"][winner]["weights"].items(),
+                                                                key=lambda kv: -kv[1]))
+        full_runs = search["iterations_trained"] / search["rungs"][-1]
+        cost = f"{full_runs:.1f} runs, {search['seconds'] / 3600:.1f} h"
+        if not uniform or not best:
+            continue
+        u, b = statistics.mean(uniform), statistics.mean(best)
+        for regime in ("plenty", "few-specific"):
+            for folder in sorted(glob.glob(os.path.join(base, regime, "dga*"))):
+                losses = final_losses(folder)
+                if not losses:
+                    continue
+                d = statistics.mean(losses)
+                captured = f"{(u - d) / (u - b):.2f}" if u - b > 1e-9 else "(no headroom)"
+                method = os.path.basename(folder)
+                lines.append(f"| {experiment.replace('headroom-', '')} | {regime} | {mean_sd(uniform)} | {weights} | "
+                             f"{mean_sd(best)} | {method} | {mean_sd(losses)} | {captured} | {cost} |")
+    lines += ["", "Held-out loss at the end of the run, mean ± standard deviation over seeds (seeds 1 and 2). The "
+              "best fixed mixture is searched on seed 1 by successive halving (`examples/austen/headroom.py`); its "
+              "seed-2 run is the honest figure, since the search chose it on seed 1's held-out loss. *Search cost*: "
+              "the iterations its candidates trained, in full runs, and their wall time.", ""]
+    return lines
+
+
 def prepared_of(info: dict) -> str:
     args = info.get("run_args", [])
     return args[args.index("--prepared") + 1] if "--prepared" in args else ""
@@ -169,6 +226,7 @@ def main(argv=None) -> int:
             "training sequence. *Probe noise*: median over updates of the RMS standard error of the alignment",
             "scores over their RMS spread across sources (1: the differences between sources are as large as",
             "the measurement error), where the probes allow it.", ""]
+    out += headroom_section(a.work_dir)
     ordered = sorted(groups.items(), key=lambda kv: group_rank(kv[0]))
     for (experiment, regime), runs in ordered:
         seeds = sorted({i["seed"] for i in runs})

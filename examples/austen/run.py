@@ -263,8 +263,8 @@ def main(argv=None) -> int:
             "wall_seconds": previous_seconds + time.time() - start, "run_args": argv,
             "command": command}
     write_json(os.path.join(a.out, "run.json"), info)  # written last: it marks the run finished
-    if until == a.train_iters:
-        shutil.rmtree(os.path.join(a.out, "checkpoints"), ignore_errors=True)  # no longer needed
+    if a.stop_at is not None and until == a.train_iters:
+        shutil.rmtree(os.path.join(a.out, "checkpoints"), ignore_errors=True)  # the halving's: no longer needed
     print(f"{a.out}: done to iteration {until} in {info['wall_seconds']:.0f} s", flush=True)
     return 0
 
