@@ -58,9 +58,10 @@ class ModelConfig:
         128, "Pad the vocabulary to a multiple of this times the tensor-parallel size."
     )
     transformer_impl: str = arg(
-        "auto",
-        "Layer implementation: megatron-core's local spec, Transformer Engine, or auto "
-        "(Transformer Engine when it is installed and CUDA is present).",
+        "local",
+        "Layer implementation: megatron-core's local spec (the default), Transformer Engine (opt-in: its "
+        "parameter names differ, so its checkpoints resume only with it and have no Hugging Face mapping), or "
+        "auto (Transformer Engine when it is installed and CUDA is present).",
         choices=["auto", "local", "transformer_engine"],
     )
     attention_backend: str = arg(
@@ -68,6 +69,14 @@ class ModelConfig:
         "kernels on GPU), 'unfused' (megatron-core's DotProductAttention), or 'auto' (Transformer Engine's "
         "attention when its layers are used, else sdpa).", choices=["auto", "sdpa", "unfused"],
     )
+    bias_dropout_fusion: bool = arg(
+        True, "On GPUs, megatron-core's jit-fused bias + dropout + residual add (compiled on the first iteration).",
+    )
+    bias_gelu_fusion: bool = arg(
+        True, "On GPUs, megatron-core's jit-fused bias + GELU, where it computes the activation asked for "
+        "(--openai-gelu with biases).",
+    )
+    bias_swiglu_fusion: bool = arg(True, "On GPUs, megatron-core's jit-fused SwiGLU (--swiglu).")
     recompute_granularity: Optional[str] = arg(
         None, "Activation recompute: 'full' recomputes whole transformer layers in the backward pass, "
         "'selective' only their core attention.", choices=["full", "selective"],
@@ -105,6 +114,14 @@ class ParallelConfig:
     distributed_timeout_minutes: float = arg(
         10, "Timeout of collective operations, for every process group (fractions allowed: 0.5 is 30 s). A rank "
         "that makes no progress for this long plus 30 s is ended by a watchdog.",
+    )
+    checkpoint_load_timeout_minutes: float = arg(
+        60, "How long loading a checkpoint (--load, --load-hf, --reshard) may take before the watchdog ends "
+        "the rank. The collectives around it still wait --distributed-timeout-minutes for the slowest rank.",
+    )
+    checkpoint_save_timeout_minutes: float = arg(
+        60, "How long saving a checkpoint may take before the watchdog ends the rank (the collectives that "
+        "gather every rank's result still wait --distributed-timeout-minutes for the slowest).",
     )
     local_rank: Optional[int] = arg(
         None, "Set by the deepspeed launcher; the LOCAL_RANK environment variable is used.",

@@ -27,3 +27,20 @@ def test_training_steps_read_nothing_on_the_host(tmp_path, manifest, nproc, layo
     with open(out) as f:
         reads = json.load(f)
     assert reads == {}, reads
+
+
+def test_the_loop_reads_the_host_once_per_iteration_for_the_nan_check(tmp_path, manifest):
+    """Between log intervals the loop's own reads are the NaN check's, one per iteration (the loss
+    and the norm read together); --exit-signal-handler's all-reduce waits for the log interval."""
+    out = str(tmp_path / "reads.json")
+    args = ["--domains-manifest", manifest, *SMALL_MODEL, "--micro-batch-size", "2", "--global-batch-size", "4",
+            "--train-iters", "9", "--split", "90,10,0", "--log-interval", "100", "--eval-interval", "100",
+            "--exit-signal-handler"]
+    run(driver_command(DRIVER, 1, [out, "loop"], args))
+    with open(out) as f:
+        reads = json.load(f)
+    # the first iteration is not counted: 8 NaN checks, one read each; the last iteration's log
+    # line and evaluation read the rest
+    assert sum(n for site, n in reads.items() if "_check_finite" in site) == 8, reads
+    assert not any("_stop_requested" in site for site in reads), reads
+    assert all(any(name in site for name in ("_check_finite", "_log", "eval_loss")) for site in reads), reads

@@ -29,11 +29,23 @@ def have_apex() -> bool:
 
 
 def use_transformer_engine(model: ModelConfig) -> bool:
+    """Whether the layers are Transformer Engine's: only when asked for (--transformer-impl
+    transformer_engine, or auto on a machine that has it and CUDA)."""
     if model.transformer_impl == "transformer_engine":
         if not have_transformer_engine():
             raise ValueError("--transformer-impl transformer_engine: transformer_engine is not installed")
-        return True
-    return model.transformer_impl == "auto" and have_transformer_engine() and torch.cuda.is_available()
+        used = True
+    else:
+        used = model.transformer_impl == "auto" and have_transformer_engine() and torch.cuda.is_available()
+    if used and model.attention_backend != "auto":
+        raise ValueError(f"--attention-backend {model.attention_backend} is not used by Transformer Engine's layers "
+                         f"(they bring their own attention): leave it at auto, or use --transformer-impl local")
+    return used
+
+
+def layer_implementation(model: ModelConfig) -> str:
+    """What a checkpoint records: 'transformer_engine' or 'local' (parameter names differ)."""
+    return "transformer_engine" if use_transformer_engine(model) else "local"
 
 
 def params_dtype(bf16: bool, fp16: bool) -> torch.dtype:
@@ -56,7 +68,9 @@ def use_bias_activation_fusion(model: ModelConfig, on_gpu: bool) -> bool:
     refuses GELU fusion without them, and its kernel is not the exact GELU)."""
     if not on_gpu:
         return False
-    return model.swiglu or (model.openai_gelu and not model.disable_bias_linear)
+    if model.swiglu:
+        return model.bias_swiglu_fusion
+    return model.openai_gelu and not model.disable_bias_linear and model.bias_gelu_fusion
 
 
 def query_groups(model: ModelConfig):
@@ -100,10 +114,12 @@ def build_transformer_config(model: ModelConfig, tp: int, bf16: bool, fp16: bool
         pipeline_dtype=dtype,
         bf16=bf16,
         fp16=fp16,
-        # The fused kernels below are jit-compiled torch code on GPU; the softmax, layer-norm
+        # The fused kernels below are jit-compiled torch code on GPU (torch.compile: a compile on
+        # the first iteration, and again for evaluation and probes; --no-bias-dropout-fusion and
+        # --no-bias-swiglu-fusion / --no-bias-gelu-fusion turn them off); the softmax, layer-norm
         # and gradient-accumulation fusions need apex/Megatron CUDA extensions.
         bias_activation_fusion=fused_activation,
-        bias_dropout_fusion=on_gpu,
+        bias_dropout_fusion=on_gpu and model.bias_dropout_fusion,
         masked_softmax_fusion=False,
         persist_layer_norm=on_gpu and have_apex(),
         gradient_accumulation_fusion=False,

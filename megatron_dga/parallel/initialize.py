@@ -114,6 +114,26 @@ def skip_inference_shm_op() -> None:
     deepspeed_torch_comm.build_shm_op = lambda: None
 
 
+def set_nccl_error_handling(environ) -> None:
+    """A timed-out or failed NCCL collective raises in the training thread, as gloo's do, so the
+    rank exits with our message (rank, iteration, operation) and status 1: mode 2 of PyTorch's
+    watchdog aborts the communicators and lets the next wait raise, where mode 1 would end the
+    process from NCCL's watchdog thread with its own message. Blocking waits, which would also
+    raise, are left off: they would make every collective wait on the host. A value the user set
+    is kept."""
+    environ.setdefault("TORCH_NCCL_ASYNC_ERROR_HANDLING", "2")
+
+
+def gpu_index(local_rank: int, visible: int) -> int:
+    """The GPU of this process: the LOCAL_RANK-th of the node's, or the one GPU it sees where each
+    task is given only its own (Slurm's --gpus-per-task, CUDA_VISIBLE_DEVICES set per process)."""
+    if visible == 1:
+        return 0
+    if local_rank >= visible:
+        raise RuntimeError(f"LOCAL_RANK {local_rank} but only {visible} GPUs are visible to this process")
+    return local_rank
+
+
 def initialize_parallel(config: PretrainConfig) -> ParallelContext:
     """Start torch.distributed, build megatron-core's groups and the matching DeepSpeed
     topology, and seed every generator. The layout is validated before anything starts."""
@@ -127,11 +147,14 @@ def initialize_parallel(config: PretrainConfig) -> ParallelContext:
 
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if torch.cuda.is_available():
-        torch.cuda.set_device(local_rank)
-        device = torch.device("cuda", local_rank)
+        index = gpu_index(local_rank, torch.cuda.device_count())
+        torch.cuda.set_device(index)
+        device = torch.device("cuda", index)
     else:
         device = torch.device("cpu")
     backend = config.parallel.distributed_backend or ("nccl" if torch.cuda.is_available() else "gloo")
+    if backend == "nccl":
+        set_nccl_error_handling(os.environ)
     timeout = timedelta(minutes=config.parallel.distributed_timeout_minutes)
     use_timeout_for_every_group(timeout)
     if not dist.is_initialized():
@@ -147,6 +170,9 @@ def initialize_parallel(config: PretrainConfig) -> ParallelContext:
     ps.initialize_model_parallel(
         tensor_model_parallel_size=layout.tp, pipeline_model_parallel_size=layout.pp,
         distributed_timeout_minutes=config.parallel.distributed_timeout_minutes,
+        # megatron-core's extra gloo groups (for its distributed optimizer's checkpoints) are not
+        # used here, and on NCCL runs they fail on hosts whose name resolves to 127.0.1.1.
+        create_gloo_process_groups=False,
     )
     topology = PipeModelDataParallelTopology(num_pp=layout.pp, num_mp=layout.tp, num_dp=layout.dp)
     rank = dist.get_rank()

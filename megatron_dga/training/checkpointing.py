@@ -42,8 +42,15 @@ def checkpoint_name(iteration: int) -> str:
     return f"iter_{iteration:07d}"
 
 
+def rng_device() -> str:
+    """Whose generator formats a rank's RNG state holds: the model-parallel tracker keeps CUDA
+    generator states on a GPU and CPU ones on the CPU (the CPU shim), which do not convert."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def rng_state() -> Dict[str, Any]:
     return {
+        "device": rng_device(),
         "python": random.getstate(),
         "numpy": np.random.get_state(),
         "torch": torch.get_rng_state(),
@@ -52,13 +59,31 @@ def rng_state() -> Dict[str, Any]:
     }
 
 
-def set_rng_state(state: Dict[str, Any]) -> None:
+def set_rng_state(state: Dict[str, Any]) -> bool:
+    """Restore a rank's generators; False, restoring nothing, when the state was saved on
+    another kind of device (a CPU checkpoint resumed on a GPU, or the other way round): the
+    caller seeds the generators from --seed and the iteration instead."""
+    if state.get("device", "cpu") != rng_device():
+        return False
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
     torch.set_rng_state(state["torch"])
     if state["cuda"] is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state(state["cuda"])
     mcore_random.get_cuda_rng_tracker().set_states(state["tracker"])
+    return True
+
+
+LAYER_NAMES = {"local": "megatron-core's local layers", "transformer_engine": "Transformer Engine's layers"}
+
+
+def check_same_layers(metadata: Dict[str, Any], used: str, directory: str) -> None:
+    """A checkpoint resumes only into the layer implementation it was saved with: their
+    parameter names differ. Checkpoints that do not record it were saved with local layers."""
+    saved = metadata.get("transformer_impl", "local")
+    if saved != used:
+        raise CheckpointError(f"{directory} was saved with {LAYER_NAMES[saved]}, this run uses {LAYER_NAMES[used]} "
+                              f"(their parameter names differ): resume with --transformer-impl {saved}")
 
 
 def read_tracker(directory: str) -> Optional[int]:
@@ -216,5 +241,5 @@ class Checkpointer:
         self.rng_restored = load_rng and os.path.exists(rng_file) and \
             len(os.listdir(os.path.dirname(rng_file))) == dist.get_world_size()
         if self.rng_restored:
-            set_rng_state(torch.load(rng_file, weights_only=False))
+            self.rng_restored = set_rng_state(torch.load(rng_file, weights_only=False))
         return client_state

@@ -63,6 +63,9 @@ def export_checkpoint(directory: str, output: str) -> Dict[str, str]:
     """Write `output/` (a folder transformers loads) from the checkpoint folder `directory`."""
     metadata = _metadata(directory)
     model = metadata["model"]
+    if metadata.get("transformer_impl", "local") != "local":
+        raise ExportError(f"{directory} was saved with Transformer Engine's layers: the Hugging Face mapping knows "
+                          f"megatron-core's local layer names only (train with --transformer-impl local)")
     vocab = metadata.get("vocab_size")
     if vocab is None:
         raise CheckpointError(f"{directory}/metadata.json has no vocab_size (saved by an older version): "
@@ -122,6 +125,11 @@ def load_hf_weights(module: torch.nn.Module, folder: str, model_config, padded_v
     from safetensors.torch import load_file
     from transformers import AutoConfig
 
+    from megatron_dga.model.transformer_config import use_transformer_engine
+
+    if use_transformer_engine(model_config):
+        raise CheckpointError(f"--load-hf {folder}: the Hugging Face mapping knows megatron-core's local layer "
+                              f"names only; use --transformer-impl local")
     try:
         hf = AutoConfig.from_pretrained(folder)
     except (OSError, ValueError) as e:

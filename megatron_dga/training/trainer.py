@@ -34,12 +34,12 @@ from megatron_dga.mixing.importance import assign_to_clusters
 from megatron_dga.mixing.preconditioner import AdamPreconditioner
 from megatron_dga.mixing.probes import ProbeData
 from megatron_dga.model.gpt import build_model
-from megatron_dga.model.transformer_config import padded_vocab_size
+from megatron_dga.model.transformer_config import layer_implementation, padded_vocab_size
 from megatron_dga.parallel.initialize import ParallelContext, seed_everything
 from megatron_dga.parallel.layout import LayoutError, probe_microbatches_per_rank
 from megatron_dga.training import memory
-from megatron_dga.training.checkpointing import (Checkpointer, CheckpointError, checkpoint_name, describe_layout,
-                                                 layout_dict, read_tracker)
+from megatron_dga.training.checkpointing import (Checkpointer, CheckpointError, check_same_layers, checkpoint_name,
+                                                 describe_layout, layout_dict, read_tracker, rng_device)
 from megatron_dga.training.deepspeed_config import load_user_config
 from megatron_dga.training.engine import TrainingEngine, value
 from megatron_dga.training.evaluation import Evaluator, overall_loss
@@ -83,8 +83,10 @@ class Trainer:
         self.parameters_on_rank = sum(p.numel() for p in model.parameters())
         if config.checkpoint.load_hf and not self._has_checkpoint(config.checkpoint.load):
             # Before DeepSpeed builds its optimizer partitions from the parameters.
-            load_hf_weights(model, config.checkpoint.load_hf, config.model, self.padded_vocab, vocab,
-                            self.layout.tp, ctx.tp_rank)
+            with self.watchdog.watch(f"loading {config.checkpoint.load_hf}",
+                                     60.0 * config.parallel.checkpoint_load_timeout_minutes):
+                load_hf_weights(model, config.checkpoint.load_hf, config.model, self.padded_vocab, vocab,
+                                self.layout.tp, ctx.tp_rank)
             if ctx.rank == 0:
                 print(f"initialised from {config.checkpoint.load_hf}", flush=True)
         self.engine = TrainingEngine(model, config, ctx, load_user_config(config.training.deepspeed_config))
@@ -118,7 +120,9 @@ class Trainer:
         self.checkpointer = Checkpointer(ctx, self.engine.engine)
         self.iteration = 0
         if config.checkpoint.load:
-            self._resume(config.checkpoint.load)
+            with self.watchdog.watch(f"checkpoint load from {config.checkpoint.load}",
+                                     60.0 * config.parallel.checkpoint_load_timeout_minutes):
+                self._resume(config.checkpoint.load)
         self.logger = MetricsLogger(ctx.is_logging_rank, config.logging.tensorboard_dir,
                                     config.logging.metrics_file, resumed_iteration=self.iteration)
         self._interval_losses: List[float] = []
@@ -223,7 +227,8 @@ class Trainer:
         return {name: split for m in maps for name, split in m.items()}
 
     def save(self) -> None:
-        with self.watchdog.watch(f"checkpoint save at iteration {self.iteration}"):
+        with self.watchdog.watch(f"checkpoint save at iteration {self.iteration}",
+                                 60.0 * self.config.parallel.checkpoint_save_timeout_minutes):
             self._save()
 
     def _save(self) -> None:
@@ -239,6 +244,8 @@ class Trainer:
             "zero_stage": self.engine.engine.zero_optimization_stage(),
             "domains": self.domain_names,
             "mixing": self.mixing.name,
+            "transformer_impl": layer_implementation(self.config.model),
+            "rng_device": rng_device(),
             "version": megatron_dga.__version__,
         }
         path = self.checkpointer.save(self.config.checkpoint.save, self.iteration, self._client_state(), metadata)
@@ -254,6 +261,7 @@ class Trainer:
             return
         if metadata["domains"] != self.domain_names:
             raise LayoutError(f"checkpoint domains {metadata['domains']} differ from this run's {self.domain_names}")
+        check_same_layers(metadata, layer_implementation(self.config.model), directory)
         mismatch = self.checkpointer.layout_mismatch(metadata, self.layout, not ck.no_load_optim)
         if mismatch is not None and not ck.reshard:
             raise CheckpointError(mismatch)
@@ -265,11 +273,12 @@ class Trainer:
                                            load_rng=not ck.no_load_rng)
         self.iteration = int(state["iteration"])
         if not ck.no_load_rng and (resharding or not self.checkpointer.rng_restored):
-            # Another layout: per-rank RNG states cannot follow the ranks.
+            # Another layout (per-rank RNG states cannot follow the ranks), or another kind of
+            # device (CPU and CUDA generator states do not convert).
             seed_everything(self.config.training.seed + self.iteration + 100 * self.ctx.pp_rank, self.ctx.tp_rank)
             if self.ctx.rank == 0:
-                print(f"checkpoint RNG states are for {metadata['layout']}, not this layout: generators seeded "
-                      f"from --seed and the iteration", flush=True)
+                print(f"checkpoint RNG states are for {metadata['layout']} on {metadata.get('rng_device', 'cpu')}, not this "
+                      f"run's layout or device: generators seeded from --seed and the iteration", flush=True)
         self.blend.load_state_dict(state["blend"])
         self.mixing.load_state_dict(state["mixing"])
         if self.alignment is not None:
@@ -397,7 +406,11 @@ class Trainer:
         """--check-for-nan-in-loss-and-grad: stop at a loss or gradient norm that is not finite
         (a skipped fp16 overflow step is DeepSpeed's business, not divergence)."""
         bad = []
-        loss, grad_norm = value(result.loss), value(result.grad_norm)  # host syncs: this check's price
+        # One host read per iteration, this check's price: the loss and the norm travel together.
+        pair = [result.loss, result.grad_norm if result.grad_norm is not None else float("nan")]
+        device = result.loss.device if torch.is_tensor(result.loss) else None
+        loss, grad_norm = torch.stack([torch.as_tensor(x, dtype=torch.float32, device=device) for x in pair]).tolist()
+        grad_norm = None if result.grad_norm is None else grad_norm
         if not math.isfinite(loss):
             bad.append(f"the loss is {loss}")
         if grad_norm is not None and not math.isfinite(grad_norm) and not result.skipped:
@@ -416,7 +429,9 @@ class Trainer:
 
     def _stop_requested(self, started: float) -> Optional[str]:
         """Whether any rank got SIGTERM (--exit-signal-handler) or the run reached
-        --exit-duration-in-mins; every rank gets the same answer."""
+        --exit-duration-in-mins; every rank gets the same answer. Asked at log intervals only
+        (where the host reads the iteration's results anyway): the all-reduce and its read
+        would otherwise hold every iteration on the host."""
         cfg = self.config.training
         if not (cfg.exit_signal_handler or cfg.exit_duration_in_mins):
             return None
@@ -472,7 +487,7 @@ class Trainer:
                 last_save = self.iteration
             if cfg.training.exit_interval and self.iteration % cfg.training.exit_interval == 0:
                 break
-            stop = self._stop_requested(started)
+            stop = self._stop_requested(started) if self.iteration % cfg.logging.log_interval == 0 else None
             if stop:
                 self.logger.print(f" stopping at iteration {self.iteration}: {stop}")
                 break

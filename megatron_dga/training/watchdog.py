@@ -8,7 +8,9 @@ operation before exiting non-zero, so the launcher ends the job.
 
 The watchdog is the backstop for what no collective timeout covers: a rank that sees no
 progress for the timeout plus a margin prints what it was doing and exits with status
-EXIT_HUNG, without waiting for anything.
+EXIT_HUNG, without waiting for anything. Loading and saving a checkpoint are long by nature (a
+70B model's shards): they are watched under their own limits (--checkpoint-load-timeout-minutes,
+--checkpoint-save-timeout-minutes) rather than the collectives'.
 """
 
 from __future__ import annotations
@@ -25,7 +27,9 @@ EXIT_HUNG = 75  # EX_TEMPFAIL: the job may be restarted from its last checkpoint
 class Watchdog:
     def __init__(self, rank: int, timeout_seconds: float, margin_seconds: float = 30.0, enabled: bool = True):
         self.rank = rank
-        self.limit = timeout_seconds + margin_seconds
+        self.margin = margin_seconds
+        self.default_limit = timeout_seconds + margin_seconds
+        self.limit = self.default_limit
         self.operation = "start-up"
         self._since = time.monotonic()
         self._stop = threading.Event()
@@ -35,24 +39,25 @@ class Watchdog:
             self._thread.start()
 
     def now(self, operation: str) -> None:
-        """Name what the rank does from now on; its clock restarts."""
-        self.operation, self._since = operation, time.monotonic()
+        """Name what the rank does from now on; its clock restarts, under the default limit."""
+        self.operation, self._since, self.limit = operation, time.monotonic(), self.default_limit
 
     @contextmanager
-    def watch(self, operation: str):
-        """Name what the rank does inside the block, then go back to the outer operation."""
-        previous = self.operation
+    def watch(self, operation: str, limit_seconds: float = None):
+        """Name what the rank does inside the block (under its own limit, if given, plus the
+        margin), then go back to the outer operation."""
+        previous, previous_limit = self.operation, self.limit
+        self.limit = self.default_limit if limit_seconds is None else limit_seconds + self.margin
         self.operation, self._since = operation, time.monotonic()
         yield  # on an exception the failed operation stays named, for the error message
-        self.operation, self._since = previous, time.monotonic()
+        self.operation, self._since, self.limit = previous, time.monotonic(), previous_limit
 
     def _watch(self) -> None:
         while not self._stop.wait(1.0):
             stalled = time.monotonic() - self._since
             if stalled > self.limit:
                 print(f"rank {self.rank}: no progress for {stalled:.0f} s during {self.operation} "
-                      f"(limit: --distributed-timeout-minutes plus {self.limit:.0f} s in all); exiting",
-                      file=sys.stderr, flush=True)
+                      f"(limit: {self.limit:.0f} s in all); exiting", file=sys.stderr, flush=True)
                 os._exit(EXIT_HUNG)
 
     def stop(self) -> None:
