@@ -16,8 +16,9 @@ setup(
     packages=find_packages(include=["megatron_dga", "megatron_dga.*"]),
     package_data={"megatron_dga": ["data/assets/*"]},
     install_requires=[
-        # torch first, pinned in constraints.txt (see the Makefile)
-        "torch",
+        # torch first, pinned in constraints.txt (see the Makefile); 2.11 is what GPU images
+        # carry (bench/gpu_check.sh --wheelhouse runs with the image's torch)
+        "torch>=2.11",
         "megatron-core==0.16.1",
         "deepspeed==0.19.8",
         "numpy>=1.24",
