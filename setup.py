@@ -25,6 +25,7 @@ setup(
         "tensorboard>=2.14",
         "tiktoken>=0.7",
         "tokenizers>=0.19",
+        "sentencepiece>=0.2",
         "tqdm>=4.60",
         "matplotlib>=3.7",
     ],

@@ -2,7 +2,9 @@
 
 This is the one place where flags map onto configuration: every field of every section of
 `PretrainConfig` becomes a flag named after it (Megatron spelling, dashes), with the field's
-default and help text, grouped by section in `--help`.
+default and help text, grouped by section in `--help`. Megatron's flags that are spelt or
+treated differently here are translated first (`megatron_flags.py`). As in Megatron,
+abbreviated flags are refused.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import typing
 from typing import Optional, Sequence
 
 from megatron_dga.config import PretrainConfig
+from megatron_dga.megatron_flags import MegatronFlagError, translate
 
 
 def _flag(f: dataclasses.Field) -> str:
@@ -45,6 +48,7 @@ def build_parser(config_cls=PretrainConfig) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="megatron-dga-pretrain",
         description="GPT pretraining on megatron-core and DeepSpeed with online data mixing.",
+        allow_abbrev=False,
     )
     for section in dataclasses.fields(config_cls):
         section_cls = typing.get_type_hints(config_cls)[section.name]
@@ -57,7 +61,19 @@ def build_parser(config_cls=PretrainConfig) -> argparse.ArgumentParser:
 
 def parse_args(argv: Optional[Sequence[str]] = None, config_cls=PretrainConfig) -> PretrainConfig:
     """Parse the command line into a config; flag errors exit with argparse's message."""
+    return parse_args_with_notes(argv, config_cls)[0]
+
+
+def parse_args_with_notes(argv: Optional[Sequence[str]] = None, config_cls=PretrainConfig):
+    """The config, and the notes on Megatron flags that have nothing to act on here (printed
+    once at start-up)."""
+    import sys
+
     parser = build_parser(config_cls)
+    try:
+        argv, notes = translate(sys.argv[1:] if argv is None else list(argv))
+    except MegatronFlagError as e:
+        parser.error(str(e))
     namespace = parser.parse_args(argv)
     sections = {}
     for section in dataclasses.fields(config_cls):
@@ -69,13 +85,20 @@ def parse_args(argv: Optional[Sequence[str]] = None, config_cls=PretrainConfig) 
         check_flags(config)
     except ValueError as e:
         parser.error(str(e))
-    return config
+    return config, notes
 
 
 def check_flags(config: PretrainConfig) -> None:
     """Flag combinations that are wrong whatever the machine. Layout checks that need the
     world size live in `parallel.layout`."""
     t, m, d = config.training, config.model, config.data
+    if not m.add_position_embedding and m.position_embedding_type == "learned_absolute":
+        m.position_embedding_type = "none"  # Megatron's --no-position-embedding
+    if m.kv_channels is not None and m.kv_channels * m.num_attention_heads != m.hidden_size:
+        raise ValueError(f"--kv-channels {m.kv_channels}: each head's dimension is --hidden-size / "
+                         f"--num-attention-heads = {m.hidden_size // max(m.num_attention_heads, 1)} here")
+    if m.rotary_percent != 1.0 and m.position_embedding_type != "rope":
+        raise ValueError("--rotary-percent is for --position-embedding-type rope")
     if t.bf16 and t.fp16:
         raise ValueError("--bf16 and --fp16 are mutually exclusive")
     if t.accumulate_allreduce_grads_in_fp32 and not t.bf16:
@@ -86,10 +109,10 @@ def check_flags(config: PretrainConfig) -> None:
     for name in ("num_layers", "hidden_size", "num_attention_heads", "seq_length"):
         if getattr(m, name) <= 0:
             raise ValueError(f"--{name.replace('_', '-')} must be positive")
-    if t.micro_batch_size <= 0 or t.train_iters < 0:
+    if t.micro_batch_size <= 0 or (t.train_iters is not None and t.train_iters < 0):
         raise ValueError("--micro-batch-size must be positive and --train-iters non-negative")
-    if bool(d.domains_manifest) == bool(d.data_path):
-        raise ValueError("give exactly one of --domains-manifest and --data-path")
+    if sum(map(bool, (d.domains_manifest, d.data_path, d.mock_data))) != 1:
+        raise ValueError("give exactly one of --domains-manifest, --data-path and --mock-data")
     if config.checkpoint.save_interval is not None and not config.checkpoint.save:
         raise ValueError("--save-interval needs --save")
     if config.logging.log_interval <= 0 or config.logging.eval_interval <= 0:

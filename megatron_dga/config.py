@@ -31,9 +31,27 @@ class ModelConfig:
         None, "Size of the learned position table (default: --seq-length)."
     )
     position_embedding_type: str = arg(
-        "learned_absolute", "Position embedding.", choices=["learned_absolute", "rope"]
+        "learned_absolute", "Position embedding ('none': no positions but the causal mask's; Megatron's "
+        "--no-position-embedding).", choices=["learned_absolute", "rope", "none"]
+    )
+    add_position_embedding: bool = arg(
+        True, "--no-add-position-embedding (Megatron's --no-position-embedding): no learned position table; "
+        "with --position-embedding-type rope nothing changes.",
     )
     rotary_base: int = arg(10000, "Base of the rotary position embedding (with rope).")
+    rotary_percent: float = arg(1.0, "Share of each head's dimensions that RoPE rotates (with rope).")
+    kv_channels: Optional[int] = arg(
+        None, "Dimension of each attention head: must be --hidden-size / --num-attention-heads here (Megatron's "
+        "default), which is what the layers, the memory estimate and the Hugging Face mapping assume.",
+    )
+    apply_layernorm_1p: bool = arg(
+        False, "Norm weights stored centred on zero and applied as 1 + weight (Megatron's LayerNorm1P).",
+    )
+    qk_layernorm: bool = arg(False, "Normalize queries and keys in each head before attention.")
+    cross_entropy_loss_fusion: bool = arg(
+        False, "megatron-core's fused vocabulary-parallel cross entropy (one kernel for the softmax and its "
+        "gradient).",
+    )
     normalization: str = arg("LayerNorm", "Normalization layer.", choices=["LayerNorm", "RMSNorm"])
     layernorm_epsilon: float = arg(1e-5, "Epsilon of the normalization layers.")
     swiglu: bool = arg(False, "Use a SwiGLU MLP instead of GELU.")
@@ -137,7 +155,15 @@ class TrainingConfig:
         "Sequences per iteration over all data-parallel ranks (default: micro batch x DP); "
         "gradient accumulation steps = global / (micro x DP).",
     )
-    train_iters: int = arg(100, "Number of training iterations.")
+    train_iters: Optional[int] = arg(
+        None, "Number of training iterations (or --train-samples, or --train-tokens; one of them is required)."
+    )
+    train_samples: Optional[int] = arg(
+        None, "Length of training in samples (sequences): --train-iters = samples / --global-batch-size."
+    )
+    train_tokens: Optional[int] = arg(
+        None, "Length of training in tokens (Megatron-DeepSpeed): samples x --seq-length."
+    )
     exit_interval: Optional[int] = arg(
         None, "Stop when the iteration is a multiple of this (after saving, with --save)."
     )
@@ -155,6 +181,7 @@ class TrainingConfig:
     seed: int = arg(1234, "Random seed of initialisation, data order and dropout.")
     bf16: bool = arg(False, "bf16 mixed precision (GPU).")
     fp16: bool = arg(False, "fp16 mixed precision with dynamic loss scaling (GPU).")
+    hysteresis: int = arg(2, "fp16: overflow steps tolerated before the dynamic loss scale is lowered.")
     accumulate_allreduce_grads_in_fp32: Optional[bool] = arg(
         None, "Accumulate gradients over micro batches, and all-reduce them, in fp32 (on by default with --bf16, "
         "as in Megatron). DeepSpeed does this in its BF16_Optimizer, a ZeRO-1 optimizer, so --zero-stage 0 then "
@@ -164,6 +191,25 @@ class TrainingConfig:
         False, "With fp32 accumulation, all-reduce the accumulated gradients in bf16 (half the traffic).",
     )
     eod_mask_loss: bool = arg(False, "Exclude end-of-document tokens from the loss.")
+    manual_gc: bool = arg(
+        False, "Disable Python's automatic garbage collection (its pauses differ between ranks and stall "
+        "collectives) and collect every --manual-gc-interval iterations instead.",
+    )
+    manual_gc_interval: int = arg(0, "With --manual-gc: iterations between collections (0: only around evaluation).")
+    manual_gc_eval: bool = arg(True, "With --manual-gc: collect before and after each evaluation.")
+    empty_unused_memory_level: int = arg(
+        0, "Release the allocator's cached GPU memory: 1 after each optimizer step, 2 also after each evaluation "
+        "(costs speed; for fragmentation).", choices=[0, 1, 2],
+    )
+    profile: bool = arg(
+        False, "Profile iterations --profile-step-start to --profile-step-end: CUDA's profiler range (for nsys "
+        "--capture-range=cudaProfilerApi), or with --use-pytorch-profiler a torch.profiler trace in the TensorBoard "
+        "folder.",
+    )
+    profile_step_start: int = arg(10, "First profiled iteration.")
+    profile_step_end: int = arg(12, "Iteration at which profiling stops.")
+    use_pytorch_profiler: bool = arg(False, "Profile with torch.profiler (a trace TensorBoard shows).")
+    profile_ranks: List[int] = arg([0], "Ranks that profile.", nargs="+")
     deepspeed: bool = arg(
         False, "Accepted for Megatron-DeepSpeed compatibility; DeepSpeed is always used."
     )
@@ -179,10 +225,31 @@ class OptimizerConfig:
     lr: float = arg(6e-4, "Peak learning rate.")
     min_lr: float = arg(0.0, "Learning rate at the end of the decay.")
     lr_warmup_iters: int = arg(0, "Iterations of linear warmup.")
+    lr_warmup_samples: Optional[int] = arg(None, "Warmup in samples (instead of --lr-warmup-iters).")
+    lr_warmup_tokens: Optional[int] = arg(None, "Warmup in tokens (Megatron-DeepSpeed; instead of --lr-warmup-iters).")
+    lr_warmup_fraction: Optional[float] = arg(None, "Warmup as a fraction of the decay length.")
     lr_decay_iters: Optional[int] = arg(None, "Iterations of decay (default: --train-iters).")
+    lr_decay_samples: Optional[int] = arg(None, "Decay in samples (instead of --lr-decay-iters).")
+    lr_decay_tokens: Optional[int] = arg(None, "Decay in tokens (Megatron-DeepSpeed; instead of --lr-decay-iters).")
     lr_decay_style: str = arg(
-        "linear", "Decay after warmup.", choices=["constant", "linear", "cosine", "inverse-square-root"]
+        "linear", "Decay after warmup (WSD: warmup, stable, then --lr-wsd-decay-style over the last "
+        "--lr-wsd-decay-iters).", choices=["constant", "linear", "cosine", "inverse-square-root", "WSD"]
     )
+    lr_wsd_decay_style: str = arg(
+        "exponential", "WSD: the decay of its last phase.", choices=["exponential", "linear", "cosine", "minus_sqrt"]
+    )
+    lr_wsd_decay_iters: Optional[int] = arg(None, "WSD: iterations of the last, decaying phase.")
+    lr_wsd_decay_samples: Optional[int] = arg(None, "WSD: the last phase in samples.")
+    override_opt_param_scheduler: bool = arg(
+        False, "On resume, take the learning-rate schedule from the flags, not from the checkpoint."
+    )
+    optimizer: str = arg("adam", "adam (AdamW: Adam with decoupled weight decay, as Megatron's adam) or sgd.",
+                         choices=["adam", "sgd"])
+    sgd_momentum: float = arg(0.9, "Momentum of --optimizer sgd.")
+    decoupled_lr: Optional[float] = arg(
+        None, "A learning rate of its own for the input embedding and the output layer (Megatron's decoupled LR)."
+    )
+    decoupled_min_lr: Optional[float] = arg(None, "The minimum of --decoupled-lr's schedule.")
     weight_decay: float = arg(0.01, "AdamW weight decay (not applied to biases and norms).")
     adam_beta1: float = arg(0.9, "AdamW beta1.")
     adam_beta2: float = arg(0.999, "AdamW beta2.")
@@ -201,9 +268,21 @@ class DataConfig:
     )
     tokenizer_type: Optional[str] = arg(
         None, "Tokenizer of --data-path data (the manifest records its own).",
-        choices=["GPT2BPETokenizer", "HuggingFaceTokenizer", "TikTokenizer"],
+        choices=["GPT2BPETokenizer", "HuggingFaceTokenizer", "TikTokenizer", "SentencePieceTokenizer",
+                 "GPTSentencePieceTokenizer", "Llama2Tokenizer", "NullTokenizer"],
     )
     tokenizer_model: Optional[str] = arg(None, "Tokenizer file for --tokenizer-type.")
+    vocab_file: Optional[str] = arg(None, "GPT2BPETokenizer: GPT-2's vocab.json (with --merge-file).")
+    merge_file: Optional[str] = arg(None, "GPT2BPETokenizer: GPT-2's merges.txt (with --vocab-file).")
+    tiktoken_pattern: Optional[str] = arg(None, "TikTokenizer: Megatron's pre-tokenization pattern.",
+                                          choices=["v1", "v2"])
+    mock_data: bool = arg(
+        False, "Train on random tokens (a domain 'mock' of --vocab-size ids), as Megatron's mock dataset: no "
+        "--data-path needed.",
+    )
+    mmap_bin_files: bool = arg(
+        True, "Memory-map the .bin files (--no-mmap-bin-files reads documents with file reads instead).",
+    )
     split: str = arg(
         "969,30,1", "Train/validation/test split of each domain's documents, Megatron style."
     )
@@ -339,6 +418,35 @@ class LoggingConfig:
     )
     eval_interval: int = arg(1000, "Iterations between evaluations.")
     eval_iters: int = arg(10, "Global batches evaluated per domain at each evaluation.")
+    log_throughput: bool = arg(
+        False, "Log the model FLOPs per second per GPU (Megatron's formula: 'throughput per GPU (TFLOP/s/GPU)').",
+    )
+    log_params_norm: bool = arg(False, "Log the norm of the parameters ('params norm', 'params-norm').")
+    tensorboard_log_interval: Optional[int] = arg(
+        None, "Iterations between TensorBoard (and W&B) scalars (default: --log-interval).",
+    )
+    tensorboard_queue_size: int = arg(100, "Events TensorBoard's writer queues before it writes them.")
+    log_validation_ppl_to_tensorboard: bool = arg(False, "Also write the validation perplexity ('... ppl').")
+    log_memory_to_tensorboard: bool = arg(
+        False, "Also write the memory in use and its peak ('mem-allocated-bytes', 'mem-max-allocated-bytes').",
+    )
+    log_world_size_to_tensorboard: bool = arg(False, "Also write the number of ranks ('world-size').")
+    log_loss_scale_to_tensorboard: bool = arg(True, "Write the fp16 loss scale ('loss-scale').")
+    log_batch_size_to_tensorboard: bool = arg(
+        True, "Write the global batch size ('batch-size'); always on here, the flag is accepted.",
+    )
+    log_timers_to_tensorboard: bool = arg(
+        True, "Write the timers ('iteration-time', DGA's 'mixing-time/...'); always on here, the flag is accepted.",
+    )
+    log_optimizer_states_to_tensorboard: bool = arg(
+        False, "Write the norms of Adam's moments ('optimizer/exp_avg-norm', 'optimizer/exp_avg_sq-norm').",
+    )
+    wandb_project: Optional[str] = arg(None, "Weights & Biases project: log the TensorBoard scalars there too.")
+    wandb_exp_name: Optional[str] = arg(None, "Weights & Biases run name.")
+    wandb_save_dir: Optional[str] = arg(
+        None, "Where Weights & Biases writes its run (default: the --tensorboard-dir's parent, or the current "
+        "folder). It runs offline unless WANDB_MODE says otherwise.",
+    )
 
 
 @dataclass

@@ -11,7 +11,7 @@ import sys
 import warnings
 from typing import Optional, Sequence
 
-from megatron_dga.arguments import parse_args
+from megatron_dga.arguments import parse_args_with_notes
 
 
 def _quiet_known_warnings() -> None:
@@ -25,7 +25,10 @@ def _quiet_known_warnings() -> None:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     _quiet_known_warnings()
-    config = parse_args(argv)
+    config, notes = parse_args_with_notes(argv)
+    if int(os.environ.get("RANK", "0")) == 0:
+        for note in notes:
+            print(f"note: {note}", flush=True)
 
     from megatron_dga.data.domains import DataError
     from megatron_dga.parallel.initialize import destroy_parallel, initialize_parallel

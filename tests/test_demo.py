@@ -25,8 +25,9 @@ def test_demo_pipeline_end_to_end(tmp_path):
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-6000:]
     assert "| dga-ema |" in result.stdout and "| uniform |" in result.stdout
     # Progress on the console while it trains, and a sample from the exported model at the end.
-    assert re.search(r"\[dga-ema\] iteration\s+6/\s+6 \| consumed samples", result.stdout), result.stdout[-3000:]
-    assert "[uniform] validation at iteration 6" in result.stdout
+    assert re.search(r"\[dga-ema\] \[[\d: -]+\] iteration\s+6/\s+6 \| consumed samples", result.stdout), \
+        result.stdout[-3000:]
+    assert "[uniform] validation loss at iteration 6" in result.stdout
     assert "continued by transformers:" in result.stdout
     assert os.path.exists(os.path.join(work, "runs", "dga-ema", "hf", "model.safetensors"))
 

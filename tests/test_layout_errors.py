@@ -10,7 +10,7 @@ from pretrain_helpers import SMALL_MODEL, make_domains, pretrain, run, torchrun_
 
 
 def layout(world_size, *flags):
-    return resolve_layout(parse_args(["--data-path", "x", *flags]), world_size)
+    return resolve_layout(parse_args(["--data-path", "x", "--train-iters", "10", *flags]), world_size)
 
 
 def test_valid_layout_arithmetic():
@@ -49,7 +49,7 @@ def test_flag_errors_exit_with_usage(capsys):
     assert "--bf16 and --fp16 are mutually exclusive" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         parse_args([])
-    assert "give exactly one of --domains-manifest and --data-path" in capsys.readouterr().err
+    assert "give exactly one of --domains-manifest, --data-path and --mock-data" in capsys.readouterr().err
 
 
 def test_help_documents_every_flag(capsys):
@@ -106,8 +106,9 @@ def test_probe_batch_is_the_same_in_every_layout():
 
     per_rank = {}
     for world_size in (1, 2, 4):
-        config = parse_args(["--data-path", "x", "--micro-batch-size", "2", "--dga-probe-batch-size", "8"])
+        config = parse_args(["--data-path", "x", "--train-iters", "1", "--micro-batch-size", "2",
+                             "--dga-probe-batch-size", "8"])
         per_rank[world_size] = probe_microbatches_per_rank(config, resolve_layout(config, world_size))
     assert per_rank == {1: 4, 2: 2, 4: 1}
-    config = parse_args(["--data-path", "x", "--dga-probe-microbatches", "3"])
+    config = parse_args(["--data-path", "x", "--train-iters", "1", "--dga-probe-microbatches", "3"])
     assert probe_microbatches_per_rank(config, resolve_layout(config, 4)) == 3  # per rank, as before

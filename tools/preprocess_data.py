@@ -41,8 +41,13 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument(
         "--tokenizer-model",
         help="HuggingFaceTokenizer: tokenizer.json or a folder holding one; TikTokenizer: ranks file; "
-        "GPT2BPETokenizer: not used (the ranks file is packaged)",
+        "SentencePieceTokenizer, GPTSentencePieceTokenizer, Llama2Tokenizer: a sentencepiece model; "
+        "GPT2BPETokenizer: not used (the ranks file is packaged, or --vocab-file and --merge-file)",
     )
+    group.add_argument("--vocab-file", help="GPT2BPETokenizer: GPT-2's vocab.json (with --merge-file)")
+    group.add_argument("--merge-file", help="GPT2BPETokenizer: GPT-2's merges.txt (with --vocab-file)")
+    group.add_argument("--vocab-size", type=int, help="NullTokenizer: the number of token ids")
+    group.add_argument("--tiktoken-pattern", choices=["v1", "v2"], help="TikTokenizer: Megatron's pattern")
     group.add_argument(
         "--append-eod", action="store_true", help="append the end-of-document id to every document"
     )
@@ -81,6 +86,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             workers=args.workers,
             skip_bad_lines=args.skip_bad_lines,
             progress=not args.no_progress,
+            tokenizer_options={"vocab_file": args.vocab_file, "merge_file": args.merge_file,
+                               "vocab_size": args.vocab_size, "tiktoken_pattern": args.tiktoken_pattern},
         )
     except (OSError, ValueError, EOFError, lzma.LZMAError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -186,7 +186,8 @@ def stop_flags(a) -> List[str]:
     return flags
 
 
-PROGRESS = re.compile(r"^\s*(iteration\s+\d+/|validation at|stopping at|saved checkpoint|training \d+ iterations)")
+PROGRESS = re.compile(r"^\s*(\[[\d: -]+\]\s*)?(iteration\s+\d+/|validation loss at|stopping at|saved checkpoint|"
+                      r"training \d+ iterations)")
 
 
 def run_showing_progress(command: List[str], log, name: str) -> subprocess.CompletedProcess:

@@ -8,8 +8,8 @@ validation and test ranges as Megatron does (`--split 969,30,1`: contiguous docu
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
-from typing import List, Optional, Tuple
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 from megatron.core.datasets.blended_megatron_dataset_config import (
@@ -52,6 +52,7 @@ class TokenizerSummary:
     eod: Optional[int]
     type: Optional[str] = None
     model: Optional[str] = None
+    options: Dict = field(default_factory=dict)  # build_tokenizer's keyword arguments
 
     def build(self):
         """The tokenizer itself (to turn token ids back into text)."""
@@ -59,17 +60,17 @@ class TokenizerSummary:
 
         if not self.type:
             raise DataError("the tokenizer of this data is unknown: give --tokenizer-type")
-        return build_tokenizer(self.type, self.model)
+        return build_tokenizer(self.type, self.model, **self.options)
 
 
-def open_indexed_dataset(prefix: str, what: str) -> IndexedDataset:
+def open_indexed_dataset(prefix: str, what: str, mmap: bool = True) -> IndexedDataset:
     for suffix in (".bin", ".idx"):
         if not os.path.isfile(prefix + suffix):
             raise DataError(f"{what}: data file not found: {prefix}{suffix}")
     if os.path.getsize(prefix + ".bin") == 0:
         raise DataError(f"{what}: {prefix}.bin is empty: no documents")
     try:
-        dataset = IndexedDataset(prefix, mmap=True)
+        dataset = IndexedDataset(prefix, mmap=mmap)
     except Exception as e:  # a corrupt or foreign .idx
         raise DataError(f"{what}: cannot read indexed dataset {prefix}.idx: {e}") from None
     check_bin_matches_idx(dataset, prefix)
@@ -125,8 +126,45 @@ def domain_name_from_prefix(prefix: str) -> str:
     return name[: -len("_text_document")] if name.endswith("_text_document") else name
 
 
-def domain_prefixes(data: DataConfig) -> Tuple[List[str], List[str], Optional[List[float]], TokenizerSummary]:
+def tokenizer_of(data: DataConfig, model_vocab_size: Optional[int]) -> TokenizerSummary:
+    """The tokenizer the flags name (--tokenizer-type and its files), built to know its sizes."""
+    if not data.tokenizer_type:
+        return TokenizerSummary(None, None)
+    options = {"vocab_file": data.vocab_file, "merge_file": data.merge_file, "vocab_size": model_vocab_size,
+               "tiktoken_pattern": data.tiktoken_pattern}
+    summary = TokenizerSummary(None, None, data.tokenizer_type, data.tokenizer_model, options)
+    tokenizer = summary.build()
+    summary.vocab_size, summary.eod = tokenizer.vocab_size, tokenizer.eod
+    return summary
+
+
+def mock_prefix(vocab_size: int, seed: int) -> str:
+    """Megatron's --mock-data: a domain of random token ids, written once per process into a
+    temporary folder (1M tokens in documents of 1,000; a run reads it epoch after epoch)."""
+    import tempfile
+
+    from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder, get_bin_path, get_idx_path
+
+    folder = tempfile.mkdtemp(prefix="megatron-dga-mock-")
+    prefix = os.path.join(folder, "mock")
+    rng = np.random.default_rng(seed)
+    dtype = np.uint16 if vocab_size < 65500 else np.int32
+    builder = IndexedDatasetBuilder(get_bin_path(prefix), dtype=dtype)
+    for _ in range(1000):
+        builder.add_document(rng.integers(0, vocab_size, 1000).astype(dtype), [1000])
+    builder.finalize(get_idx_path(prefix))
+    return prefix
+
+
+def domain_prefixes(data: DataConfig, model_vocab_size: Optional[int] = None, seed: int = 0
+                    ) -> Tuple[List[str], List[str], Optional[List[float]], TokenizerSummary]:
     """Names, prefixes, --data-path weights (if given) and tokenizer of the domains."""
+    if data.mock_data:
+        summary = tokenizer_of(data, model_vocab_size)
+        ids = summary.vocab_size or model_vocab_size
+        if not ids:
+            raise DataError("--mock-data needs --vocab-size (or a --tokenizer-type) to draw token ids")
+        return ["mock"], [mock_prefix(ids if summary.eod is None else summary.eod, seed)], None, summary
     if data.domains_manifest:
         try:
             manifest = DomainsManifest.load(data.domains_manifest)
@@ -150,12 +188,7 @@ def domain_prefixes(data: DataConfig) -> Tuple[List[str], List[str], Optional[Li
         seen[name] = seen.get(name, 0) + 1
         names.append(name if seen[name] == 1 else f"{name}_{seen[name]}")
     weights = [w for w, _ in pairs] if pairs[0][0] is not None else None
-    summary = TokenizerSummary(None, None)
-    if data.tokenizer_type:
-        summary = TokenizerSummary(None, None, data.tokenizer_type, data.tokenizer_model)
-        tokenizer = summary.build()
-        summary.vocab_size, summary.eod = tokenizer.vocab_size, tokenizer.eod
-    return names, [p for _, p in pairs], weights, summary
+    return names, [p for _, p in pairs], weights, tokenizer_of(data, model_vocab_size)
 
 
 def cap_seed_key(seed: int, index: int):
@@ -165,7 +198,7 @@ def cap_seed_key(seed: int, index: int):
 
 def open_domain(name: str, prefix: str, data: DataConfig, seq_length: int, seed: int,
                 index: int) -> Domain:
-    dataset = open_indexed_dataset(prefix, f"domain {name!r}")
+    dataset = open_indexed_dataset(prefix, f"domain {name!r}", mmap=data.mmap_bin_files)
     sizes = np.asarray(dataset.sequence_lengths, dtype=np.int32)
     (train_lo, train_hi), (valid_lo, valid_hi), _ = split_document_ranges(data.split, len(sizes))
     train_docs = np.arange(train_lo, train_hi, dtype=np.int32)
@@ -187,9 +220,9 @@ def open_domain(name: str, prefix: str, data: DataConfig, seq_length: int, seed:
     return Domain(name, prefix, train, valid, int(sizes.astype(np.int64).sum()))
 
 
-def open_domains(data: DataConfig, seq_length: int, seed: int):
+def open_domains(data: DataConfig, seq_length: int, seed: int, model_vocab_size: Optional[int] = None):
     """All domains, the --data-path weights (or None) and the tokenizer summary."""
-    names, prefixes, weights, tokenizer = domain_prefixes(data)
+    names, prefixes, weights, tokenizer = domain_prefixes(data, model_vocab_size, seed)
     domains = [open_domain(n, p, data, seq_length, seed, i) for i, (n, p) in enumerate(zip(names, prefixes))]
     return domains, weights, tokenizer
 

@@ -179,18 +179,20 @@ def preprocess(
     skip_bad_lines: bool = False,
     progress: bool = True,
     tokenizer: Optional[Tokenizer] = None,
+    tokenizer_options: Optional[dict] = None,
 ) -> PreprocessResult:
     """Tokenize one JSONL file (optionally .gz/.xz) into `<output_prefix>_<json_key>_document`.
 
     `tokenizer`, when given, must be the one `build_tokenizer(tokenizer_type,
     tokenizer_model)` returns (it saves building it twice); worker processes inherit it.
+    `tokenizer_options`: build_tokenizer's keyword arguments (--vocab-file, --merge-file, ...).
     """
     if not os.path.isfile(input_path):
         raise FileNotFoundError(f"--input {input_path}: file not found")
     if workers < 1:
         raise ValueError(f"--workers must be at least 1, got {workers}")
     if tokenizer is None:
-        tokenizer = build_tokenizer(tokenizer_type, tokenizer_model)
+        tokenizer = build_tokenizer(tokenizer_type, tokenizer_model, **(tokenizer_options or {}))
     indexed_dataset = _indexed_dataset_module()
     dtype = dataset_dtype(tokenizer.vocab_size)
     encoder = DocumentEncoder(tokenizer, append_eod, dtype)

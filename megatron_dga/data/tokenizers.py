@@ -9,8 +9,16 @@
   is split with the GPT-2 regex before BPE (pass `pattern=` to use another one), and
   `<|endoftext|>` is the only special token, with id `max(rank) + 1`; so vocab_size is
   `max(rank) + 2`. For r50k this is exactly tiktoken's GPT-2 encoding.
-- `HuggingFaceTokenizer`: a local `tokenizer.json` (HF `tokenizers`), or a folder holding one;
-  no hub access. See `HuggingFaceTokenizer` for how its end-of-document token is found.
+- `HuggingFaceTokenizer`: a local `tokenizer.json` (HF `tokenizers`), or a folder holding one
+  (or, failing that, a sentencepiece `tokenizer.model`); no hub access. See
+  `HuggingFaceTokenizer` for how its end-of-document token is found.
+- `GPT2BPETokenizer` with `--vocab-file vocab.json --merge-file merges.txt` (Megatron's GPT
+  examples): the byte-level BPE of those files (HF `tokenizers`).
+- `SentencePieceTokenizer`, `GPTSentencePieceTokenizer`, `Llama2Tokenizer`: a sentencepiece
+  model (`--tokenizer-model`); end of document is its eos. As Megatron's, `Llama2Tokenizer`
+  starts every document with bos.
+- `NullTokenizer`: Megatron's: a text is its token ids written out, separated by spaces;
+  `--vocab-size` ids, the end of document one more.
 
 Every tokenizer treats special-token text inside a document (such as a literal
 "<|endoftext|>") as ordinary text, and adds no BOS/EOS itself: the only end-of-document ids in
@@ -37,6 +45,10 @@ GPT2_RANKS_SHA256 = "306cd27f03c1a714eca7108e03d66b7dc042abe8c258b44c199a7ed9838
 
 # Tried in this order when a tokenizer.json does not say which token ends a document.
 EOD_CANDIDATES = (ENDOFTEXT, "<|end_of_text|>", "</s>", "<eos>")
+
+
+class TokenizerError(ValueError):
+    """A tokenizer that cannot be built from the flags or files given."""
 
 
 def sha256_of_file(path: str) -> str:
@@ -93,7 +105,7 @@ class TikTokenizer(Tokenizer):
         from tiktoken.load import load_tiktoken_bpe
 
         if not os.path.isfile(ranks_file):
-            raise FileNotFoundError(f"tiktoken ranks file not found: {ranks_file} (--tokenizer-model)")
+            raise TokenizerError(f"tiktoken ranks file not found: {ranks_file} (--tokenizer-model)")
         actual = sha256_of_file(ranks_file)
         if expected_sha256 is not None and actual != expected_sha256:
             raise ValueError(
@@ -172,7 +184,7 @@ class HuggingFaceTokenizer(Tokenizer):
         tokenizer_file = os.path.join(path, "tokenizer.json") if os.path.isdir(path) else path
         if not os.path.isfile(tokenizer_file):
             where = f"folder {path} holds no tokenizer.json" if os.path.isdir(path) else f"{path} not found"
-            raise FileNotFoundError(f"HuggingFace tokenizer: {where} (--tokenizer-model)")
+            raise TokenizerError(f"HuggingFace tokenizer: {where} (--tokenizer-model)")
         try:
             self._tokenizer = HFTokenizer.from_file(tokenizer_file)
         except Exception as e:  # the library raises a bare Exception on malformed files
@@ -237,29 +249,170 @@ def _configured_eos_token(config_file: str) -> Optional[str]:
     return eos if isinstance(eos, str) else None
 
 
-TOKENIZER_TYPES = ("GPT2BPETokenizer", "HuggingFaceTokenizer", "TikTokenizer")
+class GPT2FilesTokenizer(Tokenizer):
+    """GPT-2's byte-level BPE from a vocab.json and a merges.txt (Megatron's --vocab-file and
+    --merge-file); end of document `<|endoftext|>`."""
+
+    name = "GPT2BPETokenizer"
+
+    def __init__(self, vocab_file: str, merge_file: str):
+        from tokenizers import Tokenizer as HFTokenizer, decoders, models, pre_tokenizers
+
+        for path, flag in ((vocab_file, "--vocab-file"), (merge_file, "--merge-file")):
+            if not os.path.isfile(path):
+                raise TokenizerError(f"{flag} {path}: file not found")
+        try:
+            bpe = models.BPE.from_file(vocab_file, merge_file)
+        except Exception as e:  # the library raises bare Exceptions on malformed files
+            raise TokenizerError(f"--vocab-file {vocab_file} / --merge-file {merge_file}: not a GPT-2 BPE ({e})") \
+                from None
+        self._tokenizer = HFTokenizer(bpe)
+        self._tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        self._tokenizer.decoder = decoders.ByteLevel()
+        vocab = self._tokenizer.get_vocab()
+        if ENDOFTEXT not in vocab:
+            raise TokenizerError(f"--vocab-file {vocab_file}: no {ENDOFTEXT} token to end documents")
+        self._vocab_file, self._merge_file = os.path.abspath(vocab_file), os.path.abspath(merge_file)
+        self._vocab_size = max(vocab.values()) + 1
+        self._eod = vocab[ENDOFTEXT]
+
+    @property
+    def vocab_size(self) -> int:
+        return self._vocab_size
+
+    @property
+    def eod(self) -> int:
+        return self._eod
+
+    @property
+    def model(self) -> Optional[str]:
+        return self._vocab_file
+
+    def tokenize(self, text: str) -> List[int]:
+        return self._tokenizer.encode(text, add_special_tokens=False).ids
+
+    def detokenize(self, ids: Sequence[int]) -> str:
+        return self._tokenizer.decode(list(ids), skip_special_tokens=False)
 
 
-def build_tokenizer(tokenizer_type: str, tokenizer_model: Optional[str] = None) -> Tokenizer:
-    """The tokenizer named by --tokenizer-type, read from --tokenizer-model where it needs one."""
+class SentencePieceTokenizer(Tokenizer):
+    """A sentencepiece model; end of document is its eos. `add_bos`: start every document
+    with bos (Megatron's Llama2Tokenizer)."""
+
+    def __init__(self, model_file: str, name: str = "SentencePieceTokenizer", add_bos: bool = False):
+        import sentencepiece
+
+        if not os.path.isfile(model_file):
+            raise TokenizerError(f"sentencepiece model not found: {model_file} (--tokenizer-model)")
+        try:
+            self._sp = sentencepiece.SentencePieceProcessor(model_file=model_file)
+        except Exception as e:  # sentencepiece raises RuntimeError/OSError on a bad file
+            raise TokenizerError(f"{model_file}: not a sentencepiece model ({e})") from None
+        if self._sp.eos_id() < 0:
+            raise TokenizerError(f"{model_file}: the sentencepiece model has no eos token to end documents")
+        self.name, self._add_bos = name, add_bos
+        self._model_file = os.path.abspath(model_file)
+
+    @property
+    def vocab_size(self) -> int:
+        return self._sp.vocab_size()
+
+    @property
+    def eod(self) -> int:
+        return self._sp.eos_id()
+
+    @property
+    def model(self) -> Optional[str]:
+        return self._model_file
+
+    def tokenize(self, text: str) -> List[int]:
+        ids = self._sp.encode(text)
+        return [self._sp.bos_id(), *ids] if self._add_bos else ids
+
+    def detokenize(self, ids: Sequence[int]) -> str:
+        return self._sp.decode(list(ids))
+
+
+class NullTokenizer(Tokenizer):
+    """Megatron's NullTokenizer: a text is its ids written out, separated by spaces; ids are
+    below `vocab_size`, and the end of document is `vocab_size` itself."""
+
+    name = "NullTokenizer"
+
+    def __init__(self, vocab_size: Optional[int]):
+        if not vocab_size or vocab_size <= 0:
+            raise TokenizerError("--tokenizer-type NullTokenizer needs --vocab-size")
+        self._ids = int(vocab_size)
+
+    @property
+    def vocab_size(self) -> int:
+        return self._ids + 1
+
+    @property
+    def eod(self) -> int:
+        return self._ids
+
+    @property
+    def model(self) -> Optional[str]:
+        return None
+
+    def tokenize(self, text: str) -> List[int]:
+        return [int(x) for x in text.split()]
+
+    def detokenize(self, ids: Sequence[int]) -> str:
+        return " ".join(str(int(i)) for i in ids)
+
+
+# Megatron's TikTokenizer pre-tokenization patterns (--tiktoken-pattern).
+TIKTOKEN_PATTERNS = {
+    "v1": r"[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]++[\r\n]*|\s*[\r\n]|\s+(?!\S)|\s+",
+    "v2": r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+"
+          r"|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*"
+          r"|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+",
+}
+
+TOKENIZER_TYPES = ("GPT2BPETokenizer", "HuggingFaceTokenizer", "TikTokenizer", "SentencePieceTokenizer",
+                   "GPTSentencePieceTokenizer", "Llama2Tokenizer", "NullTokenizer")
+
+
+def build_tokenizer(tokenizer_type: str, tokenizer_model: Optional[str] = None, *, vocab_file: Optional[str] = None,
+                    merge_file: Optional[str] = None, vocab_size: Optional[int] = None,
+                    tiktoken_pattern: Optional[str] = None) -> Tokenizer:
+    """The tokenizer named by --tokenizer-type, read from --tokenizer-model (or --vocab-file and
+    --merge-file) where it needs one."""
     if tokenizer_type == "GPT2BPETokenizer":
+        if vocab_file or merge_file:
+            if not (vocab_file and merge_file):
+                raise TokenizerError("--tokenizer-type GPT2BPETokenizer: give both --vocab-file and --merge-file, "
+                                     "or neither (the packaged GPT-2 BPE)")
+            return GPT2FilesTokenizer(vocab_file, merge_file)
         if tokenizer_model is not None:
-            raise ValueError(
-                "--tokenizer-type GPT2BPETokenizer uses its packaged ranks file and takes no "
-                "--tokenizer-model (use TikTokenizer for another ranks file)"
+            raise TokenizerError(
+                "--tokenizer-type GPT2BPETokenizer uses its packaged ranks file, or --vocab-file and --merge-file, "
+                "and takes no --tokenizer-model (use TikTokenizer for another ranks file)"
             )
         return GPT2BPETokenizer()
-    if tokenizer_type in ("HuggingFaceTokenizer", "TikTokenizer"):
+    if tokenizer_type == "NullTokenizer":
+        return NullTokenizer(vocab_size)
+    if tokenizer_type in TOKENIZER_TYPES:
         if not tokenizer_model:
-            what = (
-                "a tokenizer.json or a folder holding one"
-                if tokenizer_type == "HuggingFaceTokenizer"
-                else "a tiktoken ranks file"
-            )
-            raise ValueError(f"--tokenizer-type {tokenizer_type} needs --tokenizer-model ({what})")
+            what = {"HuggingFaceTokenizer": "a tokenizer.json or a folder holding one",
+                    "TikTokenizer": "a tiktoken ranks file"}.get(tokenizer_type, "a sentencepiece model")
+            raise TokenizerError(f"--tokenizer-type {tokenizer_type} needs --tokenizer-model ({what})")
         if tokenizer_type == "HuggingFaceTokenizer":
+            folder_model = os.path.join(tokenizer_model, "tokenizer.model")
+            if os.path.isdir(tokenizer_model) and not os.path.isfile(os.path.join(tokenizer_model, "tokenizer.json")) \
+                    and os.path.isfile(folder_model):
+                return SentencePieceTokenizer(folder_model, name="HuggingFaceTokenizer")
+            if not os.path.exists(tokenizer_model):
+                raise TokenizerError(f"--tokenizer-model {tokenizer_model}: no such file or folder (a local "
+                                     f"tokenizer.json, or a folder holding one; nothing is downloaded from a hub)")
             return HuggingFaceTokenizer(tokenizer_model)
-        return TikTokenizer(tokenizer_model)
-    raise ValueError(
+        if tokenizer_type == "TikTokenizer":
+            if tiktoken_pattern is None:
+                return TikTokenizer(tokenizer_model)
+            return TikTokenizer(tokenizer_model, pattern=TIKTOKEN_PATTERNS[tiktoken_pattern])
+        return SentencePieceTokenizer(tokenizer_model, name=tokenizer_type, add_bos=tokenizer_type == "Llama2Tokenizer")
+    raise TokenizerError(
         f"unknown --tokenizer-type {tokenizer_type!r}; choose one of {', '.join(TOKENIZER_TYPES)}"
     )

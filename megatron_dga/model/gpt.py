@@ -32,6 +32,7 @@ from megatron_dga.model.layers import (
     lm_head,
 )
 from megatron_dga.model.attention import SDPAttention
+from megatron_dga.model.norms import ZeroCenteredTorchNorm
 from megatron_dga.model.recompute import checkpoint, layer_recomputed_alone, uniform_group_size
 from megatron_dga.model.sequence_parallel import (sequence_parallel_norm, sequence_parallel_spec,
                                                   sum_sequence_parallel_grads)
@@ -50,10 +51,14 @@ def _layer_spec_and_norm(model: ModelConfig, sequence_parallel: bool):
         )
 
         rms = model.normalization == "RMSNorm"
-        return get_gpt_layer_with_transformer_engine_spec(), TESpecProvider().layer_norm(rms_norm=rms)
-    spec = get_gpt_layer_local_spec(normalization=model.normalization)
+        return (get_gpt_layer_with_transformer_engine_spec(qk_layernorm=model.qk_layernorm),
+                TESpecProvider().layer_norm(rms_norm=rms))
+    spec = get_gpt_layer_local_spec(normalization=model.normalization, qk_layernorm=model.qk_layernorm)
     if model.attention_backend in ("auto", "sdpa"):
         spec.submodules.self_attention.submodules.core_attention = SDPAttention
+    if model.apply_layernorm_1p:  # their own class, which also marks sequence-parallel parameters
+        spec.submodules.input_layernorm = spec.submodules.pre_mlp_layernorm = ZeroCenteredTorchNorm
+        return spec, ZeroCenteredTorchNorm
     if sequence_parallel:
         final_norm = LocalSpecProvider().layer_norm(rms_norm=model.normalization == "RMSNorm")
         return sequence_parallel_spec(spec), sequence_parallel_norm(final_norm)
@@ -76,7 +81,8 @@ def gpt_layer_specs(model: ModelConfig, padded_vocab: int, tp: int, bf16: bool, 
     specs += [
         LayerSpec(TransformerLayerPipe, config, layer_spec, i + 1, model.position_embedding_type,
                   model.rotary_base, init_seed + i + 1,
-                  recompute=layer_recomputed_alone(model, i + 1, model.num_layers // pp))
+                  recompute=layer_recomputed_alone(model, i + 1, model.num_layers // pp),
+                  rotary_percent=model.rotary_percent)
         for i in range(model.num_layers)
     ]
     specs.append(LayerSpec(FinalNormPipe, config, norm_impl))
@@ -98,8 +104,9 @@ class SequentialGPT(torch.nn.Module):
     forward(tokens) returns logits; forward(tokens, labels, loss_mask) returns the loss.
     """
 
-    def __init__(self, specs: List, recompute_group: int = 0):
+    def __init__(self, specs: List, recompute_group: int = 0, loss_fn=language_model_loss):
         super().__init__()
+        self.loss_fn = loss_fn
         self.recompute_group = recompute_group  # consecutive transformer layers checkpointed as one
         self.tied_modules = torch.nn.ModuleDict()
         self._forward_funcs = []
@@ -137,7 +144,7 @@ class SequentialGPT(torch.nn.Module):
                 i += 1
         if labels is None:
             return x
-        return language_model_loss(x, (labels, loss_mask))
+        return self.loss_fn(x, (labels, loss_mask))
 
 
 def _run_all(funcs, x):
@@ -161,15 +168,16 @@ def build_model(model: ModelConfig, padded_vocab: int, ctx: ParallelContext, bf1
 
 def _build_stage(specs: List, model: ModelConfig, ctx: ParallelContext) -> torch.nn.Module:
     group = uniform_group_size(model)
+    loss_fn = partial(language_model_loss, fused=model.cross_entropy_loss_fusion)
     if ctx.layout.pp == 1:
-        return SequentialGPT(specs, recompute_group=group).to(ctx.device)
+        return SequentialGPT(specs, recompute_group=group, loss_fn=loss_fn).to(ctx.device)
     # DeepSpeed's own `seed_layers` is left off: it also reseeds every forward pass from a
     # counter that checkpoints do not keep, which would change dropout after a resume.
     # Groups of layers to recompute: DeepSpeed's activation_checkpoint_interval over the
     # stage's layers, skipping groups that hold the embedding, final norm or head.
     return PipelineModule(
         layers=specs,
-        loss_fn=language_model_loss,
+        loss_fn=loss_fn,
         topology=ctx.topology,
         partition_method="type:TransformerLayerPipe",
         activation_checkpoint_interval=group,

@@ -46,6 +46,11 @@ class ExportError(ValueError):
 def family(model: dict) -> str:
     """'gpt2' or 'llama' for a run's model config (the `model` section of its metadata)."""
     norm, swiglu, positions = model["normalization"], model["swiglu"], model["position_embedding_type"]
+    for flag, value, plain in (("--apply-layernorm-1p", model.get("apply_layernorm_1p"), False),
+                               ("--qk-layernorm", model.get("qk_layernorm"), False),
+                               ("--rotary-percent", model.get("rotary_percent", 1.0), 1.0)):
+        if value != plain:
+            raise ExportError(f"{flag} {value}: neither GPT-2 nor Llama in transformers computes it")
     if norm == "LayerNorm" and not swiglu and positions == "learned_absolute":
         if model["disable_bias_linear"]:
             raise ExportError("--disable-bias-linear: GPT-2 (LayerNorm, GELU, learned positions) has biases in "

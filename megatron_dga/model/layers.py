@@ -88,7 +88,8 @@ class TransformerLayerPipe(MegatronModule):
     """One megatron-core TransformerLayer, [s, b, h] -> [s, b, h], with its causal mask."""
 
     def __init__(self, config: TransformerConfig, layer_spec: ModuleSpec, layer_number: int,
-                 position_embedding_type: str, rotary_base: int, init_seed: int, recompute: bool = False):
+                 position_embedding_type: str, rotary_base: int, init_seed: int, recompute: bool = False,
+                 rotary_percent: float = 1.0):
         super().__init__(config=config)
         self.recompute = recompute  # checkpoint this layer alone (--recompute-granularity full)
         torch.manual_seed(init_seed)
@@ -96,7 +97,7 @@ class TransformerLayerPipe(MegatronModule):
         self.rotary = None
         if position_embedding_type == "rope":
             self.rotary = RotaryEmbedding(
-                kv_channels=config.kv_channels, rotary_percent=1.0, rotary_base=rotary_base,
+                kv_channels=config.kv_channels, rotary_percent=rotary_percent, rotary_base=rotary_base,
                 use_cpu_initialization=True,
             )
 
@@ -135,11 +136,19 @@ class FinalNormPipe(MegatronModule):
         return self.norm(hidden)
 
 
-def language_model_loss(logits: torch.Tensor, labels_and_mask) -> torch.Tensor:
-    """Mean cross entropy over unmasked tokens, computed on vocabulary-parallel logits.
+def language_model_loss(logits: torch.Tensor, labels_and_mask, fused: bool = False) -> torch.Tensor:
+    """Mean cross entropy over unmasked tokens, computed on vocabulary-parallel logits
+    (megatron-core's fused kernel with --cross-entropy-loss-fusion).
 
     logits: [s, b, v/tp]; labels and loss mask: [b, s]."""
     labels, loss_mask = labels_and_mask
-    losses = tensor_parallel.vocab_parallel_cross_entropy(logits.float(), labels.t().contiguous())
+    if fused:
+        from megatron.core import parallel_state
+        from megatron.core.fusions.fused_cross_entropy import fused_vocab_parallel_cross_entropy
+
+        losses = fused_vocab_parallel_cross_entropy(logits, labels.t().contiguous(),
+                                                    parallel_state.get_tensor_model_parallel_group())
+    else:
+        losses = tensor_parallel.vocab_parallel_cross_entropy(logits.float(), labels.t().contiguous())
     mask = loss_mask.t().to(losses.dtype)
     return (losses * mask).sum() / mask.sum().clamp(min=1.0)

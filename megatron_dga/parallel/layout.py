@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from megatron_dga.config import PretrainConfig
+from megatron_dga.schedule import ScheduleError, resolve_schedule
 
 
 class LayoutError(ValueError):
@@ -92,6 +93,10 @@ def resolve_layout(config: PretrainConfig, world_size: int) -> Layout:
     if sequence_parallel and model.seq_length % tp:
         raise LayoutError(f"--sequence-parallel cuts each sequence over the tensor-parallel ranks: --seq-length "
                           f"{model.seq_length} is not divisible by --tensor-model-parallel-size {tp}")
+    try:
+        resolve_schedule(config, gbs)  # lengths in samples or tokens become iterations
+    except ScheduleError as e:
+        raise LayoutError(str(e)) from None
     layout = Layout(world_size, tp, pp, dp, mbs, gbs, sequence_parallel)
     probe_microbatches_per_rank(config, layout)  # refuse an indivisible --dga-probe-batch-size now
     return layout

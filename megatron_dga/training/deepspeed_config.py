@@ -98,7 +98,7 @@ def derive_config(config: PretrainConfig, layout: Layout, user: Dict[str, Any]) 
         "gradient_clipping": o.clip_grad if o.clip_grad > 0 else NO_CLIP,
         "zero_optimization": zero_section(effective_zero_stage(config)),
         "bf16": {"enabled": t.bf16},
-        "fp16": {"enabled": t.fp16, "loss_scale": 0, "initial_scale_power": 16},
+        "fp16": {"enabled": t.fp16, "loss_scale": 0, "initial_scale_power": 16, "hysteresis": t.hysteresis},
         "steps_per_print": _QUIET_STEPS_PER_PRINT,
         "wall_clock_breakdown": False,
         # Our AdamW is a plain torch optimizer; DeepSpeed's ZeRO wraps it fine.

@@ -35,7 +35,13 @@ class Evaluator:
         return {name: engine.eval_loss(self.batches[name]) for name in (names or self.names)}
 
 
-def overall_loss(losses: Dict[str, float], domain_names: List[str]) -> Optional[float]:
-    """`lm loss validation`: the mean of the generic domains' validation losses."""
-    values = [losses[n] for n in domain_names if n in losses]
-    return float(np.mean(values)) if values else None
+def overall_loss(losses: Dict[str, float], domain_names: List[str], weights=None) -> Optional[float]:
+    """`lm loss validation`: the loss of the blended validation set, as Megatron reports it: each
+    generic domain's validation loss weighted by the blend (renormalised over the domains that
+    have a validation split); the unweighted mean without weights."""
+    pairs = [(losses[n], 1.0 if weights is None else float(weights[i])) for i, n in enumerate(domain_names)
+             if n in losses]
+    total = sum(w for _, w in pairs)
+    if not pairs or total <= 0:
+        return None
+    return float(sum(loss * w for loss, w in pairs) / total)

@@ -16,6 +16,10 @@ from typing import Dict, Optional
 
 from megatron_dga.files import write_text
 
+# Megatron's scalars that it also writes against consumed samples ('<name> vs samples').
+VS_SAMPLES = ("lm loss", "learning-rate", "batch-size", "loss-scale", "grad-norm", "params-norm", "world-size",
+              "lm loss validation", "lm loss validation ppl")
+
 
 def _truncate_after(path: str, iteration: int) -> None:
     """On resume, drop records from iterations after the checkpoint: they are about to be
@@ -36,19 +40,23 @@ def _truncate_after(path: str, iteration: int) -> None:
 
 class MetricsLogger:
     def __init__(self, enabled: bool, tensorboard_dir: Optional[str], metrics_file: Optional[str],
-                 resumed_iteration: int = 0):
+                 resumed_iteration: int = 0, queue_size: int = 100, wandb_settings: Optional[dict] = None):
         self.enabled = enabled
         self.writer = None
         self.metrics = None
+        self.wandb = None
         if not enabled:
             return
+        if wandb_settings and wandb_settings.get("project"):
+            self.wandb = open_wandb(**wandb_settings, default_dir=os.path.dirname(os.path.abspath(tensorboard_dir))
+                                    if tensorboard_dir else os.getcwd(), resumed_iteration=resumed_iteration)
         if tensorboard_dir:
             from torch.utils.tensorboard import SummaryWriter
 
             # After a resume, TensorBoard hides the events of steps after the checkpoint that an
             # earlier, interrupted run wrote: they are about to be written again.
             purge_step = resumed_iteration + 1 if resumed_iteration > 0 else None
-            self.writer = SummaryWriter(log_dir=tensorboard_dir, max_queue=100, purge_step=purge_step)
+            self.writer = SummaryWriter(log_dir=tensorboard_dir, max_queue=queue_size, purge_step=purge_step)
         if metrics_file:
             os.makedirs(os.path.dirname(os.path.abspath(metrics_file)), exist_ok=True)
             if resumed_iteration > 0:
@@ -61,12 +69,19 @@ class MetricsLogger:
         if self.enabled:
             print(message, flush=True)
 
-    def scalars(self, iteration: int, values: Dict[str, float]) -> None:
-        if self.writer is None:
-            return
-        for name, value in values.items():
-            if value is not None:
-                self.writer.add_scalar(name, value, iteration)
+    def scalars(self, iteration: int, values: Dict[str, float], samples: Optional[int] = None) -> None:
+        """Scalars at `iteration`; with `samples` (consumed samples), Megatron's 'vs samples'
+        twins of its own scalars too."""
+        values = {name: value for name, value in values.items() if value is not None}
+        if samples is not None:
+            values.update({f"{name} vs samples": value for name, value in values.items() if name in VS_SAMPLES})
+        if self.writer is not None:
+            for name, value in values.items():
+                step = samples if name.endswith(" vs samples") else iteration
+                self.writer.add_scalar(name, value, step)
+        if self.wandb is not None:
+            self.wandb.log({name: value for name, value in values.items() if not name.endswith(" vs samples")},
+                           step=iteration)
 
     def record(self, record: dict) -> None:
         if self.metrics is None:
@@ -81,8 +96,25 @@ class MetricsLogger:
             self.metrics.flush()
 
     def close(self) -> None:
+        if self.wandb is not None:
+            self.wandb.finish()
         if self.writer is not None:
             self.writer.close()
         if self.metrics is not None:
             self.metrics.close()
         sys.stdout.flush()
+
+
+def open_wandb(project: str, name: Optional[str], save_dir: Optional[str], config: dict, default_dir: str,
+               resumed_iteration: int = 0):
+    """A Weights & Biases run (Megatron's --wandb-project, --wandb-exp-name, --wandb-save-dir),
+    offline unless WANDB_MODE says otherwise: these machines reach no W&B server, and
+    `wandb sync` uploads an offline run later."""
+    try:
+        import wandb
+    except ImportError:
+        raise ValueError("--wandb-project needs the wandb package (pip install wandb)") from None
+    directory = save_dir or default_dir
+    os.makedirs(directory, exist_ok=True)
+    return wandb.init(project=project, name=name, dir=directory, config=config,
+                      mode=os.environ.get("WANDB_MODE", "offline"), resume="allow" if resumed_iteration else None)

@@ -45,6 +45,9 @@ from megatron_dga.training.engine import TrainingEngine, value
 from megatron_dga.training.evaluation import Evaluator, overall_loss
 from megatron_dga.training.export import sharding_map
 from megatron_dga.training.hf_checkpoint import load_hf_weights
+from megatron_dga.training.housekeeping import Housekeeping
+from megatron_dga.training.iteration_log import (iteration_line, model_flops_per_iteration, optimizer_state_norms,
+                                                 params_norm, validation_lines)
 from megatron_dga.training.metrics import MetricsLogger
 from megatron_dga.training.reshard import load_into_engine, optimizer_parameter_names, read_training_state
 from megatron_dga.training.watchdog import Watchdog
@@ -54,9 +57,13 @@ class TrainingDivergedError(RuntimeError):
     """A loss or gradient norm that is not finite."""
 
 
-def model_vocab_size(config: PretrainConfig, tokenizer_vocab: Optional[int]) -> int:
-    """The unpadded model vocabulary: --vocab-size, else the tokenizer's."""
+def model_vocab_size(config: PretrainConfig, tokenizer_vocab: Optional[int], tokenizer_type: Optional[str] = None
+                     ) -> int:
+    """The unpadded model vocabulary: --vocab-size, else the tokenizer's. NullTokenizer's
+    --vocab-size counts its ids without the end of document, which is one more (Megatron's)."""
     requested = config.model.vocab_size
+    if tokenizer_type == "NullTokenizer":
+        return tokenizer_vocab
     if requested is None and tokenizer_vocab is None:
         raise LayoutError("the vocabulary size is unknown: give --vocab-size or --tokenizer-type")
     if requested is not None and tokenizer_vocab is not None and tokenizer_vocab > requested:
@@ -73,9 +80,10 @@ class Trainer:
         self.watchdog = watchdog or Watchdog(ctx.rank, 60.0 * config.parallel.distributed_timeout_minutes)
         seq_length = config.model.seq_length
         self.domains: List[Domain]
-        self.domains, data_path_weights, self.tokenizer = open_domains(config.data, seq_length, config.training.seed)
+        self.domains, data_path_weights, self.tokenizer = open_domains(config.data, seq_length, config.training.seed,
+                                                                       config.model.vocab_size)
         self.domain_names = [d.name for d in self.domains]
-        vocab = model_vocab_size(config, self.tokenizer.vocab_size)
+        vocab = model_vocab_size(config, self.tokenizer.vocab_size, self.tokenizer.type)
         self.padded_vocab = padded_vocab_size(vocab, config.model.make_vocab_size_divisible_by, self.layout.tp)
 
         model = build_model(config.model, self.padded_vocab, ctx, config.training.bf16, config.training.fp16,
@@ -123,8 +131,13 @@ class Trainer:
             with self.watchdog.watch(f"checkpoint load from {config.checkpoint.load}",
                                      60.0 * config.parallel.checkpoint_load_timeout_minutes):
                 self._resume(config.checkpoint.load)
-        self.logger = MetricsLogger(ctx.is_logging_rank, config.logging.tensorboard_dir,
-                                    config.logging.metrics_file, resumed_iteration=self.iteration)
+        log = config.logging
+        wandb_settings = {"project": log.wandb_project, "name": log.wandb_exp_name, "save_dir": log.wandb_save_dir,
+                          "config": dataclasses.asdict(config)}
+        self.logger = MetricsLogger(ctx.is_logging_rank, log.tensorboard_dir, log.metrics_file,
+                                    resumed_iteration=self.iteration, queue_size=log.tensorboard_queue_size,
+                                    wandb_settings=wandb_settings)
+        self.housekeeping = Housekeeping(config.training, log, ctx.rank)
         self._interval_losses: List[float] = []
         self._interval_times: List[float] = []
 
@@ -308,63 +321,98 @@ class Trainer:
     # ---- evaluation ----------------------------------------------------------------------
     def evaluate(self) -> Dict[str, float]:
         start = time.time()
-        losses = self.evaluator.evaluate(self.engine)
-        overall = overall_loss(losses, self.domain_names)
+        with self.housekeeping.around_evaluation():
+            losses = self.evaluator.evaluate(self.engine)
+        # As Megatron reports it: the loss of the blended validation set, here each domain's
+        # validation loss weighted by the blend in effect; the specific set is reported apart.
+        overall = overall_loss(losses, self.domain_names, self.blend.weights)
         scalars = {f"lm loss validation/{name}": loss for name, loss in losses.items()}
         scalars["lm loss validation"] = overall
-        self.logger.scalars(self.iteration, scalars)
+        if self.config.logging.log_validation_ppl_to_tensorboard and overall is not None:
+            scalars["lm loss validation ppl"] = math.exp(min(20.0, overall))
+        self.logger.scalars(self.iteration, scalars, samples=self.consumed_samples)
         self.logger.record({"type": "validation", "iteration": self.iteration,
                             "consumed_samples": self.consumed_samples, "lm_loss_validation": overall,
                             "per_set": losses, "eval_time": time.time() - start})
-        shown = " | ".join(f"{n}: {v:.4f}" for n, v in losses.items())
-        self.logger.print(f" validation at iteration {self.iteration} | lm loss: {overall if overall is None else round(overall, 4)} | {shown}")
+        for line in validation_lines(self.iteration, overall, losses):
+            self.logger.print(line)
         return losses
 
     # ---- training ------------------------------------------------------------------------
-    def _log(self, result) -> None:
-        cfg = self.config
+    def _log(self, result, to_console: bool = True, to_scalars: bool = True) -> None:
+        cfg, log = self.config, self.config.logging
         iteration_time = float(np.mean(self._interval_times))
         # The one read of the iterations' losses (device tensors on GPUs) since the last log line.
         loss = float(torch.stack([torch.as_tensor(x, dtype=torch.float32) for x in self._interval_losses]).mean())
         grad_norm = value(result.grad_norm)
         tokens_per_second = self.layout.global_batch_size * cfg.model.seq_length / iteration_time
+        throughput = None
+        if log.log_throughput:
+            flops = model_flops_per_iteration(cfg.model, self.padded_vocab, self.layout.global_batch_size)
+            throughput = flops / (iteration_time * self.layout.world_size) / 1e12
+        norm_of_params = params_norm(self.engine.module) if log.log_params_norm else None
+        loss_scale = float(getattr(self.engine.engine.optimizer, "cur_scale", 1.0)) if cfg.training.fp16 else 1.0
         series = self._domain_series()
-        scalars = {
-            "lm loss": loss,
-            "learning-rate": self.engine.learning_rate,
-            "grad-norm": grad_norm,
-            "iteration-time": iteration_time,
-            "tokens-per-second": tokens_per_second,
-            "batch-size": self.layout.global_batch_size,
-            "consumed-samples": self.consumed_samples,
-            # fp16 steps DeepSpeed skipped for an overflow, since the start of the run
-            "skipped-iterations": self.engine.engine.skipped_steps,
-            "memory/peak-mb": self.peaks.run_peak() / 2 ** 20,
-        }
-        if self.dga_update_bytes is not None:
-            scalars["memory/dga-update-mb"] = self.dga_update_bytes / 2 ** 20
-        for group, values in series.items():
-            scalars.update({f"{group}/{name}": value for name, value in values.items()})
-        self.logger.scalars(self.iteration, scalars)
+        if to_scalars:
+            self.logger.scalars(self.iteration, self._train_scalars(
+                loss, grad_norm, iteration_time, tokens_per_second, throughput, norm_of_params, loss_scale, series),
+                samples=self.consumed_samples)
+        if not to_console:
+            return
         self.logger.record({
             "type": "train", "iteration": self.iteration, "consumed_samples": self.consumed_samples,
             "lm_loss": loss, "learning_rate": self.engine.learning_rate, "grad_norm": grad_norm,
             "iteration_time": iteration_time, "tokens_per_second": tokens_per_second,
+            "throughput": throughput, "params_norm": norm_of_params, "loss_scale": loss_scale,
             "skipped": result.skipped, "skipped_iterations": self.engine.engine.skipped_steps,
             "memory_peak_mb": self.peaks.run_peak() / 2 ** 20,
             "memory_dga_update_mb": None if self.dga_update_bytes is None else self.dga_update_bytes / 2 ** 20,
             "memory_at_start_mb": self._memory_at_start / 2 ** 20,
             **{k.replace("-", "_"): v for k, v in series.items()},
         })
-        shown_norm = "n/a" if grad_norm is None else f"{grad_norm:.3f}"
-        self.logger.print(
-            f" iteration {self.iteration:8d}/{cfg.training.train_iters:8d} | consumed samples: "
-            f"{self.consumed_samples:10d} | elapsed time per iteration (ms): {iteration_time * 1000:.1f} | "
-            f"learning rate: {self.engine.learning_rate:.3E} | global batch size: {self.layout.global_batch_size:5d} | "
-            f"lm loss: {loss:.6E} | grad norm: {shown_norm} | tokens/s: {tokens_per_second:.0f}"
-        )
+        mixture = ", ".join(f"{n} {w:.2f}" for n, w in sorted(series["data-mixture"].items(), key=lambda kv: -kv[1])[:3])
+        self.logger.print(iteration_line(
+            self.iteration, cfg.training.train_iters, self.consumed_samples, iteration_time,
+            self.engine.learning_rate, self.layout.global_batch_size, loss, loss_scale, grad_norm,
+            self.engine.engine.skipped_steps, 0, throughput, norm_of_params,
+            {"tokens/s": f"{tokens_per_second:.0f}", "mixture": mixture}))
         self._interval_losses.clear()
         self._interval_times.clear()
+
+    def _train_scalars(self, loss, grad_norm, iteration_time, tokens_per_second, throughput, norm_of_params,
+                       loss_scale, series) -> Dict[str, float]:
+        """The TensorBoard scalars of a logged iteration, with Megatron's names (and their
+        'vs samples' twins, stepped by consumed samples: MetricsLogger.scalars)."""
+        log = self.config.logging
+        scalars = {"lm loss": loss, "learning-rate": self.engine.learning_rate, "grad-norm": grad_norm,
+                   "tokens-per-second": tokens_per_second, "consumed-samples": self.consumed_samples,
+                   # fp16 steps DeepSpeed skipped for an overflow, since the start of the run
+                   "skipped-iterations": self.engine.engine.skipped_steps,
+                   "memory/peak-mb": self.peaks.run_peak() / 2 ** 20}
+        if log.log_timers_to_tensorboard:
+            scalars["iteration-time"] = iteration_time
+        if log.log_batch_size_to_tensorboard:
+            scalars["batch-size"] = self.layout.global_batch_size
+        if log.log_loss_scale_to_tensorboard:
+            scalars["loss-scale"] = loss_scale
+        if throughput is not None:
+            scalars["throughput"] = throughput
+        if norm_of_params is not None:
+            scalars["params-norm"] = norm_of_params
+        if log.log_world_size_to_tensorboard:
+            scalars["world-size"] = self.layout.world_size
+        if log.log_memory_to_tensorboard:
+            scalars["mem-allocated-bytes"] = float(memory.current_bytes())
+            scalars["mem-max-allocated-bytes"] = float(self.peaks.run_peak())
+        if log.log_optimizer_states_to_tensorboard:
+            scalars.update(optimizer_state_norms(self.engine.engine, self.ctx))
+        if self.dga_update_bytes is not None:
+            scalars["memory/dga-update-mb"] = self.dga_update_bytes / 2 ** 20
+        for group, values in series.items():
+            if group == "mixing-time" and not log.log_timers_to_tensorboard:
+                continue
+            scalars.update({f"{group}/{name}": v for name, v in values.items()})
+        return scalars
 
     def update_mixture(self) -> None:
         """Measure the alignment, step the mixing algorithm, re-plan the blend from here on."""
@@ -473,11 +521,16 @@ class Trainer:
         stop = None
         while self.iteration < cfg.training.train_iters:
             self.watchdog.now(f"iteration {self.iteration + 1}")
+            self.housekeeping.before_step(self.iteration + 1)
             result = self.train_step()
             if cfg.training.check_for_nan_in_loss_and_grad:
                 self._check_finite(result)
-            if self.iteration % cfg.logging.log_interval == 0 or self.iteration == cfg.training.train_iters:
-                self._log(result)
+            last = self.iteration == cfg.training.train_iters
+            console = self.iteration % cfg.logging.log_interval == 0 or last
+            scalars = self.iteration % (cfg.logging.tensorboard_log_interval or cfg.logging.log_interval) == 0 or last
+            if console or scalars:
+                self._log(result, console, scalars)
+            self.housekeeping.after_step(self.iteration)
             if self.iteration % cfg.logging.eval_interval == 0 and self.evaluator.names:
                 with self.watchdog.watch(f"evaluation at iteration {self.iteration}"):
                     self.evaluate()
@@ -501,6 +554,7 @@ class Trainer:
         self.logger.flush()
 
     def close(self) -> None:
+        self.housekeeping.close()
         self.prefetcher.close()
         self.watchdog.stop()
         self.logger.close()
