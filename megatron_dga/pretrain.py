@@ -6,6 +6,7 @@ without CUDA), `deepspeed --hostfile H` for several nodes, or `torchrun`.
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import warnings
@@ -16,17 +17,36 @@ from megatron_dga.arguments import parse_args_with_notes
 
 def _quiet_known_warnings() -> None:
     # megatron-core warns at import time that optional accelerated kernels (apex, Transformer
-    # Engine) are absent; the fallbacks it names are the ones we intend to use on such machines.
+    # Engine) are absent; the fallbacks it names are the ones we intend to use on such machines,
+    # and start-up says so once (`what_runs`).
     warnings.filterwarnings("ignore", message=".*(Apex|Transformer Engine).*not installed.*")
     warnings.filterwarnings("ignore", message=".*Apex is not installed.*")
     # megatron-core 0.16.1's own TransformerConfig defaults trigger its CUDA-graph deprecation note.
     warnings.filterwarnings("ignore", message="full scope is deprecated")
+    # DeepSpeed announces its CPU accelerator in every process; `what_runs` says it once.
+    logging.getLogger("DeepSpeed").addFilter(lambda record: "Setting accelerator to CPU" not in record.getMessage())
+
+
+def what_runs() -> str:
+    """One start-up line: the accelerator and the optional kernels used or replaced."""
+    import importlib.util
+
+    import torch
+
+    te = importlib.util.find_spec("transformer_engine") is not None
+    apex = importlib.util.find_spec("apex") is not None
+    device = (f"CUDA ({torch.cuda.device_count()} GPU(s) visible), NCCL" if torch.cuda.is_available()
+              else "no CUDA: DeepSpeed's CPU accelerator, gloo")
+    kernels = (f"Transformer Engine {'installed (opt-in: --transformer-impl transformer_engine)' if te else 'absent'}; "
+               f"apex {'installed' if apex else 'absent: torch norms and optimizers'}")
+    return f"{device}; megatron-core's local layers; {kernels}"
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     _quiet_known_warnings()
     config, notes = parse_args_with_notes(argv)
     if int(os.environ.get("RANK", "0")) == 0:
+        print(what_runs(), flush=True)
         for note in notes:
             print(f"note: {note}", flush=True)
 
@@ -43,7 +63,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     # hangs) is ended too, with what it was doing.
     watchdog = Watchdog(int(os.environ.get("RANK", "0")), 60.0 * config.parallel.distributed_timeout_minutes)
     try:
-        apply_user_config(config, load_user_config(config.training.deepspeed_config))
+        for warning in apply_user_config(config, load_user_config(config.training.deepspeed_config)):
+            if int(os.environ.get("RANK", "0")) == 0:
+                print(f"warning: {warning}", flush=True)
         resolve_layout(config, world_size_from_env())  # refuse impossible layouts before any work
         ctx = initialize_parallel(config)
         trainer = Trainer(config, ctx, watchdog)

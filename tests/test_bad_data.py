@@ -93,3 +93,18 @@ def test_a_bad_token_in_training_stops_at_its_batch(tmp_path):
     assert "dom1_text_document.bin), document" in result.stderr
     assert "holds token id 300, not below the model's vocabulary size 256" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_garbage_idx_is_named(tmp_path):
+    manifest = make_domains(str(tmp_path))
+    (tmp_path / "dom1_text_document.idx").write_bytes(b"this is not an index" * 10)
+    with pytest.raises(DataError, match=r"domain 'dom1': cannot read indexed dataset .*dom1_text_document.idx: "
+                                        r"not a Megatron index"):
+        open_domains(domains_config(manifest), seq_length=16, seed=1)
+
+
+@pytest.mark.parametrize("split", ["0,0,0", "a,b", "-1,2,0"])
+def test_a_bad_split_is_named(tmp_path, split):
+    manifest = make_domains(str(tmp_path))
+    with pytest.raises(DataError, match=f"--split {split!r}: expected up to three non-negative numbers"):
+        open_domains(DataConfig(domains_manifest=manifest, split=split), seq_length=16, seed=1)

@@ -209,3 +209,94 @@ def test_null_tokenizer_and_mock_data_train(tmp_path):
                        "--metrics-file", str(tmp_path / "m.jsonl")])
     assert "vocabulary 128 (padded)" in result.stdout
     assert len(read_metrics(str(tmp_path / "m.jsonl"))) == 3
+
+
+def wandb_history(run_file):
+    """{step: {key: value}} of an offline W&B run file (.wandb: a 7-byte header, then LevelDB's
+    log format of protobuf records)."""
+    import struct
+
+    from wandb.proto import wandb_internal_pb2
+
+    data = open(run_file, "rb").read()
+    assert data[:4] == b":W&B"
+    history, pos, block, pending = {}, 7, 32768, b""
+    while pos + 7 <= len(data):
+        if block - pos % block < 7:
+            pos += block - pos % block
+            continue
+        length, kind = struct.unpack("<HB", data[pos + 4: pos + 7])
+        chunk, pos = data[pos + 7: pos + 7 + length], pos + 7 + length
+        pending = chunk if kind in (1, 2) else pending + chunk
+        if kind in (1, 4):
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(pending)
+            if record.WhichOneof("record_type") == "history":
+                row = {item.key or "/".join(item.nested_key): json.loads(item.value_json)
+                       for item in record.history.item}
+                history.setdefault(row["_step"], {}).update(row)
+            pending = b""
+    return history
+
+
+def test_wandb_gets_the_scalars_tensorboard_gets(tmp_path):
+    import glob
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    manifest = make_domains(str(tmp_path / "data"))
+    pretrain(["--domains-manifest", manifest, *SMALL_MODEL, "--micro-batch-size", "2", "--global-batch-size", "4",
+              "--train-iters", "4", "--split", "90,10,0", "--log-interval", "2", "--eval-interval", "4",
+              "--tensorboard-dir", str(tmp_path / "tb"), "--wandb-project", "megatron-dga-test",
+              "--wandb-exp-name", "run", "--wandb-save-dir", str(tmp_path / "wandb")],
+             env={"WANDB_MODE": "offline", "WANDB_SILENT": "true"})
+    run_file = glob.glob(str(tmp_path / "wandb" / "wandb" / "offline-run-*" / "run-*.wandb"))
+    assert len(run_file) == 1, run_file
+    history = wandb_history(run_file[0])
+    events = EventAccumulator(str(tmp_path / "tb"))
+    events.Reload()
+    compared = 0
+    for tag in events.Tags()["scalars"]:
+        if tag.endswith(" vs samples"):
+            continue
+        for event in events.Scalars(tag):
+            assert history[event.step][tag] == pytest.approx(event.value, rel=1e-6), (tag, event.step)
+            compared += 1
+    assert compared > 20 and "lm loss validation" in history[4]
+
+
+def test_eval_iters_is_the_total_shared_by_the_domains():
+    """Megatron evaluates --eval-iters global batches of its blended validation set: the domains
+    share them here (at least one each); the specific set keeps --eval-iters of its own."""
+    import numpy as np
+
+    from megatron_dga.parallel.layout import Layout
+    from megatron_dga.training.evaluation import Evaluator, overall_loss
+
+    class Stream:
+        samples_per_epoch = 1000
+
+        def sample(self, k):
+            return np.full(5, k)
+
+    layout = Layout(2, 1, 1, 2, 2, 8)  # micro batch 2, DP 2, global batch 8: 2 rounds per batch
+    sets = {"a": Stream(), "b": Stream(), "c": Stream(), "specific": Stream()}
+    evaluator = Evaluator(sets, layout, 0, 4, None, False, shared=["a", "b", "c"])
+    assert {n: len(b) for n, b in evaluator.batches.items()} == {"a": 4, "b": 2, "c": 2, "specific": 8}
+    # The blended loss weighs each domain by the blend.
+    assert overall_loss({"a": 1.0, "b": 3.0, "specific": 9.0}, ["a", "b"], [0.75, 0.25]) == pytest.approx(1.5)
+
+
+def test_data_path_weights_start_dga_and_are_named_when_unused():
+    import numpy as np
+
+    from megatron_dga.config import MixingConfig
+    from megatron_dga.mixing.factory import build_mixing
+
+    notes = []
+    m = build_mixing(MixingConfig(mixing="dga"), ["a", "b"], [10, 10], [0.2, 0.8], notes=notes)
+    np.testing.assert_allclose(m.weights(), [0.2, 0.8])
+    assert "starts from the --data-path weights" in notes[0]
+    notes = []
+    build_mixing(MixingConfig(mixing="uniform"), ["a", "b"], [10, 10], [0.2, 0.8], notes=notes)
+    assert notes == ["--mixing uniform does not use the --data-path weights"]

@@ -54,3 +54,24 @@ def test_bf16_optimizer_shards_refuse_another_data_parallel_size(tmp_path, manif
     assert "DeepSpeed's bf16 optimizer state is saved in one shard per data-parallel rank" in result.stderr
     # Without the optimizer state the model itself loads.
     pretrain(args_for(manifest, str(tmp_path / "c"), 4, ["--load", checkpoints, "--bf16", "--no-load-optim"]))
+
+
+def test_a_truncated_checkpoint_file_names_it_and_the_last_intact_checkpoint(tmp_path, manifest):
+    checkpoints = str(tmp_path / "checkpoints")
+    pretrain(args_for(manifest, str(tmp_path / "a"), 4, ["--save", checkpoints, "--save-interval", "2"]))
+    damaged = os.path.join(checkpoints, "iter_0000004", "mp_rank_00_model_states.pt")
+    with open(damaged, "r+b") as f:
+        f.truncate(os.path.getsize(damaged) // 2)
+    result = pretrain(args_for(manifest, str(tmp_path / "b"), 6, ["--load", checkpoints]), expect_ok=False)
+    assert result.returncode == 2, result.stderr[-2000:]
+    last = result.stderr.strip().splitlines()[-1]
+    assert f"{damaged} is truncated or corrupt" in last and "the newest intact one is iteration 2" in last, last
+
+
+def test_resuming_another_model_shape_names_the_flag_and_both_values(tmp_path, manifest):
+    checkpoints = str(tmp_path / "checkpoints")
+    pretrain(args_for(manifest, str(tmp_path / "a"), 2, ["--save", checkpoints]))
+    result = pretrain(args_for(manifest, str(tmp_path / "b"), 4, ["--load", checkpoints, "--hidden-size", "128"]),
+                      expect_ok=False)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "--hidden-size 64 there, 128 here" in result.stderr.strip().splitlines()[-1], result.stderr[-2000:]

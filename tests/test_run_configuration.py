@@ -17,7 +17,10 @@ def test_deepspeed_json_wins_over_flags(tmp_path):
     config = parse_args(["--data-path", "x", "--train-iters", "5", "--micro-batch-size", "4", "--global-batch-size", "16",
                          "--clip-grad", "1.0", "--deepspeed_config", str(path)])
     user = load_user_config(config.training.deepspeed_config)
-    apply_user_config(config, user)
+    warnings = apply_user_config(config, user)
+    assert "--deepspeed_config's train_batch_size 8 replaces --global-batch-size 16" in warnings
+    assert "--deepspeed_config's gradient_clipping 0.5 replaces --clip-grad 1.0" in warnings
+    assert len(warnings) == 4  # micro batch, global batch, clipping, ZeRO stage
     layout = resolve_layout(config, world_size=2)
     ds = derive_config(config, layout, user)
     assert (layout.micro_batch_size, layout.global_batch_size, layout.grad_accumulation_steps) == (2, 8, 2)
@@ -34,6 +37,9 @@ def test_deepspeed_json_in_a_run(tmp_path):
                        "--log-interval", "1", "--eval-interval", "100", "--split", "90,10,0",
                        "--deepspeed", "--deepspeed_config", str(ds), "--metrics-file", str(metrics)])
     assert "global batch 8 = micro 2 x DP 1 x accumulation 4" in result.stdout
+    assert "warning: --deepspeed_config's train_micro_batch_size_per_gpu 2 replaces --micro-batch-size 4" \
+        in result.stdout
+    assert result.stdout.count("Setting accelerator to CPU") == 0 and "DeepSpeed's CPU accelerator, gloo" in result.stdout
     assert [r["consumed_samples"] for r in read_metrics(str(metrics))] == [8, 16]
 
 

@@ -176,14 +176,15 @@ class TensorParallelSharedBatches:
             self.reader.close()
 
 
-def fixed_microbatches(stream: SequenceStream, count: int, layout: Layout, dp_rank: int, eod: Optional[int],
+def fixed_microbatches(stream: SequenceStream, rounds: int, layout: Layout, dp_rank: int, eod: Optional[int],
                        eod_mask_loss: bool) -> List[MicroBatch]:
-    """This rank's share of the first `count` global batches of a stream (cycling when the
-    stream is shorter): the same sequences every time, for evaluation."""
+    """This rank's share of the first `rounds` x (micro batch x DP) sequences of a stream (one
+    micro batch per rank per round; a global batch is grad-accumulation-steps rounds; cycling
+    when the stream is shorter): the same sequences every time, for evaluation."""
+    share = layout.micro_batch_size * layout.dp
     batches = []
-    for iteration in range(count):
-        base = iteration * layout.global_batch_size
-        for m in range(layout.grad_accumulation_steps):
-            positions = rank_positions(base, layout, dp_rank, m) % stream.samples_per_epoch
-            batches.append(make_microbatch(np.stack([stream.sample(p) for p in positions]), eod, eod_mask_loss))
+    for r in range(rounds):
+        start = r * share + dp_rank * layout.micro_batch_size
+        positions = np.arange(start, start + layout.micro_batch_size) % stream.samples_per_epoch
+        batches.append(make_microbatch(np.stack([stream.sample(p) for p in positions]), eod, eod_mask_loss))
     return batches

@@ -63,12 +63,20 @@ class TokenizerSummary:
         return build_tokenizer(self.type, self.model, **self.options)
 
 
+INDEX_HEADER = b"MMIDIDX\x00\x00"  # megatron-core's .idx magic
+
+
 def open_indexed_dataset(prefix: str, what: str, mmap: bool = True) -> IndexedDataset:
     for suffix in (".bin", ".idx"):
         if not os.path.isfile(prefix + suffix):
             raise DataError(f"{what}: data file not found: {prefix}{suffix}")
     if os.path.getsize(prefix + ".bin") == 0:
         raise DataError(f"{what}: {prefix}.bin is empty: no documents")
+    with open(prefix + ".idx", "rb") as f:
+        header = f.read(len(INDEX_HEADER))
+    if header != INDEX_HEADER:  # megatron-core's reader would fail half-built, noisily
+        raise DataError(f"{what}: cannot read indexed dataset {prefix}.idx: not a Megatron index (it does not start "
+                        f"with MMIDIDX): rebuild it with tools/preprocess_data.py")
     try:
         dataset = IndexedDataset(prefix, mmap=mmap)
     except Exception as e:  # a corrupt or foreign .idx
@@ -80,7 +88,10 @@ def open_indexed_dataset(prefix: str, what: str, mmap: bool = True) -> IndexedDa
 def split_document_ranges(split: str, num_docs: int) -> List[Tuple[int, int]]:
     """[train, valid, test] document ranges, with Megatron's rounding."""
     try:
-        matrix = convert_split_vector_to_split_matrix(parse_and_normalize_split(split))
+        vector = [float(x) for x in split.strip("'\"").split(",")]
+        if not vector or len(vector) > 3 or any(x < 0 for x in vector) or sum(vector) <= 0:
+            raise ValueError(split)
+        matrix = convert_split_vector_to_split_matrix(parse_and_normalize_split(",".join(map(str, vector))))
     except (AssertionError, ValueError, ZeroDivisionError):
         raise DataError(f"--split {split!r}: expected up to three non-negative numbers, e.g. 969,30,1") from None
     ranges = []

@@ -46,9 +46,14 @@ def dga_hyperparameters(config: MixingConfig) -> DGAHyperparameters:
 
 def build_mixing(config: MixingConfig, domain_names: List[str], train_tokens: List[int],
                  data_path_weights: Optional[List[float]] = None,
-                 importance_histogram: Optional[np.ndarray] = None) -> MixingAlgorithm:
-    """`importance_histogram`: the specific set's histogram when computed at start-up."""
+                 importance_histogram: Optional[np.ndarray] = None, notes: Optional[List[str]] = None
+                 ) -> MixingAlgorithm:
+    """`importance_histogram`: the specific set's histogram when computed at start-up; `notes`:
+    where to say what became of --data-path weights the mixing does not take as they are."""
     natural = normalise(np.asarray(train_tokens, dtype=np.float64))
+    notes = notes if notes is not None else []
+    if data_path_weights is not None and config.mixing in ("uniform", "importance"):
+        notes.append(f"--mixing {config.mixing} does not use the --data-path weights")
     if config.mixing == "uniform":
         return UniformMixing(domain_names)
     if config.mixing == "natural":
@@ -72,7 +77,12 @@ def build_mixing(config: MixingConfig, domain_names: List[str], train_tokens: Li
         if config.dga_base_distributions:
             bases = load_base_distributions(config.dga_base_distributions, len(domain_names))
         num_sources = len(domain_names) if bases is None else len(bases)
-        if config.dga_initial_weights == "natural":
+        if data_path_weights is not None:
+            # Megatron's blend, where DGA starts from (over bases, each base's share of it).
+            blend = normalise(np.asarray(data_path_weights, dtype=np.float64))
+            initial = blend if bases is None else natural_source_weights(bases, blend)
+            notes.append("--mixing dga starts from the --data-path weights (not --dga-initial-weights)")
+        elif config.dga_initial_weights == "natural":
             # Natural weights over domains; over bases, each base's share of the tokens.
             initial = natural if bases is None else natural_source_weights(bases, natural)
         else:

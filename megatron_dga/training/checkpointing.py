@@ -19,7 +19,7 @@ import json
 import os
 import random
 import shutil
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 import numpy as np
 import torch
@@ -72,6 +72,56 @@ def set_rng_state(state: Dict[str, Any]) -> bool:
         torch.cuda.set_rng_state(state["cuda"])
     mcore_random.get_cuda_rng_tracker().set_states(state["tracker"])
     return True
+
+
+def damaged_files(folder: str) -> List[str]:
+    """The torch files of a checkpoint folder that are not whole zip archives (torch.save's
+    format): a file cut short by a full disk or a copy that did not finish has no central
+    directory at its end."""
+    import zipfile
+
+    damaged = []
+    for root, _, files in os.walk(folder):
+        for name in sorted(files):
+            if name.endswith(".pt"):
+                path = os.path.join(root, name)
+                try:
+                    with zipfile.ZipFile(path):
+                        pass
+                except (zipfile.BadZipFile, OSError):
+                    damaged.append(path)
+    return damaged
+
+
+def check_checkpoint_files(directory: str, iteration: int) -> None:
+    """Refuse a checkpoint with a damaged file, naming it and the newest intact checkpoint."""
+    damaged = damaged_files(os.path.join(directory, checkpoint_name(iteration)))
+    if not damaged:
+        return
+    older = sorted((int(name[5:]) for name in os.listdir(directory)
+                    if name.startswith("iter_") and name[5:].isdigit() and int(name[5:]) < iteration), reverse=True)
+    intact = next((it for it in older if not damaged_files(os.path.join(directory, checkpoint_name(it)))), None)
+    fallback = (f"the newest intact one is iteration {intact}: write {intact} into {directory}/{TRACKER} to resume "
+                f"from it" if intact is not None else "no older checkpoint is intact")
+    raise CheckpointError(f"{damaged[0]} is truncated or corrupt (not a whole torch file); checkpoint iteration "
+                          f"{iteration} cannot be loaded, and {fallback}")
+
+
+# The flags that decide the parameters' shapes and names, as a checkpoint records them.
+SHAPE_FLAGS = ("num_layers", "hidden_size", "num_attention_heads", "ffn_hidden_size", "group_query_attention",
+               "num_query_groups", "swiglu", "normalization", "disable_bias_linear",
+               "untie_embeddings_and_output_weights", "position_embedding_type", "max_position_embeddings",
+               "qk_layernorm")
+
+
+def model_shape_mismatch(saved: Dict[str, Any], current: Dict[str, Any], directory: str) -> Optional[str]:
+    """The flags whose values differ between a checkpoint's model and this run's, named with both
+    values; None when the shapes agree."""
+    differ = [f"--{name.replace('_', '-')} {saved[name]} there, {current[name]} here" for name in SHAPE_FLAGS
+              if name in saved and saved[name] != current.get(name)]
+    if not differ:
+        return None
+    return f"{directory} holds another model: {'; '.join(differ)}. Resume with the checkpoint's flags"
 
 
 LAYER_NAMES = {"local": "megatron-core's local layers", "transformer_engine": "Transformer Engine's layers"}
@@ -231,6 +281,7 @@ class Checkpointer:
         from --seed and the iteration instead (the caller's `seed_fallback`)."""
         iteration = read_tracker(directory)
         name = checkpoint_name(iteration)
+        check_checkpoint_files(directory, iteration)
         path, client_state = self.engine.load_checkpoint(
             directory, tag=name, load_optimizer_states=load_optimizer,
             load_lr_scheduler_states=self.engine.lr_scheduler is not None, load_module_strict=True,

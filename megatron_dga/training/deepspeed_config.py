@@ -8,7 +8,7 @@ JSON replaces the built-in AdamW or learning-rate schedule.
 
 from __future__ import annotations
 
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 import torch
 
@@ -32,21 +32,32 @@ def load_user_config(path: Optional[str]) -> Dict[str, Any]:
     return user
 
 
-def apply_user_config(config: PretrainConfig, user: Dict[str, Any]) -> None:
-    """Copy the JSON's settings onto the flags they correspond to."""
+def apply_user_config(config: PretrainConfig, user: Dict[str, Any]) -> List[str]:
+    """Copy the JSON's settings onto the flags they correspond to; one warning for each flag
+    whose value the JSON replaces, naming both values."""
     t, o, p = config.training, config.optimizer, config.parallel
+    replaced = []
+
+    def take(section, field: str, flag: str, value, key: str):
+        if getattr(section, field) != value:
+            replaced.append(f"--deepspeed_config's {key} {value} replaces {flag} {getattr(section, field)}")
+        setattr(section, field, value)
+
     if "train_micro_batch_size_per_gpu" in user:
-        t.micro_batch_size = int(user["train_micro_batch_size_per_gpu"])
+        take(t, "micro_batch_size", "--micro-batch-size", int(user["train_micro_batch_size_per_gpu"]),
+             "train_micro_batch_size_per_gpu")
     if "train_batch_size" in user:
-        t.global_batch_size = int(user["train_batch_size"])
+        take(t, "global_batch_size", "--global-batch-size", int(user["train_batch_size"]), "train_batch_size")
     if "gradient_clipping" in user:
-        o.clip_grad = float(user["gradient_clipping"])
+        take(o, "clip_grad", "--clip-grad", float(user["gradient_clipping"]), "gradient_clipping")
     if "zero_optimization" in user:
-        p.zero_stage = int(user["zero_optimization"].get("stage", 0))
+        take(p, "zero_stage", "--zero-stage", int(user["zero_optimization"].get("stage", 0)),
+             "zero_optimization.stage")
     if "bf16" in user:
-        t.bf16 = bool(user["bf16"].get("enabled", False))
+        take(t, "bf16", "--bf16", bool(user["bf16"].get("enabled", False)), "bf16.enabled")
     if "fp16" in user:
-        t.fp16 = bool(user["fp16"].get("enabled", False))
+        take(t, "fp16", "--fp16", bool(user["fp16"].get("enabled", False)), "fp16.enabled")
+    return replaced
 
 
 def accumulates_in_fp32(config: PretrainConfig) -> bool:

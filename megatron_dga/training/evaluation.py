@@ -1,9 +1,11 @@
 """Validation loss of every domain (and of extra held-out sets, such as the specific set).
 
-Each set's evaluation batches are fixed once: the first `--eval-iters` global batches of its
-validation sequences in document order, split across data-parallel ranks as training
-batches are. So every evaluation of a run, and of runs with other parallel layouts, scores
-the same sequences.
+Each set's evaluation batches are fixed once: the first sequences of its validation split in
+document order, split across data-parallel ranks as training batches are. So every evaluation
+of a run, and of runs with other parallel layouts, scores the same sequences. As in Megatron,
+`--eval-iters` global batches are evaluated in all: the generic domains share them (at least one
+global batch each, so that every domain's loss is measured, on the same sequences in every
+layout); an extra held-out set (the specific set) gets `--eval-iters` global batches of its own.
 """
 
 from __future__ import annotations
@@ -19,10 +21,17 @@ from megatron_dga.parallel.layout import Layout
 
 class Evaluator:
     def __init__(self, sets: Dict[str, SequenceStream], layout: Layout, dp_rank: int, eval_iters: int,
-                 eod: Optional[int], eod_mask_loss: bool):
-        """`sets`: name -> validation stream; names become `lm loss validation/<name>`."""
+                 eod: Optional[int], eod_mask_loss: bool, shared: Optional[List[str]] = None):
+        """`sets`: name -> validation stream; names become `lm loss validation/<name>`. The sets
+        named in `shared` (the generic domains) share the `eval_iters` global batches."""
+        shared = [name for name in (shared or []) if name in sets]
+        global_batches = {name: eval_iters for name in sets}
+        for i, name in enumerate(shared):
+            global_batches[name] = max(1, eval_iters // len(shared) + (1 if i < eval_iters % len(shared) else 0))
+        rounds_per_batch = layout.grad_accumulation_steps  # one micro batch per rank per round
         self.batches: Dict[str, List[MicroBatch]] = {
-            name: fixed_microbatches(stream, eval_iters, layout, dp_rank, eod, eod_mask_loss)
+            name: fixed_microbatches(stream, global_batches[name] * rounds_per_batch, layout, dp_rank, eod,
+                                     eod_mask_loss)
             for name, stream in sets.items()
         }
 

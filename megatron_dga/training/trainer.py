@@ -39,7 +39,8 @@ from megatron_dga.parallel.initialize import ParallelContext, seed_everything
 from megatron_dga.parallel.layout import LayoutError, probe_microbatches_per_rank
 from megatron_dga.training import memory
 from megatron_dga.training.checkpointing import (Checkpointer, CheckpointError, check_same_layers, checkpoint_name,
-                                                 describe_layout, layout_dict, read_tracker, rng_device)
+                                                 describe_layout, layout_dict, model_shape_mismatch, read_tracker,
+                                                 rng_device)
 from megatron_dga.training.deepspeed_config import load_user_config
 from megatron_dga.training.engine import TrainingEngine, value
 from megatron_dga.training.evaluation import Evaluator, overall_loss
@@ -107,8 +108,12 @@ class Trainer:
         importance_histogram = None
         if config.mixing.importance_clusters:
             importance_histogram = self._startup_importance_histogram()
+        mixing_notes: List[str] = []
         self.mixing = build_mixing(config.mixing, self.domain_names, [d.train_tokens for d in self.domains],
-                                   data_path_weights, importance_histogram)
+                                   data_path_weights, importance_histogram, mixing_notes)
+        if ctx.rank == 0:
+            for note in mixing_notes:
+                print(f"note: {note}", flush=True)
         self.blend = DynamicBlend(len(self.domains), self.mixing.weights())
         eod, mask_eod = self.tokenizer.eod, config.training.eod_mask_loss
         self.batches = TrainBatches([d.train for d in self.domains], self.blend, self.layout, ctx.dp_rank, eod,
@@ -120,7 +125,8 @@ class Trainer:
         eval_sets = {d.name: d.valid for d in self.domains if d.valid is not None}
         if specific_valid is not None:
             eval_sets["specific"] = specific_valid
-        self.evaluator = Evaluator(eval_sets, self.layout, ctx.dp_rank, config.logging.eval_iters, eod, mask_eod)
+        self.evaluator = Evaluator(eval_sets, self.layout, ctx.dp_rank, config.logging.eval_iters, eod, mask_eod,
+                                   shared=self.domain_names)
         self.alignment = self._build_alignment_meter() if isinstance(self.mixing, DGAMixing) else None
         self.replan_seconds = 0.0
         self.peaks = memory.Peaks()
@@ -275,6 +281,9 @@ class Trainer:
         if metadata["domains"] != self.domain_names:
             raise LayoutError(f"checkpoint domains {metadata['domains']} differ from this run's {self.domain_names}")
         check_same_layers(metadata, layer_implementation(self.config.model), directory)
+        mismatch = model_shape_mismatch(metadata.get("model", {}), dataclasses.asdict(self.config.model), directory)
+        if mismatch is not None:
+            raise CheckpointError(mismatch)
         mismatch = self.checkpointer.layout_mismatch(metadata, self.layout, not ck.no_load_optim)
         if mismatch is not None and not ck.reshard:
             raise CheckpointError(mismatch)
