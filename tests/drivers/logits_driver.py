@@ -30,6 +30,7 @@ def main():
     model_config.hidden_dropout = model_config.attention_dropout = 0.0
     config = PretrainConfig(model=model_config)
     config.data.data_path = ["unused"]
+    config.training.train_iters = 1
     ctx = initialize_parallel(config)
     model = build_model(model_config, metadata["padded_vocab_size"], ctx, False, False, 1)
     load_full_weights_into(model, load_merged_state_dict(directory), 1, 0, directory)
