@@ -220,3 +220,62 @@ def test_train_tokenizer_reports_bad_lines(tmp_path, corpus, capsys):
     assert not (tmp_path / "t").exists()
     assert tool.main(argv + ["--skip-bad-lines"]) == 0
     assert "skipped lines: 1 (1 invalid JSON)" in capsys.readouterr().out
+
+
+# --- Megatron's other tokenizer types ---------------------------------------------------------
+
+TEXTS = ["It is a truth universally acknowledged, that a single man in possession of a good fortune",
+         "must be in want of a wife. However little known the feelings or views of such a man may be"] * 20
+
+
+@pytest.fixture(scope="module")
+def sentencepiece_model(tmp_path_factory):
+    import sentencepiece
+
+    folder = tmp_path_factory.mktemp("spm")
+    sentencepiece.SentencePieceTrainer.train(sentence_iterator=iter(TEXTS), model_prefix=str(folder / "tokenizer"),
+                                            vocab_size=50, bos_id=1, eos_id=2, unk_id=0, pad_id=-1)
+    return str(folder / "tokenizer.model")
+
+
+@pytest.mark.parametrize("kind", ["SentencePieceTokenizer", "GPTSentencePieceTokenizer", "Llama2Tokenizer"])
+def test_sentencepiece_tokenizers(sentencepiece_model, kind):
+    tokenizer = build_tokenizer(kind, sentencepiece_model)
+    ids = tokenizer.tokenize(TEXTS[0])
+    assert tokenizer.eod == 2 and tokenizer.vocab_size == 50 and tokenizer.name == kind
+    if kind == "Llama2Tokenizer":  # as Megatron's: every document starts with bos
+        assert ids[0] == 1 and tokenizer.detokenize(ids[1:]) == TEXTS[0]
+    else:
+        assert ids[0] != 1 and tokenizer.detokenize(ids) == TEXTS[0]
+
+
+def test_a_huggingface_folder_with_a_sentencepiece_model(sentencepiece_model):
+    folder = os.path.dirname(sentencepiece_model)
+    tokenizer = build_tokenizer("HuggingFaceTokenizer", folder)
+    assert tokenizer.detokenize(tokenizer.tokenize(TEXTS[1])) == TEXTS[1] and tokenizer.eod == 2
+
+
+def test_gpt2_bpe_from_vocab_and_merge_files(tmp_path):
+    from tokenizers import ByteLevelBPETokenizer
+
+    trained = ByteLevelBPETokenizer()
+    trained.train_from_iterator(TEXTS, vocab_size=300, special_tokens=["<|endoftext|>"])
+    vocab_file, merge_file = trained.save_model(str(tmp_path))
+    tokenizer = build_tokenizer("GPT2BPETokenizer", vocab_file=vocab_file, merge_file=merge_file)
+    assert tokenizer.detokenize(tokenizer.tokenize(TEXTS[0])) == TEXTS[0]
+    assert tokenizer.eod == trained.token_to_id("<|endoftext|>")
+    with pytest.raises(TokenizerError, match="give both --vocab-file and --merge-file"):
+        build_tokenizer("GPT2BPETokenizer", vocab_file=vocab_file)
+
+
+def test_null_tokenizer_is_megatrons():
+    tokenizer = build_tokenizer("NullTokenizer", vocab_size=100)
+    assert tokenizer.tokenize("5 17 99") == [5, 17, 99] and tokenizer.detokenize([5, 17]) == "5 17"
+    assert (tokenizer.vocab_size, tokenizer.eod) == (101, 100)
+    with pytest.raises(TokenizerError, match="NullTokenizer needs --vocab-size"):
+        build_tokenizer("NullTokenizer")
+
+
+def test_a_hub_name_is_refused_clearly():
+    with pytest.raises(TokenizerError, match="meta-llama/Llama-3-8B: no such file or folder .* nothing is downloaded"):
+        build_tokenizer("HuggingFaceTokenizer", "meta-llama/Llama-3-8B")

@@ -168,7 +168,29 @@ class GPT2BPETokenizer(TikTokenizer):
         return GPT2_RANKS_FILE
 
 
-class HuggingFaceTokenizer(Tokenizer):
+class _LibraryTokenizer(Tokenizer):
+    """A tokenizer held by the HF `tokenizers` library (`self._tokenizer`), with its vocabulary
+    size and end-of-document id set by the subclass."""
+
+    _tokenizer = None
+    _vocab_size = _eod = 0
+
+    @property
+    def vocab_size(self) -> int:
+        return self._vocab_size
+
+    @property
+    def eod(self) -> int:
+        return self._eod
+
+    def tokenize(self, text: str) -> List[int]:
+        return self._tokenizer.encode(text, add_special_tokens=False).ids
+
+    def detokenize(self, ids: Sequence[int]) -> str:
+        return self._tokenizer.decode(list(ids), skip_special_tokens=False)
+
+
+class HuggingFaceTokenizer(_LibraryTokenizer):
     """A local HF `tokenizers` file: `tokenizer.json`, or a folder holding one.
 
     The end-of-document token is, in this order: the `eos_token` of a `tokenizer_config.json`
@@ -213,26 +235,12 @@ class HuggingFaceTokenizer(Tokenizer):
         )
 
     @property
-    def vocab_size(self) -> int:
-        return self._vocab_size
-
-    @property
-    def eod(self) -> int:
-        return self._eod
-
-    @property
     def model(self) -> Optional[str]:
         return self._path
 
     @property
     def model_file(self) -> Optional[str]:
         return self._tokenizer_file
-
-    def tokenize(self, text: str) -> List[int]:
-        return self._tokenizer.encode(text, add_special_tokens=False).ids
-
-    def detokenize(self, ids: Sequence[int]) -> str:
-        return self._tokenizer.decode(list(ids), skip_special_tokens=False)
 
 
 def _configured_eos_token(config_file: str) -> Optional[str]:
@@ -249,7 +257,7 @@ def _configured_eos_token(config_file: str) -> Optional[str]:
     return eos if isinstance(eos, str) else None
 
 
-class GPT2FilesTokenizer(Tokenizer):
+class GPT2FilesTokenizer(_LibraryTokenizer):
     """GPT-2's byte-level BPE from a vocab.json and a merges.txt (Megatron's --vocab-file and
     --merge-file); end of document `<|endoftext|>`."""
 
@@ -277,22 +285,8 @@ class GPT2FilesTokenizer(Tokenizer):
         self._eod = vocab[ENDOFTEXT]
 
     @property
-    def vocab_size(self) -> int:
-        return self._vocab_size
-
-    @property
-    def eod(self) -> int:
-        return self._eod
-
-    @property
     def model(self) -> Optional[str]:
         return self._vocab_file
-
-    def tokenize(self, text: str) -> List[int]:
-        return self._tokenizer.encode(text, add_special_tokens=False).ids
-
-    def detokenize(self, ids: Sequence[int]) -> str:
-        return self._tokenizer.decode(list(ids), skip_special_tokens=False)
 
 
 class SentencePieceTokenizer(Tokenizer):
