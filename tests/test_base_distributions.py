@@ -7,7 +7,7 @@ import sys
 
 import numpy as np
 
-from megatron_dga.data.clustering.outputs import cluster_names
+from megatron_dga.clustering.outputs import cluster_names
 from megatron_dga.data.manifest import DomainEntry, DomainsManifest, TokenizerInfo
 from megatron_dga.mixing.factory import load_base_distributions
 

@@ -12,8 +12,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "tools"))
 
 import cluster_domains  # noqa: E402
-from megatron_dga.data.clustering import ClusterConfig, cluster_documents  # noqa: E402
-from megatron_dga.data.clustering.embedders import MiniLMEmbedder, TfidfEmbedder  # noqa: E402
+from megatron_dga.clustering import ClusterConfig, cluster_documents  # noqa: E402
+from megatron_dga.clustering.embedders import MiniLMEmbedder, TfidfEmbedder  # noqa: E402
 
 pytest.importorskip("faiss")
 pytest.importorskip("sklearn")
@@ -358,7 +358,7 @@ def test_per_input_names_clusters_after_their_files(per_input):
 
 
 def test_per_input_centroid_is_the_normalised_mean(per_input):
-    from megatron_dga.data.clustering.embedders import embedder_from_identity
+    from megatron_dga.clustering.embedders import embedder_from_identity
 
     paths, out = per_input
     meta = json.load(open(out / "clusters.json"))

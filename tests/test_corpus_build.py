@@ -18,7 +18,7 @@ import subprocess
 
 import pytest
 
-from megatron_dga.data.corpus.packages import FetchedPackage, FetchError, PackageRef
+from megatron_dga.corpus.packages import FetchedPackage, FetchError, PackageRef
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -14,16 +14,16 @@ import zlib
 
 import pytest
 
-from megatron_dga.data.corpus import austen, bible, dictd, fortunes, milton, plays, reuters, wordnet
-from megatron_dga.data.corpus.debian_docs import changelog_documents, common_license_documents, copyright_documents
-from megatron_dga.data.corpus.document import decode_bytes, normalize_text
-from megatron_dga.data.corpus.files import find_files, tar_documents, tree_documents, zip_documents
-from megatron_dga.data.corpus.html_text import html_to_text
-from megatron_dga.data.corpus.packages import FetchedPackage, PackageRef
-from megatron_dga.data.corpus.rdata import LazyLoadDB, RDataError, unserialize
-from megatron_dga.data.corpus.sampling import CharBudget
-from megatron_dga.data.corpus.document import Document
-from megatron_dga.data.corpus.troff import man_to_text, split_args, unescape
+from megatron_dga.corpus import austen, bible, dictd, fortunes, milton, plays, reuters, wordnet
+from megatron_dga.corpus.debian_docs import changelog_documents, common_license_documents, copyright_documents
+from megatron_dga.corpus.document import decode_bytes, normalize_text
+from megatron_dga.corpus.files import find_files, tar_documents, tree_documents, zip_documents
+from megatron_dga.corpus.html_text import html_to_text
+from megatron_dga.corpus.packages import FetchedPackage, PackageRef
+from megatron_dga.corpus.rdata import LazyLoadDB, RDataError, unserialize
+from megatron_dga.corpus.sampling import CharBudget
+from megatron_dga.corpus.document import Document
+from megatron_dga.corpus.troff import man_to_text, split_args, unescape
 
 
 def write(path, data):

@@ -25,15 +25,15 @@ from typing import List, Optional
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from megatron_dga.data.corpus.build import (  # noqa: E402
+from megatron_dga.corpus.build import (  # noqa: E402
     DEFAULT_MAX_CHARS_PER_DOMAIN,
     Fetcher,
     build_corpus,
     default_cache_dir,
     summary_lines,
 )
-from megatron_dga.data.corpus.domains import DOMAINS, select_domains  # noqa: E402
-from megatron_dga.data.corpus.packages import PackageFetcher  # noqa: E402
+from megatron_dga.corpus.domains import DOMAINS, select_domains  # noqa: E402
+from megatron_dga.corpus.packages import PackageFetcher  # noqa: E402
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:

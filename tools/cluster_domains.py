@@ -30,8 +30,8 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from megatron_dga.data.clustering import AssignConfig, ClusterConfig, assign_documents, cluster_documents  # noqa: E402
-from megatron_dga.data.clustering.embedders import EMBEDDERS  # noqa: E402
+from megatron_dga.clustering import AssignConfig, ClusterConfig, assign_documents, cluster_documents  # noqa: E402
+from megatron_dga.clustering.embedders import EMBEDDERS  # noqa: E402
 from megatron_dga.data.jsonl import BadDocumentError  # noqa: E402
 
 

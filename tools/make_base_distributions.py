@@ -22,8 +22,8 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from megatron_dga.data.clustering.bases import describe, group_bases  # noqa: E402
-from megatron_dga.data.clustering.outputs import CENTROIDS_NPY, cluster_names  # noqa: E402
+from megatron_dga.clustering.bases import describe, group_bases  # noqa: E402
+from megatron_dga.clustering.outputs import CENTROIDS_NPY, cluster_names  # noqa: E402
 from megatron_dga.data.manifest import DomainsManifest  # noqa: E402
 from megatron_dga.files import write_json  # noqa: E402
 

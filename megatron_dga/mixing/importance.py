@@ -59,7 +59,7 @@ class ImportanceMixing(MixingAlgorithm):
 def assign_to_clusters(clusters_dir: str, texts: Sequence[str], domain_names: List[str]) -> np.ndarray:
     """The histogram of `texts` over the clusters of a `tools/cluster_domains.py` run, with the
     embedder that run recorded (what `--assign` does), as weights in domain order."""
-    from megatron_dga.data.clustering.pipeline import AssignConfig, assign_documents
+    from megatron_dga.clustering.pipeline import AssignConfig, assign_documents
 
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "specific.jsonl")

@@ -17,13 +17,13 @@ from typing import List, Optional, Sequence
 
 import numpy as np
 
-from megatron_dga.data.clustering import describe
+from megatron_dga.clustering import describe
 from megatron_dga.files import write_json, write_npy, write_npz
-from megatron_dga.data.clustering.cache import EmbeddingCache, cache_key
-from megatron_dga.data.clustering.corpus import Document, load_documents
-from megatron_dga.data.clustering.embedders import Embedder, embedder_from_identity, make_embedder
-from megatron_dga.data.clustering.kmeans import assign, fit_kmeans
-from megatron_dga.data.clustering.outputs import (
+from megatron_dga.clustering.cache import EmbeddingCache, cache_key
+from megatron_dga.clustering.corpus import Document, load_documents
+from megatron_dga.clustering.embedders import Embedder, embedder_from_identity, make_embedder
+from megatron_dga.clustering.kmeans import assign, fit_kmeans
+from megatron_dga.clustering.outputs import (
     CENTROIDS_NPY,
     CLUSTERS_JSON,
     EMBEDDER_STATE_NPZ,
@@ -35,7 +35,7 @@ from megatron_dga.data.clustering.outputs import (
     write_cluster_files,
     write_clusters_json,
 )
-from megatron_dga.data.clustering.per_input import domain_names, fit_per_input
+from megatron_dga.clustering.per_input import domain_names, fit_per_input
 from megatron_dga.data.jsonl import SkipCounter
 
 log = logging.getLogger(__name__)

@@ -16,7 +16,7 @@ from typing import List, Sequence
 
 import numpy as np
 
-from megatron_dga.data.clustering.corpus import Document
+from megatron_dga.clustering.corpus import Document
 
 # The input names tools/build_domains.py turns into domains.
 DOMAIN_SUFFIXES = (".jsonl", ".jsonl.gz", ".jsonl.xz")

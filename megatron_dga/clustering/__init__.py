@@ -14,7 +14,7 @@ each:
 - `pipeline`: the two jobs of `tools/cluster_domains.py`, clustering and assignment.
 """
 
-from megatron_dga.data.clustering.pipeline import (
+from megatron_dga.clustering.pipeline import (
     AssignConfig,
     ClusterConfig,
     assign_documents,

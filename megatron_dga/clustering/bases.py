@@ -14,7 +14,7 @@ from typing import Dict, List
 
 import numpy as np
 
-from megatron_dga.data.clustering.kmeans import fit_kmeans
+from megatron_dga.clustering.kmeans import fit_kmeans
 
 
 def group_bases(centroids: np.ndarray, tokens: np.ndarray, num_bases: int, seed: int = 1234) -> Dict:

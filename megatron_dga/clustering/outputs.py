@@ -25,7 +25,7 @@ from typing import Dict, Iterable, List, Sequence, Set, Tuple
 import numpy as np
 
 from megatron_dga.files import atomic_open, write_json
-from megatron_dga.data.clustering.corpus import Document, first_line
+from megatron_dga.clustering.corpus import Document, first_line
 from megatron_dga.data.jsonl import open_binary  # compressed inputs are copied as they were read
 
 CLUSTERS_JSON = "clusters.json"

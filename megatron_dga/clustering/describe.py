@@ -13,7 +13,7 @@ from typing import Dict, List, Sequence
 
 import numpy as np
 
-from megatron_dga.data.clustering.corpus import Document
+from megatron_dga.clustering.corpus import Document
 
 
 def top_terms(texts: Sequence[str], labels: np.ndarray, k: int, n_terms: int = 10) -> List[List[str]]:
