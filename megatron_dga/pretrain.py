@@ -56,7 +56,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from megatron_dga.parallel.initialize import world_size_from_env
     from megatron_dga.training.checkpointing import CheckpointError
     from megatron_dga.training.deepspeed_config import apply_user_config, load_user_config
-    from megatron_dga.training.trainer import Trainer, TrainingDivergedError
+    from megatron_dga.training.stopping import TrainingDivergedError
+    from megatron_dga.training.trainer import Trainer
     from megatron_dga.training.watchdog import Watchdog
 
     # From the start: a rank stuck in start-up (a peer that never comes, a file system that

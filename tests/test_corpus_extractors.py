@@ -509,3 +509,34 @@ def test_char_budget_deterministic_prefix_by_rank_in_original_order():
     assert unlimited.kept() == docs
     with pytest.raises(ValueError, match="positive"):
         CharBudget(0)
+
+
+# --- the registry's file domains ---------------------------------------------------------
+
+
+def test_file_domains_read_every_package_with_their_patterns_and_exclusions(tmp_path):
+    """A domain made of files (debian_files): every package of the domain is read, with the
+    domain's patterns, exclusions and transform."""
+    from megatron_dga.corpus.domains import DOMAINS, Packages
+
+    go = write(tmp_path / "go" / "usr/share/go-1.19/src/fmt/print.go", "package fmt\n")
+    write(tmp_path / "go" / "usr/share/go-1.19/src/fmt/testdata/broken.go", "not go")
+    spec = DOMAINS["code_go"]
+    fetched = {"golang-1.19-src": FetchedPackage(spec.packages[0], "1", str(tmp_path / "go"))}
+    assert [(d.src, d.text) for d in spec.extract(Packages(fetched))] == \
+        [(os.path.relpath(go, tmp_path / "go"), "package fmt\n")]
+
+    spec = DOMAINS["code_python"]
+    write(tmp_path / "min" / "usr/lib/python3.11/os.py", "import sys\n")
+    write(tmp_path / "std" / "usr/lib/python3.11/json.py", "import re\n")
+    write(tmp_path / "std" / "usr/lib/python3.11/site-packages/x.py", "third party\n")
+    fetched = {ref.name: FetchedPackage(ref, "1", str(tmp_path / folder))
+               for ref, folder in zip(spec.packages, ["min", "std"])}
+    assert [d.text for d in spec.extract(Packages(fetched))] == ["import sys\n", "import re\n"]
+
+    spec = DOMAINS["manpages"]
+    write(tmp_path / "man" / "usr/share/man/man1/ls.1", ".TH LS 1\n.SH NAME\nls \\- list\n")
+    fetched = {ref.name: FetchedPackage(ref, "1", str(tmp_path / "man")) for ref in spec.packages[:1]}
+    fetched.update({ref.name: FetchedPackage(ref, "1", str(tmp_path / "empty")) for ref in spec.packages[1:]})
+    [page] = list(spec.extract(Packages(fetched)))
+    assert page.text == man_to_text(".TH LS 1\n.SH NAME\nls \\- list\n") and "NAME" in page.text

@@ -41,6 +41,6 @@ def test_the_loop_reads_the_host_once_per_iteration_for_the_nan_check(tmp_path, 
         reads = json.load(f)
     # the first iteration is not counted: 8 NaN checks, one read each; the last iteration's log
     # line and evaluation read the rest
-    assert sum(n for site, n in reads.items() if "_check_finite" in site) == 8, reads
-    assert not any("_stop_requested" in site for site in reads), reads
-    assert all(any(name in site for name in ("_check_finite", "_log", "eval_loss")) for site in reads), reads
+    assert sum(n for site, n in reads.items() if "check_finite" in site) == 8, reads
+    assert not any("stopping.py" in site and "requested" in site for site in reads), reads
+    assert all(any(name in site for name in ("check_finite", "reporting.py", "eval_loss")) for site in reads), reads

@@ -108,7 +108,7 @@ def test_probe_batch_is_the_same_in_every_layout():
     for world_size in (1, 2, 4):
         config = parse_args(["--data-path", "x", "--train-iters", "1", "--micro-batch-size", "2",
                              "--dga-probe-batch-size", "8"])
-        per_rank[world_size] = probe_microbatches_per_rank(config, resolve_layout(config, world_size))
+        per_rank[world_size] = probe_microbatches_per_rank(config.mixing, resolve_layout(config, world_size))
     assert per_rank == {1: 4, 2: 2, 4: 1}
     config = parse_args(["--data-path", "x", "--train-iters", "1", "--dga-probe-microbatches", "3"])
-    assert probe_microbatches_per_rank(config, resolve_layout(config, 4)) == 3  # per rank, as before
+    assert probe_microbatches_per_rank(config.mixing, resolve_layout(config, 4)) == 3  # per rank, as before

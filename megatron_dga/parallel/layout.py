@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from megatron_dga.config import PretrainConfig
+from megatron_dga.config import MixingConfig, PretrainConfig
 from megatron_dga.schedule import ScheduleError, resolve_schedule
 
 
@@ -98,15 +98,15 @@ def resolve_layout(config: PretrainConfig, world_size: int) -> Layout:
     except ScheduleError as e:
         raise LayoutError(str(e)) from None
     layout = Layout(world_size, tp, pp, dp, mbs, gbs, sequence_parallel)
-    probe_microbatches_per_rank(config, layout)  # refuse an indivisible --dga-probe-batch-size now
+    probe_microbatches_per_rank(config.mixing, layout)  # refuse an indivisible --dga-probe-batch-size now
     return layout
 
 
-def probe_microbatches_per_rank(config: PretrainConfig, layout: Layout) -> int:
+def probe_microbatches_per_rank(mixing: MixingConfig, layout: Layout) -> int:
     """DGA's probe micro batches per source on each data-parallel rank."""
-    probe_batch = config.mixing.dga_probe_batch_size
+    probe_batch = mixing.dga_probe_batch_size
     if probe_batch is None:
-        return config.mixing.dga_probe_microbatches
+        return mixing.dga_probe_microbatches
     share = layout.micro_batch_size * layout.dp
     if probe_batch <= 0 or probe_batch % share:
         raise LayoutError(f"--dga-probe-batch-size {probe_batch} is not a positive multiple of --micro-batch-size "

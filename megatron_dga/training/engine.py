@@ -17,12 +17,11 @@ import deepspeed
 import torch
 import torch.distributed as dist
 
-from megatron_dga.config import PretrainConfig
+from megatron_dga.config import OptimizerConfig
 from megatron_dga.data.batches import MicroBatch
 from megatron_dga.parallel.initialize import ParallelContext
 from megatron_dga.parallel.mpu import MegatronCoreMPU
 from megatron_dga.parallel.reductions import global_grad_norm
-from megatron_dga.training.deepspeed_config import derive_config, fp32_accumulation
 from megatron_dga.training.optimizer import build_optimizer, build_scheduler
 
 
@@ -93,19 +92,20 @@ def _mark_gradients_for_unfused_half_precision_norm(engine) -> None:
 
 
 class TrainingEngine:
-    def __init__(self, model: torch.nn.Module, config: PretrainConfig, ctx: ParallelContext,
-                 user_ds_config: dict):
+    """The DeepSpeed engine of a run, with its optimizer and learning-rate schedule: built from
+    the DeepSpeed config derived for the run (training/deepspeed_config.py), the optimizer
+    section and the length of training. A --deepspeed_config that names its own optimizer or
+    scheduler keeps them."""
+
+    def __init__(self, model: torch.nn.Module, ctx: ParallelContext, ds_config: dict, optimizer: OptimizerConfig,
+                 train_iters: int, user_ds_config: dict):
         self.ctx = ctx
         self.pipelined = ctx.layout.pp > 1
-        self.ds_config = derive_config(config, ctx.layout, user_ds_config)
-        if ctx.rank == 0 and fp32_accumulation(config, user_ds_config) and config.parallel.zero_stage == 0:
-            print("--bf16: gradients accumulate and are all-reduced in fp32 (Megatron's "
-                  "--accumulate-allreduce-grads-in-fp32), by DeepSpeed's BF16_Optimizer, a ZeRO-1 optimizer: "
-                  "--zero-stage 0 runs as ZeRO-1 (--no-accumulate-allreduce-grads-in-fp32 keeps ZeRO-0)", flush=True)
+        self.ds_config = ds_config
         # The optimizer is built on the device the parameters train on: torch's fused AdamW
         # needs them there (a PipelineModule is still on the CPU until DeepSpeed moves it).
         model.to(ctx.device)
-        client_optimizer = None if "optimizer" in user_ds_config else build_optimizer(model, config.optimizer)
+        client_optimizer = None if "optimizer" in user_ds_config else build_optimizer(model, optimizer)
         kwargs = dict(model=model, config=self.ds_config, optimizer=client_optimizer)
         if client_optimizer is None:
             kwargs["model_parameters"] = [p for p in model.parameters() if p.requires_grad]
@@ -115,9 +115,7 @@ class TrainingEngine:
         if "scheduler" in user_ds_config:
             self.scheduler = None  # DeepSpeed's own, stepped by the engine
         else:
-            self.scheduler = build_scheduler(
-                client_optimizer or self.engine.optimizer, config.optimizer, config.training.train_iters
-            )
+            self.scheduler = build_scheduler(client_optimizer or self.engine.optimizer, optimizer, train_iters)
         if not (self.engine.zero_optimization() or self.engine.fp16_enabled() or self.engine.bfloat16_enabled()):
             _use_sharding_aware_clipping(self.engine)
         _mark_gradients_for_unfused_half_precision_norm(self.engine)

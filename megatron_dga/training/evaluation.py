@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from typing import Dict, List, Optional
 
-import numpy as np
 
 from megatron_dga.data.batches import MicroBatch, fixed_microbatches
 from megatron_dga.data.sequences import SequenceStream
