@@ -1,8 +1,8 @@
-# Sourced by the recipes after they set FLAGS and WORLD_SIZE: `--estimate` prints the memory
+# Sourced by the recipes after they set FLAGS and RECIPE_GPUS: `--estimate` prints the memory
 # per GPU (tools/estimate_memory.py); otherwise the deepspeed launcher starts the run from the
 # first node of $HOSTFILE (default launch/hostfile), with any further flags appended.
 if [[ "${1:-}" == "--estimate" ]]; then
-    exec python tools/estimate_memory.py --world-size "$WORLD_SIZE" "${FLAGS[@]}"
+    exec python tools/estimate_memory.py --world-size "$RECIPE_GPUS" "${FLAGS[@]}"
 fi
 # megatron-core overlaps tensor-parallel communication with compute through one queue per device
 export CUDA_DEVICE_MAX_CONNECTIONS=${CUDA_DEVICE_MAX_CONNECTIONS:-1}

@@ -21,7 +21,7 @@
 #   with DGA on, 52.14 GiB, stays the training step's.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-WORLD_SIZE=${WORLD_SIZE:-64}
+RECIPE_GPUS=64  # 8 nodes x 8 GPUs: what --estimate reads (not torchrun's WORLD_SIZE)
 FLAGS=(
     --domains-manifest data/domains.json
     --tokenizer-type HuggingFaceTokenizer --tokenizer-model tokenizer/llama3.json --vocab-size 128256

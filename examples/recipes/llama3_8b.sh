@@ -20,7 +20,7 @@
 # Selective recompute saves nothing more here: the fused SDPA kernel keeps no attention scores.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-WORLD_SIZE=${WORLD_SIZE:-32}
+RECIPE_GPUS=32  # 4 nodes x 8 GPUs: what --estimate reads (not torchrun's WORLD_SIZE)
 FLAGS=(
     --domains-manifest data/domains.json
     --tokenizer-type HuggingFaceTokenizer --tokenizer-model tokenizer/llama3.json --vocab-size 128256

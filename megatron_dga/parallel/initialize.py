@@ -62,10 +62,14 @@ def _free_port() -> int:
 
 def _default_single_process_env() -> None:
     """Let `python -m megatron_dga.pretrain` run without a launcher as a world of one."""
-    if "WORLD_SIZE" not in os.environ:
-        os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", LOCAL_WORLD_SIZE="1")
-        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-        os.environ.setdefault("MASTER_PORT", str(_free_port()))
+    if os.environ.get("WORLD_SIZE", "1") != "1":
+        return  # a launcher set up the world
+    # WORLD_SIZE=1 alone (left over in a shell or job environment) is also a world of one
+    for name, value in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1"), ("LOCAL_WORLD_SIZE", "1"),
+                        ("MASTER_ADDR", "127.0.0.1")):
+        os.environ.setdefault(name, value)
+    if "MASTER_PORT" not in os.environ:
+        os.environ["MASTER_PORT"] = str(_free_port())
 
 
 def _limit_cpu_threads() -> None:
