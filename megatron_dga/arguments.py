@@ -31,6 +31,9 @@ def _scalar_type(tp):
 def _add_field(group, f: dataclasses.Field, tp) -> None:
     kwargs = {"dest": f.name, "help": f.metadata["help"]}
     default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+    if f.metadata.get("required"):
+        default = None  # given on the command line, or with --use-checkpoint-args by the checkpoint
+        kwargs["help"] += " Required."
     if _scalar_type(tp) is bool:
         # Flags that default to on, or to "decided at run time" (None), can be turned off with --no-<flag>.
         action = argparse.BooleanOptionalAction if default is None or default else "store_true"
@@ -82,10 +85,46 @@ def parse_args_with_notes(argv: Optional[Sequence[str]] = None, config_cls=Pretr
         sections[section.name] = section_cls(**values)
     config = config_cls(**sections)
     try:
+        if config.checkpoint.use_checkpoint_args:
+            notes.extend(take_checkpoint_args(config, given={a.split('=')[0] for a in argv if a.startswith('--')}))
+        check_required(config)
         check_flags(config)
     except ValueError as e:
         parser.error(str(e))
     return config, notes
+
+
+def check_required(config: PretrainConfig) -> None:
+    """The flags Megatron requires (the model's shape) are refused when missing, not filled with a
+    default."""
+    for section in dataclasses.fields(config):
+        values = getattr(config, section.name)
+        missing = [_flag(f) for f in dataclasses.fields(values) if f.metadata.get("required")
+                   and getattr(values, f.name) is None]
+        if missing:
+            raise ValueError(f"{', '.join(missing)} required (or --use-checkpoint-args with --load)")
+
+
+def take_checkpoint_args(config: PretrainConfig, given) -> list:
+    """--use-checkpoint-args: the model flags recorded in --load's newest checkpoint replace the
+    command line's, as in Megatron; a note names each value the command line gave otherwise."""
+    from megatron_dga.training.checkpointing import CheckpointError, model_args_from_checkpoint
+
+    if not config.checkpoint.load:
+        raise ValueError("--use-checkpoint-args needs --load (the checkpoint to read them from)")
+    try:
+        saved = model_args_from_checkpoint(config.checkpoint.load)
+    except CheckpointError as e:
+        raise ValueError(f"--use-checkpoint-args: {e}") from None
+    notes = []
+    fields = {f.name: f for f in dataclasses.fields(config.model)}
+    for name, value in saved.items():
+        flag = _flag(fields[name])
+        current = getattr(config.model, name)
+        if flag in given and current != value:
+            notes.append(f"--use-checkpoint-args: {flag} {value} from the checkpoint, not {current}")
+        setattr(config.model, name, value)
+    return notes
 
 
 def check_flags(config: PretrainConfig) -> None:

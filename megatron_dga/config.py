@@ -4,7 +4,8 @@ Each dataclass groups one concern. Every field maps to one Megatron-style comman
 (`--tensor-model-parallel-size` for `tensor_model_parallel_size`); `arguments.py` generates
 the parser from these fields, so a flag's default and help text live only here.
 Field metadata: `help` (required), and optionally `flag` (a non-derived flag name),
-`choices`, `nargs`.
+`choices`, `nargs`, `required` (a flag the command line must give, as Megatron requires it: the
+field's default serves only code that builds a config itself).
 """
 
 from __future__ import annotations
@@ -22,11 +23,11 @@ def arg(default, help: str, **extra):
 
 @dataclass
 class ModelConfig:
-    num_layers: int = arg(2, "Number of transformer layers.")
-    hidden_size: int = arg(128, "Transformer hidden size.")
-    num_attention_heads: int = arg(4, "Number of attention heads.")
+    num_layers: int = arg(2, "Number of transformer layers.", required=True)
+    hidden_size: int = arg(128, "Transformer hidden size.", required=True)
+    num_attention_heads: int = arg(4, "Number of attention heads.", required=True)
     ffn_hidden_size: Optional[int] = arg(None, "MLP hidden size (default: 4 x hidden size).")
-    seq_length: int = arg(128, "Tokens per training sequence.")
+    seq_length: int = arg(128, "Tokens per training sequence.", required=True)
     max_position_embeddings: Optional[int] = arg(
         None, "Size of the learned position table (default: --seq-length)."
     )
@@ -401,6 +402,19 @@ class CheckpointConfig:
         False, "Resume a checkpoint saved under another TP/PP/DP layout (or ZeRO stage): model, Adam's moments, "
         "schedule, data position and mixing state are converted to this run's layout. RNG states are seeded "
         "from --seed and the iteration. Without it a changed layout is refused.",
+    )
+    finetune: bool = arg(
+        False, "Start training from the model weights of --load's newest checkpoint, at iteration 0: the "
+        "optimizer, RNG states, data position and mixing state are not loaded (Megatron's --finetune).",
+    )
+    use_checkpoint_args: bool = arg(
+        False, "Take the model's flags (layers, sizes, heads, sequence length, position embeddings, "
+        "normalization, vocabulary, ...) from --load's newest checkpoint, in place of the command line's "
+        "(Megatron's --use-checkpoint-args).",
+    )
+    no_save_rng: bool = arg(
+        False, "Do not save RNG states; a run resumed from such a checkpoint seeds its generators from --seed "
+        "and the iteration.",
     )
     load_hf: Optional[str] = arg(
         None, "Initialise the model from a Hugging Face transformers folder (GPT-2 or Llama shaped, the same "

@@ -145,6 +145,9 @@ RULES: Dict[str, Rule] = {
     "--fp8-param-gather": Rule(0, refused=FP8),
     "--async-save": Rule(0, refused="checkpoints are saved synchronously here (every rank writes, then one rename "
                                     "makes the checkpoint current); drop the flag"),
+    "--no-save-optim": Rule(0, refused="DeepSpeed writes the optimizer state with every checkpoint; "
+                                       "tools/merge_checkpoint.py writes the model's weights alone (and "
+                                       "tools/convert_checkpoint.py a Hugging Face folder)"),
     "--calculate-per-token-loss": Rule(0, refused="the loss here is each micro batch's mean over its tokens, "
                                                   "averaged over micro batches and ranks (Megatron's default); "
                                                   "per-token weighting across them is not implemented: drop the flag"),

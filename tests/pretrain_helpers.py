@@ -19,6 +19,9 @@ from megatron_dga.data.manifest import DomainEntry, DomainsManifest, TokenizerIn
 VOCAB = 256
 EOD = VOCAB - 1
 
+# The model flags Megatron requires, for tests that only parse a command line (the config's own defaults).
+TOY_MODEL = ["--num-layers", "2", "--hidden-size", "128", "--num-attention-heads", "4", "--seq-length", "128"]
+
 # A small model that every layout in the tests can hold: 4 heads for TP=2, 2 layers for PP=2.
 SMALL_MODEL = [
     "--num-layers", "2", "--hidden-size", "64", "--num-attention-heads", "4", "--seq-length", "32",

@@ -7,6 +7,7 @@ from megatron.core.transformer.utils import openai_gelu
 
 from megatron_dga.config import ModelConfig
 from megatron_dga.model.transformer_config import build_transformer_config
+from pretrain_helpers import TOY_MODEL
 
 
 @pytest.mark.parametrize("flags,fused_on_gpu,on_gpu_activation,on_cpu_activation", [
@@ -53,9 +54,9 @@ def test_weights_are_initialised_on_the_gpu_unless_asked_otherwise():
 def test_cpu_initialization_flag_has_three_states():
     from megatron_dga.arguments import parse_args
 
-    assert parse_args(["--data-path", "x"]).model.use_cpu_initialization is None
-    assert parse_args(["--data-path", "x", "--use-cpu-initialization"]).model.use_cpu_initialization is True
-    assert parse_args(["--data-path", "x", "--no-use-cpu-initialization"]).model.use_cpu_initialization is False
+    assert parse_args([*TOY_MODEL, "--data-path", "x"]).model.use_cpu_initialization is None
+    assert parse_args([*TOY_MODEL, "--data-path", "x", "--use-cpu-initialization"]).model.use_cpu_initialization is True
+    assert parse_args([*TOY_MODEL, "--data-path", "x", "--no-use-cpu-initialization"]).model.use_cpu_initialization is False
 
 
 @pytest.fixture
@@ -74,7 +75,7 @@ def test_transformer_engine_is_opt_in(a_gpu_with_transformer_engine):
     tc = a_gpu_with_transformer_engine
     from megatron_dga.arguments import parse_args
 
-    assert parse_args(["--data-path", "x"]).model.transformer_impl == "local"
+    assert parse_args([*TOY_MODEL, "--data-path", "x"]).model.transformer_impl == "local"
     assert tc.layer_implementation(ModelConfig()) == "local"
     assert tc.layer_implementation(ModelConfig(transformer_impl="auto")) == "transformer_engine"
     assert tc.layer_implementation(ModelConfig(transformer_impl="transformer_engine")) == "transformer_engine"
@@ -162,7 +163,7 @@ def test_megatron_cores_unused_gloo_groups_are_not_created(monkeypatch):
         return original(*args, **kwargs)
 
     monkeypatch.setattr(ps, "initialize_model_parallel", recording)
-    initialize_parallel(parse_args(["--data-path", "x", "--vocab-size", "64", "--train-iters", "1"]))
+    initialize_parallel(parse_args([*TOY_MODEL, "--data-path", "x", "--vocab-size", "64", "--train-iters", "1"]))
     try:
         assert seen.get("create_gloo_process_groups") is False
         assert ps._DATA_PARALLEL_GROUP_GLOO is None
@@ -177,7 +178,7 @@ def test_the_jit_fusions_can_be_turned_off(flag, field):
     for evaluation and probes: Megatron's flags turn each off."""
     from megatron_dga.arguments import parse_args
 
-    config = parse_args(["--data-path", "x", "--swiglu", flag]).model
+    config = parse_args([*TOY_MODEL, "--data-path", "x", "--swiglu", flag]).model
     on = build_transformer_config(ModelConfig(swiglu=True), 1, True, False, on_gpu=True)
     off = build_transformer_config(config, 1, True, False, on_gpu=True)
     assert getattr(on, field) is True and getattr(off, field) is False

@@ -6,11 +6,11 @@ import pytest
 
 from megatron_dga.arguments import parse_args
 from megatron_dga.parallel.layout import LayoutError, resolve_layout
-from pretrain_helpers import SMALL_MODEL, make_domains, pretrain, run, torchrun_command
+from pretrain_helpers import SMALL_MODEL, TOY_MODEL, make_domains, pretrain, run, torchrun_command
 
 
 def layout(world_size, *flags):
-    return resolve_layout(parse_args(["--data-path", "x", "--train-iters", "10", *flags]), world_size)
+    return resolve_layout(parse_args([*TOY_MODEL, "--data-path", "x", "--train-iters", "10", *flags]), world_size)
 
 
 def test_valid_layout_arithmetic():
@@ -45,10 +45,10 @@ def test_sequence_parallelism_needs_tensor_parallelism():
 
 def test_flag_errors_exit_with_usage(capsys):
     with pytest.raises(SystemExit):
-        parse_args(["--data-path", "x", "--bf16", "--fp16"])
+        parse_args([*TOY_MODEL, "--data-path", "x", "--bf16", "--fp16"])
     assert "--bf16 and --fp16 are mutually exclusive" in capsys.readouterr().err
     with pytest.raises(SystemExit):
-        parse_args([])
+        parse_args(TOY_MODEL)
     assert "give exactly one of --domains-manifest, --data-path and --mock-data" in capsys.readouterr().err
 
 
@@ -106,9 +106,9 @@ def test_probe_batch_is_the_same_in_every_layout():
 
     per_rank = {}
     for world_size in (1, 2, 4):
-        config = parse_args(["--data-path", "x", "--train-iters", "1", "--micro-batch-size", "2",
+        config = parse_args([*TOY_MODEL, "--data-path", "x", "--train-iters", "1", "--micro-batch-size", "2",
                              "--dga-probe-batch-size", "8"])
         per_rank[world_size] = probe_microbatches_per_rank(config.mixing, resolve_layout(config, world_size))
     assert per_rank == {1: 4, 2: 2, 4: 1}
-    config = parse_args(["--data-path", "x", "--train-iters", "1", "--dga-probe-microbatches", "3"])
+    config = parse_args([*TOY_MODEL, "--data-path", "x", "--train-iters", "1", "--dga-probe-microbatches", "3"])
     assert probe_microbatches_per_rank(config.mixing, resolve_layout(config, 4)) == 3  # per rank, as before

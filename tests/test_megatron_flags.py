@@ -1,9 +1,11 @@
 """A Megatron-LM user's launch script runs unchanged: the flags of Megatron-LM's and
 Megatron-DeepSpeed's own example scripts (tests/data/megatron_launch_scripts.json, collected from
 core_v0.16.1, core_v0.7.0 and Megatron-DeepSpeed's main) either work with Megatron's meaning or are
-refused with a reason; abbreviations are refused; the length of training is required; schedules
+refused with a reason; abbreviations are refused; the length of training and the model's shape are
+required (or read from a checkpoint); schedules
 in samples and tokens, and Megatron's model flags, train."""
 
+import dataclasses
 import json
 import math
 import os
@@ -14,7 +16,7 @@ import pytest
 from megatron_dga.arguments import parse_args, parse_args_with_notes
 from megatron_dga.megatron_flags import MegatronFlagError, translate
 from megatron_dga.parallel.layout import LayoutError, resolve_layout
-from pretrain_helpers import SMALL_MODEL, make_domains, pretrain, read_metrics
+from pretrain_helpers import SMALL_MODEL, TOY_MODEL, make_domains, pretrain, read_metrics
 
 SCRIPTS = os.path.join(os.path.dirname(__file__), "data", "megatron_launch_scripts.json")
 # What the scripts' shell variables hold by default (or a plausible value).
@@ -109,7 +111,7 @@ def test_megatron_spellings_map_onto_ours():
     argv, notes = translate(["--use-distributed-optimizer", "--num-key-value-heads", "8", "--norm-epsilon", "1e-6",
                              "--attention-backend", "flash", "--normalization", "rmsnorm", "--num-workers", "4",
                              "--recompute-activations", "--use-mcore-models"])
-    config = parse_args(["--data-path", "x", "--train-iters", "1", "--num-attention-heads", "32",
+    config = parse_args([*TOY_MODEL, "--data-path", "x", "--train-iters", "1", "--num-attention-heads", "32",
                          "--hidden-size", "4096", *argv])
     assert config.parallel.zero_stage == 1
     assert config.model.group_query_attention and config.model.num_query_groups == 8
@@ -120,28 +122,66 @@ def test_megatron_spellings_map_onto_ours():
 
 def test_abbreviations_are_refused(capsys):
     with pytest.raises(SystemExit):
-        parse_args(["--data-path", "x", "--train-iters", "1", "--num-layer", "3"])
+        parse_args([*TOY_MODEL, "--data-path", "x", "--train-iters", "1", "--num-layer", "3"])
     assert "unrecognized arguments: --num-layer" in capsys.readouterr().err
 
 
 def test_the_length_of_training_is_required():
     with pytest.raises(LayoutError, match="the length of training is missing: give --train-iters, --train-samples"):
-        resolve_layout(parse_args(["--data-path", "x"]), 1)
+        resolve_layout(parse_args([*TOY_MODEL, "--data-path", "x"]), 1)
+
+
+def test_the_model_shape_is_required(capsys):
+    """Megatron requires --num-layers, --hidden-size, --num-attention-heads and --seq-length: a
+    run without them is refused, not given a toy model."""
+    with pytest.raises(SystemExit):
+        parse_args(["--data-path", "x", "--train-iters", "1", "--num-layers", "2", "--hidden-size", "64"])
+    assert "--num-attention-heads, --seq-length required" in capsys.readouterr().err
+    config = parse_args([*TOY_MODEL, "--data-path", "x", "--train-iters", "1"])
+    assert (config.model.num_layers, config.model.hidden_size, config.model.num_attention_heads,
+            config.model.seq_length) == (2, 128, 4, 128)
+
+
+def test_use_checkpoint_args_takes_the_model_from_the_checkpoint(tmp_path, capsys):
+    """--use-checkpoint-args reads the model's flags from --load's newest checkpoint (metadata.json),
+    in place of the command line's; dropout and how the model runs stay the command line's."""
+    from megatron_dga.config import ModelConfig
+
+    saved = dataclasses.asdict(ModelConfig(num_layers=6, hidden_size=96, num_attention_heads=3, seq_length=64,
+                                           swiglu=True, hidden_dropout=0.3))
+    folder = tmp_path / "iter_0000020"
+    folder.mkdir()
+    (folder / "metadata.json").write_text(json.dumps({"iteration": 20, "model": saved}))
+    (tmp_path / "latest_checkpointed_iteration.txt").write_text("20\n")
+    config, notes = parse_args_with_notes(["--data-path", "x", "--train-iters", "1", "--load", str(tmp_path),
+                                           "--use-checkpoint-args", "--num-layers", "2", "--hidden-dropout", "0"])
+    m = config.model
+    assert (m.num_layers, m.hidden_size, m.num_attention_heads, m.seq_length, m.swiglu) == (6, 96, 3, 64, True)
+    assert m.hidden_dropout == 0.0
+    assert notes == ["--use-checkpoint-args: --num-layers 6 from the checkpoint, not 2"]
+    with pytest.raises(SystemExit):
+        parse_args(["--data-path", "x", "--train-iters", "1", "--use-checkpoint-args", "--load", str(tmp_path / "no")])
+    assert "--use-checkpoint-args: no checkpoint in" in capsys.readouterr().err
+
+
+def test_no_save_optim_is_refused_with_the_tool_that_writes_weights_alone():
+    with pytest.raises(MegatronFlagError, match="--no-save-optim: .*tools/merge_checkpoint.py"):
+        translate(["--no-save-optim"])
 
 
 def test_lengths_in_samples_and_tokens_become_iterations():
-    config = parse_args(["--data-path", "x", "--global-batch-size", "32", "--micro-batch-size", "4",
+    config = parse_args([*TOY_MODEL, "--data-path", "x", "--global-batch-size", "32", "--micro-batch-size", "4",
                          "--seq-length", "128", "--train-samples", "3200", "--lr-warmup-samples", "320",
                          "--lr-decay-samples", "2560"])
     resolve_layout(config, 2)
     assert (config.training.train_iters, config.optimizer.lr_warmup_iters, config.optimizer.lr_decay_iters) == \
         (100, 10, 80)
-    config = parse_args(["--data-path", "x", "--global-batch-size", "32", "--micro-batch-size", "4",
+    config = parse_args([*TOY_MODEL, "--data-path", "x", "--global-batch-size", "32", "--micro-batch-size", "4",
                          "--seq-length", "128", "--train-tokens", "409600", "--lr-warmup-fraction", "0.05"])
     resolve_layout(config, 2)
     assert (config.training.train_iters, config.optimizer.lr_warmup_iters) == (100, 5)
     with pytest.raises(LayoutError, match="--train-iters and --train-samples give the same length twice"):
-        resolve_layout(parse_args(["--data-path", "x", "--train-iters", "5", "--train-samples", "10"]), 1)
+        resolve_layout(parse_args([*TOY_MODEL, "--data-path", "x", "--train-iters", "5", "--train-samples", "10"]), 1)
 
 
 def test_decoupled_lr_gives_the_embedding_its_own_schedule():

@@ -75,3 +75,44 @@ def test_resuming_another_model_shape_names_the_flag_and_both_values(tmp_path, m
                       expect_ok=False)
     assert result.returncode == 2, result.stderr[-2000:]
     assert "--hidden-size 64 there, 128 here" in result.stderr.strip().splitlines()[-1], result.stderr[-2000:]
+
+
+def test_finetune_loads_the_weights_alone_and_starts_at_iteration_zero(tmp_path, manifest):
+    """--finetune (Megatron's): the checkpoint's model weights, a fresh optimizer and schedule,
+    iteration 0. With a learning rate of 0 the weights it saves are the checkpoint's, exactly;
+    with one, its schedule is a fresh run's and its first loss is the trained model's."""
+    import torch
+
+    from megatron_dga.training.export import latest_checkpoint_dir, load_merged_state_dict
+
+    trained = str(tmp_path / "trained")
+    pretrain(args_for(manifest, str(tmp_path / "a"), 6, ["--lr", "2e-3", "--save", trained]))
+    frozen = str(tmp_path / "frozen")
+    result = pretrain(args_for(manifest, str(tmp_path / "b"), 2, ["--load", trained, "--finetune", "--lr", "0",
+                                                                  "--min-lr", "0", "--save", frozen]))
+    assert "--finetune: model weights from" in result.stdout
+    assert read_tracker(frozen) == 2  # counted from 0
+    a = load_merged_state_dict(latest_checkpoint_dir(trained))
+    b = load_merged_state_dict(latest_checkpoint_dir(frozen))
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], rtol=0, atol=0, msg=lambda m: f"{key}: {m}")
+
+    schedule = ["--lr", "2e-3", "--lr-warmup-iters", "2"]
+    pretrain(args_for(manifest, str(tmp_path / "fresh"), 3, schedule))
+    pretrain(args_for(manifest, str(tmp_path / "tuned"), 3, [*schedule, "--load", trained, "--finetune"]))
+    fresh = read_metrics(str(tmp_path / "fresh" / "metrics.jsonl"))
+    tuned = read_metrics(str(tmp_path / "tuned" / "metrics.jsonl"))
+    assert [r["iteration"] for r in tuned] == [1, 2, 3]
+    assert [r["learning_rate"] for r in tuned] == [r["learning_rate"] for r in fresh]
+    first_trained = read_metrics(str(tmp_path / "a" / "metrics.jsonl"))[-1]["lm_loss"]
+    assert tuned[0]["lm_loss"] < fresh[0]["lm_loss"] - 0.5 and tuned[0]["lm_loss"] < first_trained + 0.5
+
+
+def test_no_save_rng_writes_no_rng_states_and_resumes_seeded(tmp_path, manifest):
+    checkpoints = str(tmp_path / "checkpoints")
+    pretrain(args_for(manifest, str(tmp_path / "a"), 2, ["--save", checkpoints, "--no-save-rng"]))
+    assert not os.path.exists(os.path.join(checkpoints, "iter_0000002", "rng"))
+    assert os.path.exists(os.path.join(checkpoints, "iter_0000002", "metadata.json"))
+    result = pretrain(args_for(manifest, str(tmp_path / "a"), 4, ["--save", checkpoints, "--load", checkpoints]))
+    assert "generators seeded from --seed and the iteration" in result.stdout
+    assert read_tracker(checkpoints) == 4

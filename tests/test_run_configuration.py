@@ -7,14 +7,14 @@ import pytest
 from megatron_dga.arguments import parse_args
 from megatron_dga.parallel.layout import LayoutError, resolve_layout
 from megatron_dga.training.deepspeed_config import apply_user_config, derive_config, load_user_config
-from pretrain_helpers import SMALL_MODEL, make_domains, pretrain, read_metrics, run, torchrun_command
+from pretrain_helpers import SMALL_MODEL, TOY_MODEL, make_domains, pretrain, read_metrics, run, torchrun_command
 
 
 def test_deepspeed_json_wins_over_flags(tmp_path):
     path = tmp_path / "ds.json"
     path.write_text(json.dumps({"train_micro_batch_size_per_gpu": 2, "train_batch_size": 8, "gradient_clipping": 0.5,
                                 "zero_optimization": {"stage": 1}, "wall_clock_breakdown": False}))
-    config = parse_args(["--data-path", "x", "--train-iters", "5", "--micro-batch-size", "4", "--global-batch-size", "16",
+    config = parse_args([*TOY_MODEL, "--data-path", "x", "--train-iters", "5", "--micro-batch-size", "4", "--global-batch-size", "16",
                          "--clip-grad", "1.0", "--deepspeed_config", str(path)])
     user = load_user_config(config.training.deepspeed_config)
     warnings = apply_user_config(config, user)
@@ -68,7 +68,7 @@ def test_zero_overlaps_communication_on_gpus_only(monkeypatch):
     gradient buffers; on the CPU, DeepSpeed's defaults; a JSON's ZeRO section still wins."""
     from megatron_dga.training import deepspeed_config
 
-    config = parse_args(["--data-path", "x", "--train-iters", "5", "--micro-batch-size", "2", "--global-batch-size", "4",
+    config = parse_args([*TOY_MODEL, "--data-path", "x", "--train-iters", "5", "--micro-batch-size", "2", "--global-batch-size", "4",
                          "--zero-stage", "2"])
     layout = resolve_layout(config, world_size=2)
     assert derive_config(config, layout, {})["zero_optimization"] == {"stage": 2}
@@ -85,7 +85,7 @@ def test_pipeline_stages_exchange_activations_cut_over_tensor_parallel_ranks():
     there is nothing to cut. The losses are unchanged (the TP2 x PP2 equivalence and alignment
     tests run this way)."""
     def pipeline(world_size, *flags):
-        config = parse_args(["--data-path", "x", "--train-iters", "5", "--num-layers", "2", *flags])
+        config = parse_args([*TOY_MODEL, "--data-path", "x", "--train-iters", "5", "--num-layers", "2", *flags])
         return derive_config(config, resolve_layout(config, world_size), {})["pipeline"]
 
     both = ["--tensor-model-parallel-size", "2", "--pipeline-model-parallel-size", "2"]
@@ -93,6 +93,6 @@ def test_pipeline_stages_exchange_activations_cut_over_tensor_parallel_ranks():
     assert pipeline(2, "--pipeline-model-parallel-size", "2") == {"pipe_partitioned": False, "grad_partitioned": False}
     # Under sequence parallelism the activations are already cut (over the sequence).
     assert pipeline(4, *both, "--sequence-parallel") == {"pipe_partitioned": False, "grad_partitioned": False}
-    config = parse_args(["--data-path", "x", "--train-iters", "5", "--num-layers", "2", *both, "--sequence-parallel"])
+    config = parse_args([*TOY_MODEL, "--data-path", "x", "--train-iters", "5", "--num-layers", "2", *both, "--sequence-parallel"])
     with pytest.raises(LayoutError, match="pipe_partitioned"):
         derive_config(config, resolve_layout(config, 4), {"pipeline": {"pipe_partitioned": True}})

@@ -124,6 +124,29 @@ def model_shape_mismatch(saved: Dict[str, Any], current: Dict[str, Any], directo
     return f"{directory} holds another model: {'; '.join(differ)}. Resume with the checkpoint's flags"
 
 
+# The model flags --use-checkpoint-args takes from a checkpoint: what defines the model, not how
+# it runs (dropout, fusions, recompute and the attention backend stay the command line's).
+MODEL_ARGS = SHAPE_FLAGS + ("seq_length", "add_position_embedding", "rotary_base", "rotary_percent", "kv_channels",
+                            "layernorm_epsilon", "openai_gelu", "vocab_size", "make_vocab_size_divisible_by",
+                            "transformer_impl")
+
+
+def model_args_from_checkpoint(directory: str) -> Dict[str, Any]:
+    """MODEL_ARGS as the newest checkpoint in `directory` records them."""
+    iteration = read_tracker(directory)
+    if iteration is None:
+        raise CheckpointError(f"no checkpoint in {directory} ({directory}/{TRACKER} is missing)")
+    path = os.path.join(directory, checkpoint_name(iteration), "metadata.json")
+    try:
+        with open(path, encoding="utf-8") as f:
+            model = json.load(f).get("model")
+    except (OSError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"checkpoint {path} is unreadable: {e}") from None
+    if not model:
+        raise CheckpointError(f"{path} records no model flags")
+    return {name: model[name] for name in MODEL_ARGS if name in model}
+
+
 LAYER_NAMES = {"local": "megatron-core's local layers", "transformer_engine": "Transformer Engine's layers"}
 
 
@@ -156,9 +179,10 @@ def describe_layout(layout: Dict[str, int]) -> str:
 
 
 class Checkpointer:
-    def __init__(self, ctx: ParallelContext, engine):
+    def __init__(self, ctx: ParallelContext, engine, save_rng: bool = True):
         self.ctx = ctx
         self.engine = engine  # the DeepSpeed engine
+        self.save_rng = save_rng  # --no-save-rng: a resume seeds its generators from --seed and the iteration
 
     def save(self, directory: str, iteration: int, client_state: Dict[str, Any], metadata: Dict[str, Any]) -> str:
         """Write the checkpoint; on any rank's failure (a full disk, a lost mount) every rank
@@ -206,6 +230,8 @@ class Checkpointer:
         dist.barrier()
         self.engine.save_checkpoint(directory, tag=name + PARTIAL_SUFFIX, client_state=client_state,
                                     save_latest=False)
+        if not self.save_rng:
+            return
         rng_dir = os.path.join(staging, "rng")
         os.makedirs(rng_dir, exist_ok=True)
         with atomic_open(os.path.join(rng_dir, f"rank_{self.ctx.rank:05d}.pt"), "wb") as f:
@@ -273,18 +299,20 @@ class Checkpointer:
             return f"ZeRO-{self.engine.zero_optimization_stage()}"
         return None
 
-    def load(self, directory: str, load_optimizer: bool, load_rng: bool) -> Dict[str, Any]:
+    def load(self, directory: str, load_optimizer: bool, load_rng: bool, module_only: bool = False) -> Dict[str, Any]:
         """Model, optimizer (unless not wanted), DeepSpeed's own learning-rate scheduler when
         the run uses one (a `scheduler` section in --deepspeed_config; the built-in schedule
         travels in the client state), and this rank's RNG states. RNG states exist per rank:
         when the number of ranks changed they cannot follow, and every generator is seeded
-        from --seed and the iteration instead (the caller's `seed_fallback`)."""
+        from --seed and the iteration instead (the caller's `seed_fallback`). `module_only`: the
+        model's weights alone (--finetune): DeepSpeed keeps its step counters at zero."""
         iteration = read_tracker(directory)
         name = checkpoint_name(iteration)
         check_checkpoint_files(directory, iteration)
         path, client_state = self.engine.load_checkpoint(
             directory, tag=name, load_optimizer_states=load_optimizer,
-            load_lr_scheduler_states=self.engine.lr_scheduler is not None, load_module_strict=True,
+            load_lr_scheduler_states=self.engine.lr_scheduler is not None and not module_only,
+            load_module_strict=True, load_module_only=module_only,
         )
         if path is None:
             raise CheckpointError(f"DeepSpeed could not load {os.path.join(directory, name)}")

@@ -4,6 +4,7 @@
               position, the mixing state, the schedule, DGA's probe positions and metadata.json
     resume:   the same layout: DeepSpeed loads its files, then every part its own state;
               another layout (--reshard): through the layout-free state of training/reshard.py
+    finetune: the model's weights alone (--finetune); training starts at iteration 0
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ class RunCheckpoints:
         the client state say of the run (vocabularies, tokenizer, domains, mixing, arguments)."""
         self.config, self.model, self.ctx, self.engine = checkpoint, model, ctx, engine
         self.parts, self.described, self.seed, self.fp16 = parts, described, seed, fp16
-        self.files = Checkpointer(ctx, engine.engine)
+        self.files = Checkpointer(ctx, engine.engine, save_rng=not checkpoint.no_save_rng)
 
     # ---- save ----------------------------------------------------------------------------
     def save(self, iteration: int, consumed_samples: int) -> str:
@@ -88,6 +89,8 @@ class RunCheckpoints:
                 print(f"no checkpoint in {directory} ({directory}/latest_checkpointed_iteration.txt "
                       f"is missing): training from scratch", flush=True)
             return None
+        if ck.finetune:
+            return self._load_weights(directory, metadata)
         self._check_same_run(metadata, directory)
         mismatch = self.files.layout_mismatch(metadata, self.ctx.layout, not ck.no_load_optim)
         if mismatch is not None and not ck.reshard:
@@ -102,9 +105,11 @@ class RunCheckpoints:
             # Another layout (per-rank RNG states cannot follow the ranks), or another kind of
             # device (CPU and CUDA generator states do not convert).
             seed_everything(self.seed + iteration + 100 * self.ctx.pp_rank, self.ctx.tp_rank)
+            saved = os.path.isdir(os.path.join(directory, checkpoint_name(iteration), "rng"))
+            why = (f"checkpoint RNG states are for {metadata['layout']} on {metadata.get('rng_device', 'cpu')}, not "
+                   f"this run's layout or device" if saved else "the checkpoint holds no RNG states (--no-save-rng)")
             if self.ctx.rank == 0:
-                print(f"checkpoint RNG states are for {metadata['layout']} on {metadata.get('rng_device', 'cpu')}, "
-                      f"not this run's layout or device: generators seeded from --seed and the iteration", flush=True)
+                print(f"{why}: generators seeded from --seed and the iteration", flush=True)
         for name, part in self.parts.items():
             if part is not None and state.get(name) is not None:
                 part.load_state_dict(state[name])
@@ -112,11 +117,33 @@ class RunCheckpoints:
             print(f"resumed from {directory} at iteration {iteration}", flush=True)
         return iteration
 
+    def _load_weights(self, directory: str, metadata: Dict) -> None:
+        """--finetune: the checkpoint's model weights, and nothing of its training (optimizer,
+        schedule, RNG, data position, mixing state); the run starts at iteration 0, on any
+        domains. Another layout needs --reshard, as for a resume."""
+        self._check_same_model(metadata, directory)
+        mismatch = self.files.layout_mismatch(metadata, self.ctx.layout, loading_optimizer=False)
+        if mismatch is not None and not self.config.reshard:
+            raise CheckpointError(mismatch)
+        if mismatch is not None:
+            path = os.path.join(directory, checkpoint_name(metadata["iteration"]))
+            load_into_engine(self.engine.engine, read_training_state(path, False), self.ctx.layout.tp,
+                             self.ctx.tp_rank, self.described["padded_vocab_size"], False)
+        else:
+            self.files.load(directory, load_optimizer=False, load_rng=False, module_only=True)
+        if self.ctx.rank == 0:
+            print(f"--finetune: model weights from {directory} (iteration {metadata['iteration']}); training "
+                  f"starts at iteration 0", flush=True)
+        return None
+
     def _check_same_run(self, metadata: Dict, directory: str) -> None:
         """The same domains and the same model: a checkpoint of another run is refused by name."""
         if metadata["domains"] != self.described["domains"]:
             raise LayoutError(f"checkpoint domains {metadata['domains']} differ from this run's "
                               f"{self.described['domains']}")
+        self._check_same_model(metadata, directory)
+
+    def _check_same_model(self, metadata: Dict, directory: str) -> None:
         check_same_layers(metadata, layer_implementation(self.model), directory)
         mismatch = model_shape_mismatch(metadata.get("model", {}), dataclasses.asdict(self.model), directory)
         if mismatch is not None:
