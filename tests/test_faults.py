@@ -83,9 +83,14 @@ def test_sigterm_saves_and_the_resumed_run_is_the_same_run(tmp_path, manifest):
     args = train_args(manifest, resumed, iters, ["--save", checkpoints, "--load", checkpoints,
                                                   "--exit-signal-handler"])
     launcher = start(torchrun_command(2, args))
+    ranks = rank_processes(launcher, 2).values()  # found first: the run may be fast
     wait_for_iteration(os.path.join(resumed, "metrics.jsonl"), 5, launcher)
-    for process in rank_processes(launcher, 2).values():  # Slurm signals every task
+    for process in ranks:  # held still while each gets its signal, so that none finishes first
+        process.send_signal(signal.SIGSTOP)
+    for process in ranks:  # Slurm signals every task
         process.send_signal(signal.SIGTERM)
+    for process in ranks:
+        process.send_signal(signal.SIGCONT)
     seconds_to_exit(launcher, 120)
     stdout, stderr = launcher.communicate()
     assert launcher.returncode == 0, stderr[-3000:]

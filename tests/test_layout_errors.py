@@ -73,7 +73,7 @@ def cli_error(args, nproc=1, env=None):
 
 def test_layout_error_before_any_work():
     # WORLD_SIZE as a launcher would set it; the layout is refused before torch.distributed starts.
-    err = cli_error(["--data-path", "x", "--tensor-model-parallel-size", "2"], env={"WORLD_SIZE": "3"})
+    err = cli_error([*TOY_MODEL, "--data-path", "x", "--tensor-model-parallel-size", "2"], env={"WORLD_SIZE": "3"})
     assert "error: world size 3 is not divisible by --tensor-model-parallel-size 2" in err
 
 
@@ -82,7 +82,7 @@ def test_missing_data_file(tmp_path):
     os.remove(tmp_path / "dom1_text_document.bin")
     err = cli_error(["--domains-manifest", manifest, *SMALL_MODEL, "--train-iters", "1"])
     assert f"domain 'dom1': data file not found: {tmp_path}/dom1_text_document.bin" in err
-    err = cli_error(["--data-path", str(tmp_path / "nothing_here"), "--vocab-size", "256", "--train-iters", "1"])
+    err = cli_error([*TOY_MODEL, "--data-path", str(tmp_path / "nothing_here"), "--vocab-size", "256", "--train-iters", "1"])
     assert f"data file not found: {tmp_path}/nothing_here.bin" in err
 
 

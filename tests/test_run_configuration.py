@@ -46,7 +46,7 @@ def test_deepspeed_json_in_a_run(tmp_path):
 def test_bad_deepspeed_json(tmp_path):
     bad = tmp_path / "ds.json"
     bad.write_text("{not json")
-    result = run(torchrun_command(1, ["--data-path", "x", "--deepspeed_config", str(bad)]), expect_ok=False)
+    result = run(torchrun_command(1, [*TOY_MODEL, "--data-path", "x", "--deepspeed_config", str(bad)]), expect_ok=False)
     assert f"--deepspeed_config {bad}: invalid JSON at line 1" in result.stderr
 
 
