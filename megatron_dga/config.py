@@ -385,6 +385,11 @@ class MixingConfig:
         0.5, "DGA: EMA weight on past scores: the step follows a bias-corrected moving average of the "
         "centred scores across updates instead of the last one alone; 0: off."
     )
+    dga_noise_shrink: bool = arg(
+        False, "DGA: shrink each source's centred score by tau^2 / (tau^2 + se^2), se its standard error over "
+        "the probe micro batches and tau^2 the spread of the scores less the noise: steps follow the part of "
+        "the differences the probes resolve (needs 2 or more probe micro batches per source over all data-parallel ranks).",
+    )
     dga_base_distributions: Optional[str] = arg(
         None, "DGA distribution reweighting: an N x k matrix of distributions over the k domains "
         "(.npy, or JSON list of rows); DGA learns weights over these N bases, one probe per base.",

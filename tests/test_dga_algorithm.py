@@ -465,3 +465,34 @@ def test_command_line_defaults_are_the_algorithm_defaults():
 
     assert dga_hyperparameters(MixingConfig()) == DGAHyperparameters()
     assert DGAHyperparameters().alignment == "adam" and DGAHyperparameters().step_scale == "spread"
+
+
+def test_noise_shrink_by_hand():
+    """Each centred score times tau^2 / (tau^2 + se_i^2), tau^2 = spread^2 - mean(se^2)."""
+    scores, stderr = np.array([3.0, 0.0, -3.0]), np.array([1.0, 1.0, 3.0])
+    m = dga(lr=1.0, noise_shrink=True)
+    m.update(10, scores, stderr=stderr)
+    spread = 1.4826 * 3.0  # the median absolute deviation of [3, 0, -3], as a standard deviation
+    tau2 = spread ** 2 - np.mean(stderr ** 2)
+    np.testing.assert_allclose(m.last_step, scores * tau2 / (tau2 + stderr ** 2), rtol=1e-4)
+    # the well-measured source moves more than the noisy one with the same score
+    assert m.last_step[0] > -m.last_step[2] > 0
+
+
+def test_noise_shrink_moves_nothing_when_the_differences_are_within_the_noise():
+    m = dga(lr=1.0, noise_shrink=True)
+    assert m.update(10, [1.0, 0.0, -1.0], stderr=[5.0, 5.0, 5.0])
+    np.testing.assert_allclose(m.weights(), [0.5, 0.3, 0.2], rtol=1e-12)
+    n = dga(lr=1.0)  # without the flag the same measurement moves the weights
+    n.update(10, [1.0, 0.0, -1.0], stderr=[5.0, 5.0, 5.0])
+    assert not np.allclose(n.weights(), [0.5, 0.3, 0.2])
+
+
+def test_noise_shrink_under_the_running_scale_keeps_the_scale_of_the_raw_scores():
+    """The running scale is that of the measured scores: shrinking shortens the step, it does
+    not rescale the next ones."""
+    shrunk, plain = dga_default(noise_shrink=True), dga_default()
+    shrunk.update(10, [2.0, 0.0, -2.0], stderr=[0.5, 0.5, 0.5])
+    plain.update(10, [2.0, 0.0, -2.0], stderr=[0.5, 0.5, 0.5])
+    assert shrunk.log_spreads == plain.log_spreads
+    assert 0 < shrunk.last_step[0] < plain.last_step[0]

@@ -112,3 +112,10 @@ def test_probe_batch_is_the_same_in_every_layout():
     assert per_rank == {1: 4, 2: 2, 4: 1}
     config = parse_args([*TOY_MODEL, "--data-path", "x", "--train-iters", "1", "--dga-probe-microbatches", "3"])
     assert probe_microbatches_per_rank(config.mixing, resolve_layout(config, 4)) == 3  # per rank, as before
+
+
+def test_noise_shrink_needs_two_probe_micro_batches():
+    with pytest.raises(LayoutError, match="--dga-noise-shrink needs a standard error"):
+        layout(1, "--mixing", "dga", "--specific-data-path", "s", "--dga-noise-shrink")
+    assert layout(2, "--mixing", "dga", "--specific-data-path", "s", "--dga-noise-shrink").dp == 2  # two micro batches, one per rank
+    layout(1, "--mixing", "dga", "--specific-data-path", "s", "--dga-noise-shrink", "--dga-probe-microbatches", "2")

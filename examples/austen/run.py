@@ -56,6 +56,9 @@ VARIANTS = {
     "raw-control": ["--dga-alignment", "raw", *CONTROL],
     "adam-control": ["--dga-alignment", "adam", *CONTROL],
     "cosine-control": ["--dga-alignment", "cosine", *CONTROL],
+    # The default with each score shrunk by its signal-to-noise ratio (same probes: with 2 ranks,
+    # 2 probe micro batches per source give each score a standard error).
+    "adam-control-shrink": ["--dga-alignment", "adam", *CONTROL, "--dga-noise-shrink"],
     # Probe size against update frequency at the same probe cost: 4 micro batches per source
     # every 4 x T_r iterations instead of 1 every T_r.
     "adam-control-m4": ["--dga-alignment", "adam", *CONTROL, "--dga-probe-microbatches", "4", "--dga-update-interval", "40"],

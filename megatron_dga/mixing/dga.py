@@ -76,6 +76,7 @@ class DGAHyperparameters:
     step_clip: float = 1.0
     scale_by_lr: bool = True
     score_ema: float = 0.5
+    noise_shrink: bool = False
 
     def check(self, num_sources: int, num_domains: int) -> None:
         if self.update_interval < 1:
@@ -117,6 +118,22 @@ def robust_spread(centred: np.ndarray) -> float:
     mean absolute deviation where more than half the sources tie."""
     spread = MAD_TO_SD * float(np.median(np.abs(centred)))
     return spread if spread > 0 else float(np.mean(np.abs(centred)))
+
+
+def shrink_by_noise(centred: np.ndarray, stderr: Optional[np.ndarray]) -> np.ndarray:
+    """Each centred score times tau^2 / (tau^2 + se_i^2): its expected true value when true
+    scores spread as N(0, tau^2) and the probes add noise of standard error se_i
+    (`--dga-noise-shrink`). tau^2 is the observed spread^2 less the mean noise variance, so
+    an update whose differences are within the noise moves nothing, and a noisy source moves
+    less than a well-measured one. Unknown standard errors (one probe micro batch) leave the
+    scores as they are."""
+    if stderr is None or not np.all(np.isfinite(stderr)):
+        return centred
+    noise = np.asarray(stderr, dtype=np.float64) ** 2
+    signal = max(robust_spread(centred) ** 2 - float(np.mean(noise)), 0.0)
+    if signal == 0.0:
+        return np.zeros_like(centred)
+    return centred * (signal / (signal + noise))
 
 
 def lift_to_floor(p: np.ndarray, floor: float) -> np.ndarray:
@@ -204,7 +221,8 @@ class DGAMixing(MixingAlgorithm):
         """The median spread of the last --dga-scale-window updates (None before the first)."""
         return float(np.exp(np.median(self.log_spreads))) if self.log_spreads else None
 
-    def controlled_step(self, alignment: np.ndarray, lr_scale: float, in_running_scale: bool = True) -> np.ndarray:
+    def controlled_step(self, alignment: np.ndarray, lr_scale: float, in_running_scale: bool = True,
+                        stderr: Optional[np.ndarray] = None) -> np.ndarray:
         """The step in log-weights, eta * x: centred, scaled, clipped, then averaged over
         updates. Updates the running statistics; called only with a finite alignment.
 
@@ -218,14 +236,14 @@ class DGAMixing(MixingAlgorithm):
         Adam has state) is scaled by its own spread and does not enter the running scale."""
         h = self.hyper
         centred = alignment - np.median(alignment)
-        score = centred
+        score = shrink_by_noise(centred, stderr) if h.noise_shrink else centred
         if h.step_scale == "spread":
             spread = robust_spread(centred)
             usable = np.isfinite(spread) and spread > 0
             if usable and in_running_scale:
                 self.log_spreads = (self.log_spreads + [float(np.log(spread))])[-h.scale_window:]
             scale = self.running_scale() if in_running_scale else (spread if usable else None)
-            score = centred / scale if scale else np.zeros_like(centred)
+            score = score / scale if scale else np.zeros_like(centred)
         step = h.lr * (lr_scale if h.scale_by_lr else 1.0) * score
         if h.step_clip > 0:
             step = np.clip(step, -h.step_clip, h.step_clip)
@@ -250,7 +268,7 @@ class DGAMixing(MixingAlgorithm):
             return self._skip(iteration, f"alignment is not finite: {a}")
         saved = (self.score_average.copy(), list(self.log_spreads), self.score_updates)
         with np.errstate(over="ignore", invalid="ignore"):
-            step = self.controlled_step(a, lr_scale, in_running_scale)
+            step = self.controlled_step(a, lr_scale, in_running_scale, self.last_stderr)
         if not np.all(np.isfinite(step)):
             self.score_average, self.log_spreads, self.score_updates = saved
             return self._skip(iteration, f"the step overflows (eta x alignment): {step}")

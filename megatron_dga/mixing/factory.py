@@ -41,6 +41,7 @@ def dga_hyperparameters(config: MixingConfig) -> DGAHyperparameters:
         min_domain_weight=config.dga_min_domain_weight,
         alignment=config.dga_alignment, step_scale=config.dga_step_scale, scale_window=config.dga_scale_window,
         step_clip=config.dga_step_clip, scale_by_lr=config.dga_scale_by_lr, score_ema=config.dga_score_ema,
+        noise_shrink=config.dga_noise_shrink,
     )
 
 

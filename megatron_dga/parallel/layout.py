@@ -98,7 +98,11 @@ def resolve_layout(config: PretrainConfig, world_size: int) -> Layout:
     except ScheduleError as e:
         raise LayoutError(str(e)) from None
     layout = Layout(world_size, tp, pp, dp, mbs, gbs, sequence_parallel)
-    probe_microbatches_per_rank(config.mixing, layout)  # refuse an indivisible --dga-probe-batch-size now
+    per_rank = probe_microbatches_per_rank(config.mixing, layout)  # refuses an indivisible --dga-probe-batch-size
+    if config.mixing.mixing == "dga" and config.mixing.dga_noise_shrink and per_rank * layout.dp < 2:
+        raise LayoutError(f"--dga-noise-shrink needs a standard error for each score: 2 or more probe micro batches "
+                          f"per source over all data-parallel ranks (here {per_rank} x DP {layout.dp}); raise "
+                          "--dga-probe-microbatches")
     return layout
 
 
