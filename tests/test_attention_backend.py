@@ -19,9 +19,9 @@ from megatron_dga.parallel.cpu_shims import apply_cpu_shims, model_parallel_manu
 
 @pytest.fixture(scope="module")
 def model_parallel():
-    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-    os.environ["MASTER_PORT"] = str(29100 + os.getpid() % 1000)
-    dist.init_process_group("gloo", rank=0, world_size=1)
+    # a store of its own, not MASTER_ADDR/MASTER_PORT, which later subprocesses would inherit
+    store = dist.TCPStore("127.0.0.1", 0, 1, is_master=True)
+    dist.init_process_group("gloo", store=store, rank=0, world_size=1)
     apply_cpu_shims()
     parallel_state.initialize_model_parallel(1, 1)
     model_parallel_manual_seed(1234, 0)

@@ -31,9 +31,9 @@ class Context:
 
 @pytest.fixture
 def group():
-    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-    os.environ["MASTER_PORT"] = str(29000 + os.getpid() % 1000)
-    dist.init_process_group("gloo", rank=0, world_size=1)
+    # a store of its own, not MASTER_ADDR/MASTER_PORT, which later subprocesses would inherit
+    store = dist.TCPStore("127.0.0.1", 0, 1, is_master=True)
+    dist.init_process_group("gloo", store=store, rank=0, world_size=1)
     yield
     dist.destroy_process_group()
 

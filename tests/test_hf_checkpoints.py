@@ -49,8 +49,9 @@ def convert(save, output):
 
 def our_logits(checkpoint_dir, tmp_path):
     np.save(tmp_path / "tokens.npy", tokens())
-    subprocess.run([sys.executable, LOGITS, checkpoint_dir, str(tmp_path / "tokens.npy"), str(tmp_path / "ours.npy")],
-                   check=True, capture_output=True)
+    result = subprocess.run([sys.executable, LOGITS, checkpoint_dir, str(tmp_path / "tokens.npy"),
+                             str(tmp_path / "ours.npy")], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
     return np.load(tmp_path / "ours.npy")
 
 
