@@ -175,7 +175,7 @@ def headroom_section(work: str) -> List[str]:
                 lines.append(f"| {experiment.replace('headroom-', '')} | {regime} | {mean_sd(uniform)} | {weights} | "
                              f"{mean_sd(best)} | {method} | {mean_sd(losses)} | {captured} | {cost} |")
     lines += ["", f"Held-out loss at the end of the run (the mean of its last {FINAL_EVALUATIONS} evaluations), mean ± "
-              "standard deviation over seeds (seeds 1 and 2). The "
+              "standard deviation over seeds (seeds 1 and 2; a figure without ± is seed 1 alone). The "
               "best fixed mixture is searched on seed 1 by successive halving (`examples/austen/headroom.py`); its "
               "seed-2 run is the honest figure, since the search chose it on seed 1's held-out loss. *Search cost*: "
               "the iterations its candidates trained, in full runs, and their wall time.", ""]
