@@ -101,3 +101,16 @@ def test_the_report_shows_the_captured_fraction(tmp_path):
     row = next(line for line in text.splitlines() if line.startswith("| x | plenty |"))
     assert "a 0.80, b 0.20" in row and "| 0.50 |" in row and "5.0 runs, 2.0 h" in row, row
     assert "static-b100" not in text  # a candidate stopped early is not a finished run
+
+
+def test_a_runs_final_loss_is_the_mean_of_its_last_three_evaluations(tmp_path):
+    import report
+
+    folder = tmp_path / "dga" / "seed1"
+    folder.mkdir(parents=True)
+    losses = {10: 9.0, 20: 6.0, 30: 5.0, 40: 4.0}  # the first is left out
+    with open(folder / "metrics.jsonl", "w") as f:
+        for it, loss in losses.items():
+            f.write(json.dumps({"type": "validation", "iteration": it, "per_set": {"specific": loss}}) + "\n")
+    (folder / "run.json").write_text(json.dumps({"train_iters": 40, "iterations_done": 40}))
+    assert report.final_losses(str(tmp_path / "dga")) == [pytest.approx(5.0)]
