@@ -182,3 +182,29 @@ def test_the_jit_fusions_can_be_turned_off(flag, field):
     on = build_transformer_config(ModelConfig(swiglu=True), 1, True, False, on_gpu=True)
     off = build_transformer_config(config, 1, True, False, on_gpu=True)
     assert getattr(on, field) is True and getattr(off, field) is False
+
+
+@pytest.mark.parametrize("given", [{}, {"WORLD_SIZE": "1"}, {"WORLD_SIZE": "1", "MASTER_PORT": "29999"}])
+def test_a_process_without_a_launcher_is_a_world_of_one(monkeypatch, given):
+    """No launcher, or a WORLD_SIZE=1 left in a job's environment: rank 0 of one, with a master
+    address and port to rendezvous on (a port the user set is kept)."""
+    from megatron_dga.parallel import initialize
+
+    for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in given.items():
+        monkeypatch.setenv(name, value)
+    initialize._default_single_process_env()
+    env = initialize.os.environ
+    assert (env["RANK"], env["LOCAL_RANK"], env["WORLD_SIZE"], env["MASTER_ADDR"]) == ("0", "0", "1", "127.0.0.1")
+    assert env["MASTER_PORT"] == given.get("MASTER_PORT", env["MASTER_PORT"]) and int(env["MASTER_PORT"]) > 0
+
+
+def test_a_launched_world_is_left_as_the_launcher_set_it(monkeypatch):
+    from megatron_dga.parallel import initialize
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.delenv("MASTER_PORT", raising=False)
+    initialize._default_single_process_env()
+    assert initialize.os.environ["RANK"] == "1" and "MASTER_PORT" not in initialize.os.environ

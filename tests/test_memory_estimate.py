@@ -92,7 +92,8 @@ def test_sequence_parallelism_divides_every_layer_activation_by_tp(manifest):
 def test_each_recipe_states_the_estimate_of_its_own_flags(recipe):
     """The memory figure written in a recipe's header is what the tool computes from its flags."""
     path = os.path.join(REPO, "examples", "recipes", recipe)
-    env = dict(os.environ, PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"])
+    # WORLD_SIZE=1, as a shell inside a job may hold: the recipe's GPU count is its own
+    env = dict(os.environ, PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"], WORLD_SIZE="1")
     result = subprocess.run(["bash", path, "--estimate"], capture_output=True, text=True, env=env)
     assert result.returncode == 0, result.stderr[-2000:]
     computed = re.search(r"total\s+([\d.]+) GiB", result.stdout).group(1)
