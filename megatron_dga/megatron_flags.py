@@ -30,7 +30,7 @@ class Rule:
 
     values: int
     to: Optional[Callable[[List[str]], List[str]]] = None  # our flags; None: dropped
-    note: str = ""  # printed once at start-up
+    note: str = ""  # printed once at start-up, after the flag's name
     refused: str = ""  # the reason, when the flag is refused
 
 
@@ -92,13 +92,12 @@ RULES: Dict[str, Rule] = {
     "--num-key-value-heads": Rule(1, lambda v: ["--group-query-attention", "--num-query-groups", v[0]]),
     # ---- mapped onto our settings ----------------------------------------------------------
     "--use-distributed-optimizer": Rule(0, lambda v: ["--zero-stage", "1"],
-                                        note="--use-distributed-optimizer: ZeRO-1 (DeepSpeed's optimizer state "
-                                             "sharded over data-parallel ranks)"),
+                                        note="ZeRO-1 (DeepSpeed's optimizer state sharded over data-parallel ranks)"),
     "--recompute-activations": Rule(0, lambda v: ["--recompute-granularity", "selective"]),
     "--checkpoint-activations": Rule(0, lambda v: ["--recompute-granularity", "full"]),
     "--use-rotary-position-embeddings": Rule(0, lambda v: ["--position-embedding-type", "rope"]),
     "--use-flash-attn": Rule(0, lambda v: ["--attention-backend", "sdpa"],
-                             note="--use-flash-attn: torch's SDPA, whose flash kernel serves on GPUs"),
+                             note="torch's SDPA, whose flash kernel serves on GPUs"),
     "--attention-backend": Rule(1, _attention_backend),
     "--normalization": Rule(1, _normalization),
     "--context-parallel-size": Rule(1, _context_parallel),
@@ -107,30 +106,21 @@ RULES: Dict[str, Rule] = {
     "--no-pipeline-parallel": Rule(0, _no_pipeline_parallel),
     "--no-position-embedding": Rule(0, lambda v: ["--no-add-position-embedding"]),
     # ---- accepted, with nothing to act on here ---------------------------------------------
-    "--use-mcore-models": Rule(0, note="--use-mcore-models: the model is always megatron-core's layers"),
-    "--no-query-key-layer-scaling": Rule(0, note="--no-query-key-layer-scaling: megatron-core does not scale "
-                                                  "query-key layers unless asked"),
-    "--no-masked-softmax-fusion": Rule(0, note="--no-masked-softmax-fusion: the masked-softmax fusion (an apex "
-                                                "kernel) is never used here"),
-    "--attention-softmax-in-fp32": Rule(0, note="--attention-softmax-in-fp32: the attention softmax is computed "
-                                                 "in fp32 here (SDPA accumulates in fp32; megatron-core's unfused "
-                                                 "attention upcasts)"),
-    "--no-async-tensor-model-parallel-allreduce": Rule(0, note="--no-async-tensor-model-parallel-allreduce: "
-                                                                "megatron-core's TP all-reduce overlap is its own"),
-    "--no-create-attention-mask-in-dataloader": Rule(0, note="--no-create-attention-mask-in-dataloader: batches "
-                                                              "carry no attention mask here (it is built causal "
-                                                              "in the layer)"),
-    "--num-workers": Rule(1, note="--num-workers: batches are read on a prefetch thread, not in worker "
-                                  "processes"),
-    "--data-cache-path": Rule(1, note="--data-cache-path: the sample indices are built in memory at start-up, "
-                                      "nothing is cached"),
-    "--deepspeed-activation-checkpointing": Rule(0, note="--deepspeed-activation-checkpointing: recompute is "
-                                                         "torch's checkpoint with megatron-core's RNG tracker "
-                                                         "(--recompute-granularity)"),
-    "--overlap-grad-reduce": Rule(0, note="--overlap-grad-reduce: DeepSpeed's overlap_comm, on for ZeRO 1 and 2 "
-                                          "on GPUs"),
-    "--overlap-param-gather": Rule(0, note="--overlap-param-gather: DeepSpeed gathers ZeRO-1/2's updated "
-                                           "parameters after the step; there is no separate overlap to set"),
+    "--use-mcore-models": Rule(0, note="the model is always megatron-core's layers"),
+    "--no-query-key-layer-scaling": Rule(0, note="megatron-core does not scale query-key layers unless asked"),
+    "--no-masked-softmax-fusion": Rule(0, note="the masked-softmax fusion (an apex kernel) is never used here"),
+    "--attention-softmax-in-fp32": Rule(0, note="the attention softmax is computed in fp32 here (SDPA accumulates "
+                                                 "in fp32; megatron-core's unfused attention upcasts)"),
+    "--no-async-tensor-model-parallel-allreduce": Rule(0, note="megatron-core's TP all-reduce overlap is its own"),
+    "--no-create-attention-mask-in-dataloader": Rule(0, note="batches carry no attention mask here (it is built "
+                                                              "causal in the layer)"),
+    "--num-workers": Rule(1, note="batches are read on a prefetch thread, not in worker processes"),
+    "--data-cache-path": Rule(1, note="the sample indices are built in memory at start-up, nothing is cached"),
+    "--deepspeed-activation-checkpointing": Rule(0, note="recompute is torch's checkpoint with megatron-core's "
+                                                         "RNG tracker (--recompute-granularity)"),
+    "--overlap-grad-reduce": Rule(0, note="DeepSpeed's overlap_comm, on for ZeRO 1 and 2 on GPUs"),
+    "--overlap-param-gather": Rule(0, note="DeepSpeed gathers ZeRO-1/2's updated parameters after the step; there "
+                                           "is no separate overlap to set"),
     # ---- refused ---------------------------------------------------------------------------
     "--num-experts": Rule(1, refused=MOE),
     "--expert-model-parallel-size": Rule(1, refused=MOE),
@@ -186,6 +176,7 @@ def translate(argv: Sequence[str]) -> Tuple[List[str], List[str]]:
             raise MegatronFlagError(f"{name}: {rule.refused}")
         if rule.to is not None:
             out.extend(rule.to(values))
-        if rule.note and rule.note not in notes:
-            notes.append(rule.note)
+        note = f"{name}: {rule.note}" if rule.note else ""
+        if note and note not in notes:
+            notes.append(note)
     return out, notes
