@@ -7,6 +7,7 @@ and a failed write leaves nothing behind. JSON inputs are read with errors that 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from contextlib import contextmanager
@@ -81,3 +82,12 @@ def fsync_tree(root: str) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+def sha256_of_file(path: str) -> str:
+    """The file's sha256, read in 1 MiB blocks (packages and tokenizer files can be large)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -20,8 +20,8 @@ from megatron_dga.data.tokenizers import (  # noqa: E402
     TikTokenizer,
     TokenizerError,
     build_tokenizer,
-    sha256_of_file,
 )
+from megatron_dga.files import sha256_of_file
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -20,10 +20,10 @@ import os
 import sys
 from typing import Dict, List, Optional, Sequence
 
-from megatron_dga.files import write_json
+from megatron_dga.files import sha256_of_file, write_json
 from megatron_dga.data.manifest import DomainEntry, DomainsManifest
 from megatron_dga.data.preprocess import dataset_prefix, preprocess
-from megatron_dga.data.tokenizers import TOKENIZER_TYPES, Tokenizer, build_tokenizer, sha256_of_file
+from megatron_dga.data.tokenizers import TOKENIZER_TYPES, Tokenizer, build_tokenizer
 
 INPUT_SUFFIXES = (".jsonl", ".jsonl.gz", ".jsonl.xz")
 MANIFEST_NAME = "domains.json"

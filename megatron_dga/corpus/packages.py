@@ -25,7 +25,6 @@ reported in `FetchedPackage` for the manifest.
 from __future__ import annotations
 
 import glob
-import hashlib
 import logging
 import os
 import shutil
@@ -34,6 +33,8 @@ import sys
 import tempfile
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence
+
+from megatron_dga.files import sha256_of_file
 
 log = logging.getLogger(__name__)
 
@@ -86,14 +87,6 @@ class FetchedPackage:
             "version": self.version,
             "files": [{"name": n, "sha256": h} for n, h in sorted(self.files.items())],
         }
-
-
-def sha256_of(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 _ERROR_PREFIXES = ("E:", "ERROR:", "Err:", "W:", "dpkg-deb: error")
@@ -251,7 +244,7 @@ class AptFetcher:
             ref=ref,
             version=fields.get("Version", "?"),
             root=self.unpack(deb),
-            files={os.path.basename(deb): sha256_of(deb)},
+            files={os.path.basename(deb): sha256_of_file(deb)},
             fields=fields,
         )
 
@@ -299,7 +292,7 @@ class PypiFetcher:
         path = self._cached_file(ref) or self.download(ref)
         return FetchedPackage(
             ref=ref, version=ref.version or "?", root=path,
-            files={os.path.basename(path): sha256_of(path)},
+            files={os.path.basename(path): sha256_of_file(path)},
         )  # fmt: skip
 
 

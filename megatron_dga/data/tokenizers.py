@@ -27,13 +27,13 @@ a dataset are the ones preprocessing appends.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from abc import ABC, abstractmethod
 from typing import Dict, List, Optional, Sequence
 
 from megatron_dga.data.manifest import TokenizerInfo
+from megatron_dga.files import sha256_of_file
 
 ENDOFTEXT = "<|endoftext|>"
 
@@ -49,14 +49,6 @@ EOD_CANDIDATES = (ENDOFTEXT, "<|end_of_text|>", "</s>", "<eos>")
 
 class TokenizerError(ValueError):
     """A tokenizer that cannot be built from the flags or files given."""
-
-
-def sha256_of_file(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 class Tokenizer(ABC):
