@@ -120,17 +120,17 @@ def robust_spread(centred: np.ndarray) -> float:
     return spread if spread > 0 else float(np.mean(np.abs(centred)))
 
 
-def shrink_by_noise(centred: np.ndarray, stderr: Optional[np.ndarray]) -> np.ndarray:
+def shrink_by_noise(centred: np.ndarray, spread: float, stderr: Optional[np.ndarray]) -> np.ndarray:
     """Each centred score times tau^2 / (tau^2 + se_i^2): its expected true value when true
     scores spread as N(0, tau^2) and the probes add noise of standard error se_i
-    (`--dga-noise-shrink`). tau^2 is the observed spread^2 less the mean noise variance, so
+    (`--dga-noise-shrink`). tau^2 is the observed (robust) spread^2 less the mean noise variance, so
     an update whose differences are within the noise moves nothing, and a noisy source moves
     less than a well-measured one. Unknown standard errors (one probe micro batch) leave the
     scores as they are."""
     if stderr is None or not np.all(np.isfinite(stderr)):
         return centred
     noise = np.asarray(stderr, dtype=np.float64) ** 2
-    signal = max(robust_spread(centred) ** 2 - float(np.mean(noise)), 0.0)
+    signal = max(spread ** 2 - float(np.mean(noise)), 0.0)
     if signal == 0.0:
         return np.zeros_like(centred)
     return centred * (signal / (signal + noise))
@@ -236,9 +236,9 @@ class DGAMixing(MixingAlgorithm):
         Adam has state) is scaled by its own spread and does not enter the running scale."""
         h = self.hyper
         centred = alignment - np.median(alignment)
-        score = shrink_by_noise(centred, stderr) if h.noise_shrink else centred
+        spread = robust_spread(centred)
+        score = shrink_by_noise(centred, spread, stderr) if h.noise_shrink else centred
         if h.step_scale == "spread":
-            spread = robust_spread(centred)
             usable = np.isfinite(spread) and spread > 0
             if usable and in_running_scale:
                 self.log_spreads = (self.log_spreads + [float(np.log(spread))])[-h.scale_window:]
