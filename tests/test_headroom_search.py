@@ -100,6 +100,7 @@ def test_the_report_shows_the_captured_fraction(tmp_path):
     text = output.read_text()
     row = next(line for line in text.splitlines() if line.startswith("| x | plenty |"))
     assert "a 0.80, b 0.20" in row and "| 0.50 |" in row and "5.0 runs, 2.0 h" in row, row
+    assert "| 0.50 / 0.50 |" in row, row  # each seed against its own uniform and best-fixed runs
     assert "static-b100" not in text  # a candidate stopped early is not a finished run
 
 
