@@ -2,7 +2,8 @@
 
 Single rank, TP=2 (with and without sequence parallelism), PP=2 (ZeRO 0 and 1), DP=2 with
 ZeRO 0, 1 and 2, and the 3-D layouts on 4 ranks (TP2 x PP2 with and without sequence
-parallelism, TP2 x DP2, PP2 x DP2 with ZeRO-1) train 5 iterations on the same data and
+parallelism, TP2 x DP2, TP2 x DP2 with sequence parallelism under ZeRO 1 and 2, PP2 x DP2
+with ZeRO-1) train 5 iterations on the same data and
 seed in fp32; their per-iteration losses and gradient norms (the clipping reduction over TP, PP
 and DP) agree to 1e-4 (relative) and the merged parameters of their final checkpoints agree.
 """
@@ -31,6 +32,10 @@ LAYOUTS = {
     "pp2-dp2-zero1": (4, ["--pipeline-model-parallel-size", "2", "--zero-stage", "1"]),
     "tp2-pp2-sp": (4, ["--tensor-model-parallel-size", "2", "--pipeline-model-parallel-size", "2",
                        "--sequence-parallel"]),
+    # ZeRO-1 takes gradients after the backward pass, ZeRO-2 during it: the sequence-parallel
+    # gradient sums are bucketed in the first and per parameter in the second.
+    "tp2-dp2-sp-zero1": (4, ["--tensor-model-parallel-size", "2", "--sequence-parallel", "--zero-stage", "1"]),
+    "tp2-dp2-sp-zero2": (4, ["--tensor-model-parallel-size", "2", "--sequence-parallel", "--zero-stage", "2"]),
 }
 
 
@@ -48,7 +53,8 @@ def runs(tmp_path_factory):
             "--eval-iters", "1", "--split", "90,10,0", "--metrics-file", str(run_dir / "metrics.jsonl"),
             "--save", str(run_dir / "checkpoints"), *layout_args,
         ]
-        pretrain(args, nproc=nproc)
+        result = pretrain(args, nproc=nproc)
+        (run_dir / "stdout.txt").write_text(result.stdout)
         results[name] = run_dir
     return results
 
@@ -86,6 +92,24 @@ def test_parameters_agree_across_layouts(runs):
         assert sorted(params) == sorted(reference), name
         for key, value in reference.items():
             torch.testing.assert_close(params[key], value, rtol=1e-4, atol=1e-5, msg=lambda m: f"{name} {key}: {m}")
+
+
+def test_sequence_parallel_gradients_are_summed_once_per_step_where_deepspeed_allows(runs):
+    """Megatron sums the gradients of the parameters replicated over TP under sequence
+    parallelism in one all-reduce after the backward pass. Where DeepSpeed takes gradients only
+    at its own reduction (ZeRO 0 and 1 here, the pipeline engine) they are summed that way; where
+    it takes each as autograd computes it (ZeRO-2), each is summed then. The losses, norms and
+    parameters above agree with the single rank either way."""
+    def mode(name):
+        lines = [line for line in (runs[name] / "stdout.txt").read_text().splitlines()
+                 if line.startswith("--sequence-parallel:")]
+        assert len(lines) == 1, (name, lines)
+        return lines[0]
+
+    for name in ("tp2-sp", "tp2-pp2-sp", "tp2-dp2-sp-zero1"):
+        assert "one all-reduce per iteration" in mode(name), (name, mode(name))
+    assert "as autograd computes it" in mode("tp2-dp2-sp-zero2")
+    assert "--sequence-parallel:" not in (runs["tp2"] / "stdout.txt").read_text()
 
 
 def test_merge_tool_writes_one_full_state_dict(runs, tmp_path):

@@ -34,8 +34,8 @@ from megatron_dga.model.layers import (
 from megatron_dga.model.attention import SDPAttention
 from megatron_dga.model.norms import ZeroCenteredTorchNorm
 from megatron_dga.model.recompute import checkpoint, layer_recomputed_alone, uniform_group_size
-from megatron_dga.model.sequence_parallel import (sequence_parallel_norm, sequence_parallel_spec,
-                                                  sum_sequence_parallel_grads)
+from megatron_dga.model.sequence_parallel import (SequenceParallelGradients, sequence_parallel_norm,
+                                                  sequence_parallel_spec)
 from megatron_dga.model.transformer_config import build_transformer_config, use_transformer_engine
 from megatron_dga.parallel.initialize import ParallelContext
 
@@ -161,8 +161,9 @@ def build_model(model: ModelConfig, padded_vocab: int, ctx: ParallelContext, bf1
     devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
     with torch.random.fork_rng(devices=devices):
         module = _build_stage(specs, model, ctx)
-    if ctx.layout.sequence_parallel:
-        sum_sequence_parallel_grads(module)
+    # The engine decides how the replicated parameters' gradients are summed (training/engine.py).
+    module.sequence_parallel_gradients = (SequenceParallelGradients(module) if ctx.layout.sequence_parallel
+                                          else None)
     return module
 
 

@@ -12,10 +12,11 @@ output. Four things are left to the model that stacks the layers, done here:
   megatron-core's `sequence_parallel` mark, as its apex and Transformer Engine norms do.
 - **Gradients of replicated parameters.** A marked parameter (norm weights and biases, the
   biases of row-parallel linears) sees only its rank's part of the sequence, so its gradient
-  is a partial sum over the TP ranks. Megatron all-reduces these after the backward pass; here
-  a hook sums each one over the TP group as it is computed, before DeepSpeed's own hooks
-  (ZeRO-2 reduces and partitions gradients during the backward pass) and before the DGA
-  probes' `torch.autograd.grad` returns it.
+  is a partial sum over the TP ranks. Megatron sums them all in one all-reduce after the
+  backward pass. `SequenceParallelGradients` does that where DeepSpeed reads gradients only at
+  its own reduction (training/engine.py decides); where DeepSpeed takes each gradient as
+  autograd computes it (ZeRO-2, `overlap_comm`, fp32 accumulation buffers), and for the DGA
+  probes' `torch.autograd.grad`, a hook sums each one as it is computed.
 - **Positions.** A layer sees s/TP positions but attends over all s: the causal mask and the
   rotary table are built for `full_sequence_length`.
 - **The LM head.** The tied head all-gathers the sequence before its vocabulary-parallel
@@ -25,11 +26,13 @@ output. Four things are left to the model that stacks the layers, done here:
 
 from __future__ import annotations
 
+import contextlib
 import copy
-from functools import partial
+from typing import Dict, List
 
 import torch
 import torch.distributed as dist
+from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 from megatron.core import parallel_state, tensor_parallel
 from megatron.core.transformer.spec_utils import ModuleSpec
 from megatron.core.transformer.torch_norm import WrappedTorchNorm
@@ -78,24 +81,49 @@ def gather_for_lm_head(hidden: torch.Tensor, config: TransformerConfig) -> torch
     return tensor_parallel.copy_to_tensor_model_parallel_region(hidden)
 
 
-def _sum_over_tensor_parallel_ranks(group, grad: torch.Tensor) -> torch.Tensor:
-    total = grad.clone()
-    dist.all_reduce(total, group=group)
-    return total
+class SequenceParallelGradients:
+    """Sums the gradients of the parameters marked `sequence_parallel` over the TP group.
 
+    Two ways, one at a time:
+    - per parameter (the default): a hook all-reduces each gradient as autograd computes it.
+      Every TP rank runs the same graph, so the all-reduces come in the same order on all of
+      them; they are small (a norm's or a bias's size) but one per parameter per micro batch.
+    - bucketed: inside `deferred()` the hooks pass gradients through, and `sum_accumulated()`
+      then sums every accumulated `.grad` in one all-reduce (per dtype), as Megatron does. Only
+      right when nothing reads the gradients between the backward pass and that call.
+    """
 
-def sum_sequence_parallel_grads(module: torch.nn.Module) -> int:
-    """Hook every parameter marked `sequence_parallel` so that its gradient is summed over the
-    tensor-parallel group when it is computed. Returns how many parameters were hooked.
+    def __init__(self, module: torch.nn.Module):
+        self.group = parallel_state.get_tensor_model_parallel_group()
+        self.params = [p for p in module.parameters() if p.requires_grad and getattr(p, "sequence_parallel", False)]
+        self.per_parameter = True
+        for param in self.params:
+            param.register_hook(self._sum_as_computed)
 
-    Every TP rank runs the same graph, so the hooks' all-reduces come in the same order on all
-    of them. They are small (a norm's or a bias's size) and one per parameter per micro batch;
-    Megatron instead batches them into one all-reduce after the backward pass, which does not
-    fit ZeRO-2's reduction during the backward pass."""
-    group = parallel_state.get_tensor_model_parallel_group()
-    hooked = 0
-    for param in module.parameters():
-        if param.requires_grad and getattr(param, "sequence_parallel", False):
-            param.register_hook(partial(_sum_over_tensor_parallel_ranks, group))
-            hooked += 1
-    return hooked
+    def _sum_as_computed(self, grad: torch.Tensor) -> torch.Tensor:
+        if not self.per_parameter:
+            return grad
+        total = grad.clone()
+        dist.all_reduce(total, group=self.group)
+        return total
+
+    @contextlib.contextmanager
+    def deferred(self):
+        """Training backward passes whose sums `sum_accumulated` makes afterwards."""
+        self.per_parameter = False
+        try:
+            yield
+        finally:
+            self.per_parameter = True
+
+    def sum_accumulated(self) -> None:
+        """Sum the accumulated gradients over the TP ranks in one flat all-reduce per dtype."""
+        by_dtype: Dict[torch.dtype, List[torch.Tensor]] = {}
+        for param in self.params:
+            if param.grad is not None:
+                by_dtype.setdefault(param.grad.dtype, []).append(param.grad)
+        for grads in by_dtype.values():
+            flat = _flatten_dense_tensors(grads)
+            dist.all_reduce(flat, group=self.group)
+            for grad, summed in zip(grads, _unflatten_dense_tensors(flat, grads)):
+                grad.copy_(summed)

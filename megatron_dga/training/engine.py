@@ -10,6 +10,7 @@ ranks, the same number on every rank.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import List, Optional, Union
 
@@ -19,6 +20,7 @@ import torch.distributed as dist
 
 from megatron_dga.config import OptimizerConfig
 from megatron_dga.data.batches import MicroBatch
+from megatron_dga.model.sequence_parallel import SequenceParallelGradients
 from megatron_dga.parallel.initialize import ParallelContext
 from megatron_dga.parallel.mpu import MegatronCoreMPU
 from megatron_dga.parallel.reductions import global_grad_norm
@@ -91,6 +93,34 @@ def _mark_gradients_for_unfused_half_precision_norm(engine) -> None:
     optimizer.step = step
 
 
+def takes_gradients_during_backward(engine) -> bool:
+    """Whether DeepSpeed reads each gradient as autograd computes it rather than at its
+    data-parallel reduction: ZeRO-2 partitions and reduces them in the backward pass,
+    `overlap_comm` (ZeRO-1 on GPUs) reduces them in the boundary micro batch's backward pass,
+    BF16_Optimizer and a separate accumulation dtype add each micro batch's into fp32 buffers.
+    (`contiguous_gradients` alone only copies them at the reduction.)"""
+    from deepspeed.runtime.bf16_optimizer import BF16_Optimizer
+
+    if isinstance(engine.optimizer, BF16_Optimizer) or getattr(engine.optimizer, "use_grad_accum_attribute", False):
+        return True
+    return engine.zero_optimization() and (engine.zero_optimization_partition_gradients() or engine.zero_overlap_comm())
+
+
+def _sum_sequence_parallel_gradients_once(engine, gradients: SequenceParallelGradients) -> None:
+    """Megatron's way: the replicated parameters' partial gradients, accumulated over the
+    iteration's micro batches, are summed over TP in one all-reduce, just before DeepSpeed's
+    data-parallel reduction at the accumulation boundary (which every engine, the pipeline
+    engine included, runs through `allreduce_gradients`)."""
+    original = engine.allreduce_gradients
+
+    def allreduce_gradients(*args, **kwargs):
+        if engine.is_gradient_accumulation_boundary():
+            gradients.sum_accumulated()
+        return original(*args, **kwargs)
+
+    engine.allreduce_gradients = allreduce_gradients
+
+
 class TrainingEngine:
     """The DeepSpeed engine of a run, with its optimizer and learning-rate schedule: built from
     the DeepSpeed config derived for the run (training/deepspeed_config.py), the optimizer
@@ -119,6 +149,24 @@ class TrainingEngine:
         if not (self.engine.zero_optimization() or self.engine.fp16_enabled() or self.engine.bfloat16_enabled()):
             _use_sharding_aware_clipping(self.engine)
         _mark_gradients_for_unfused_half_precision_norm(self.engine)
+        self.sequence_parallel_gradients = self._sequence_parallel_sums(model)
+
+    def _sequence_parallel_sums(self, model: torch.nn.Module) -> Optional[SequenceParallelGradients]:
+        """Under sequence parallelism: the object whose sums training defers to once per
+        iteration, or None where they stay per parameter (DeepSpeed needs them earlier)."""
+        gradients = getattr(model, "sequence_parallel_gradients", None)
+        if gradients is None:
+            return None
+        bucketed = not takes_gradients_during_backward(self.engine)
+        if self.ctx.rank == 0:
+            how = ("in one all-reduce per iteration, before DeepSpeed's data-parallel reduction" if bucketed else
+                   "each as autograd computes it (DeepSpeed takes gradients during the backward pass)")
+            print(f"--sequence-parallel: the gradients of {len(gradients.params)} parameters replicated over TP "
+                  f"are summed {how}", flush=True)
+        if not bucketed:
+            return None
+        _sum_sequence_parallel_gradients_once(self.engine, gradients)
+        return gradients
 
     @property
     def module(self) -> torch.nn.Module:
@@ -135,6 +183,11 @@ class TrainingEngine:
         return value
 
     def train_step(self, micro_batches: List[MicroBatch]) -> StepResult:
+        sums = self.sequence_parallel_gradients
+        with sums.deferred() if sums is not None else contextlib.nullcontext():
+            return self._train_step(micro_batches)
+
+    def _train_step(self, micro_batches: List[MicroBatch]) -> StepResult:
         skipped_before = self.engine.skipped_steps
         if self.pipelined:
             loss = self.engine.train_batch(iter([mb.as_pipeline_item() for mb in micro_batches])).detach()
