@@ -93,32 +93,54 @@ def _mark_gradients_for_unfused_half_precision_norm(engine) -> None:
     optimizer.step = step
 
 
-def takes_gradients_during_backward(engine) -> bool:
-    """Whether DeepSpeed reads each gradient as autograd computes it rather than at its
-    data-parallel reduction: ZeRO-2 partitions and reduces them in the backward pass,
-    `overlap_comm` (ZeRO-1 on GPUs) reduces them in the boundary micro batch's backward pass,
-    BF16_Optimizer and a separate accumulation dtype add each micro batch's into fp32 buffers.
-    (`contiguous_gradients` alone only copies them at the reduction.)"""
+def sequence_parallel_sum_point(engine, pipelined: bool) -> Optional[str]:
+    """Where the gradients of the parameters replicated over TP can be summed in one all-reduce:
+    - "iteration": DeepSpeed reads gradients only at its data-parallel reduction (ZeRO 0, and 1
+      without `overlap_comm`; the pipeline engine in fp32 or fp16). `contiguous_gradients` alone
+      only copies them there.
+    - "micro batch": DeepSpeed's BF16_Optimizer adds each micro batch's gradients into fp32
+      buffers right after its backward pass (having cleared them before it).
+    - None: DeepSpeed takes each gradient as autograd computes it (ZeRO-2's partitioning,
+      `overlap_comm`'s reduction in the boundary micro batch, a separate accumulation dtype's or
+      BF16_Optimizer's immediate-update hooks), or, for the pipeline engine in bf16, updates its
+      fp32 buffers inside its backward instruction, with no call in between. Each gradient is
+      then summed as it is computed."""
     from deepspeed.runtime.bf16_optimizer import BF16_Optimizer
 
-    if isinstance(engine.optimizer, BF16_Optimizer) or getattr(engine.optimizer, "use_grad_accum_attribute", False):
-        return True
-    return engine.zero_optimization() and (engine.zero_optimization_partition_gradients() or engine.zero_overlap_comm())
+    optimizer = engine.optimizer
+    if isinstance(optimizer, BF16_Optimizer):
+        return None if optimizer.immediate_grad_update or pipelined else "micro batch"
+    if getattr(optimizer, "use_grad_accum_attribute", False):
+        return None
+    if engine.zero_optimization() and (engine.zero_optimization_partition_gradients() or engine.zero_overlap_comm()):
+        return None
+    return "iteration"
 
 
-def _sum_sequence_parallel_gradients_once(engine, gradients: SequenceParallelGradients) -> None:
-    """Megatron's way: the replicated parameters' partial gradients, accumulated over the
-    iteration's micro batches, are summed over TP in one all-reduce, just before DeepSpeed's
-    data-parallel reduction at the accumulation boundary (which every engine, the pipeline
-    engine included, runs through `allreduce_gradients`)."""
-    original = engine.allreduce_gradients
+def _sum_sequence_parallel_gradients_at(engine, gradients: SequenceParallelGradients, point: str) -> None:
+    """Megatron's way: one all-reduce of the replicated parameters' partial gradients, made
+    while training has deferred the per-parameter sums (`gradients.deferred()`): per iteration
+    just before DeepSpeed's data-parallel reduction at the accumulation boundary (every engine,
+    the pipeline engine included, runs it through `allreduce_gradients`), or per micro batch at
+    the start of the engine's backward epilogue, before BF16_Optimizer moves the gradients."""
+    if point == "iteration":
+        allreduce_gradients = engine.allreduce_gradients
 
-    def allreduce_gradients(*args, **kwargs):
-        if engine.is_gradient_accumulation_boundary():
-            gradients.sum_accumulated()
-        return original(*args, **kwargs)
+        def sum_then_allreduce(*args, **kwargs):
+            if not gradients.per_parameter and engine.is_gradient_accumulation_boundary():
+                gradients.sum_accumulated()
+            return allreduce_gradients(*args, **kwargs)
 
-    engine.allreduce_gradients = allreduce_gradients
+        engine.allreduce_gradients = sum_then_allreduce
+    else:
+        backward_epilogue = engine._backward_epilogue
+
+        def sum_then_epilogue(*args, **kwargs):
+            if not gradients.per_parameter:
+                gradients.sum_accumulated()
+            return backward_epilogue(*args, **kwargs)
+
+        engine._backward_epilogue = sum_then_epilogue
 
 
 class TrainingEngine:
@@ -152,20 +174,20 @@ class TrainingEngine:
         self.sequence_parallel_gradients = self._sequence_parallel_sums(model)
 
     def _sequence_parallel_sums(self, model: torch.nn.Module) -> Optional[SequenceParallelGradients]:
-        """Under sequence parallelism: the object whose sums training defers to once per
-        iteration, or None where they stay per parameter (DeepSpeed needs them earlier)."""
+        """Under sequence parallelism: the object whose per-parameter sums training defers to
+        one all-reduce, or None where they stay per parameter (DeepSpeed needs them earlier)."""
         gradients = getattr(model, "sequence_parallel_gradients", None)
         if gradients is None:
             return None
-        bucketed = not takes_gradients_during_backward(self.engine)
+        point = sequence_parallel_sum_point(self.engine, self.pipelined)
         if self.ctx.rank == 0:
-            how = ("in one all-reduce per iteration, before DeepSpeed's data-parallel reduction" if bucketed else
+            how = (f"in one all-reduce per {point}, before DeepSpeed reads them" if point else
                    "each as autograd computes it (DeepSpeed takes gradients during the backward pass)")
             print(f"--sequence-parallel: the gradients of {len(gradients.params)} parameters replicated over TP "
                   f"are summed {how}", flush=True)
-        if not bucketed:
+        if point is None:
             return None
-        _sum_sequence_parallel_gradients_once(self.engine, gradients)
+        _sum_sequence_parallel_gradients_at(self.engine, gradients, point)
         return gradients
 
     @property
