@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import typing
 from typing import Optional, Sequence
 
@@ -167,3 +168,5 @@ def check_flags(config: PretrainConfig) -> None:
         raise ValueError("--specific-train-samples must be positive")
     if mix.dga_probe_microbatches <= 0:
         raise ValueError("--dga-probe-microbatches must be positive")
+    if not (math.isfinite(mix.dga_probe_budget) and mix.dga_probe_budget > 0):
+        raise ValueError(f"--dga-probe-budget {mix.dga_probe_budget} must be a positive number")

@@ -326,7 +326,15 @@ class MixingConfig:
     importance_smoothing: float = arg(
         0.0, "--mixing importance: weight of the natural distribution mixed into the histogram."
     )
-    dga_update_interval: int = arg(10, "DGA: iterations between weight updates (T_r).")
+    dga_update_interval: Optional[int] = arg(
+        None, "DGA: iterations between weight updates (T_r). Default: the smallest multiple of 10 at which the "
+        "probes cost at most --dga-probe-budget of training's forward-backward passes.",
+    )
+    dga_probe_budget: float = arg(
+        0.1, "DGA: without --dga-update-interval, the most the probes may add to training's forward-backward "
+        "passes: (sources + 1) x probe micro batches per rank, per update, over the interval's micro batches "
+        "per rank.",
+    )
     dga_lr: float = arg(
         0.5, "DGA: step size eta of the exponentiated-gradient update "
         "alpha <- softmax(log alpha + eta * alignment).",

@@ -209,7 +209,7 @@ def test_natural_initial_weights_give_each_base_its_token_share(tmp_path):
     path = tmp_path / "bases.json"
     path.write_text(json.dumps([[1, 0, 0, 0, 0, 0], [0, 1, 1, 1, 1, 1]]))
     config = MixingConfig(mixing="dga", dga_initial_weights="natural", dga_base_distributions=str(path))
-    m = build_mixing(config, [f"d{i}" for i in range(6)], [500, 100, 100, 100, 100, 100])
+    m = build_mixing(config, [f"d{i}" for i in range(6)], [500, 100, 100, 100, 100, 100], microbatches=(2, 1))
     np.testing.assert_allclose(m.sampling, [0.5, 0.5], rtol=1e-12)
     np.testing.assert_allclose(m.weights(), [0.5, 0.1, 0.1, 0.1, 0.1, 0.1], rtol=1e-12)
 
@@ -463,8 +463,52 @@ def test_command_line_defaults_are_the_algorithm_defaults():
     from megatron_dga.config import MixingConfig
     from megatron_dga.mixing.factory import dga_hyperparameters
 
-    assert dga_hyperparameters(MixingConfig()) == DGAHyperparameters()
+    assert dga_hyperparameters(MixingConfig(), DGAHyperparameters().update_interval) == DGAHyperparameters()
     assert DGAHyperparameters().alignment == "adam" and DGAHyperparameters().step_scale == "spread"
+
+
+def test_default_update_interval_keeps_the_probes_within_the_budget(capsys):
+    """The smallest multiple of 10 iterations whose probe passes, (sources + 1) x probe micro batches,
+    are at most --dga-probe-budget of the training passes between updates."""
+    from megatron_dga.mixing.probe_budget import auto_update_interval, probe_share
+
+    # 6 sources, 1 probe micro batch, 2 training micro batches per iteration: 7 / 2 = 3.5 iterations'
+    # worth of passes per update, 35 iterations for 10%, rounded up to 40 (8.75%).
+    assert auto_update_interval(6, 1, 2, 0.1) == 40
+    assert probe_share(6, 1, 2, 40) == pytest.approx(0.0875)
+    assert auto_update_interval(16, 1, 32, 0.1) == 10  # a large batch: every 10 iterations costs 5%
+    assert auto_update_interval(3, 1, 2, 0.1) == 20  # exactly at the budget fits
+    assert auto_update_interval(6, 2, 2, 0.1) == 70
+    assert auto_update_interval(6, 1, 2, 0.5) == 10
+    for bad in (0.0, -1.0, float("nan")):
+        with pytest.raises(ValueError, match="--dga-probe-budget"):
+            auto_update_interval(6, 1, 2, bad)
+    from megatron_dga.arguments import parse_args
+
+    model = ["--mock-data", "--num-layers", "2", "--hidden-size", "8", "--num-attention-heads", "2", "--seq-length", "8"]
+    with pytest.raises(SystemExit):
+        parse_args([*model, "--dga-probe-budget", "0"])
+    assert "--dga-probe-budget 0.0 must be a positive number" in capsys.readouterr().err
+    assert parse_args(model).mixing.dga_update_interval is None  # derived when the run starts
+
+
+def test_build_mixing_derives_the_update_interval_from_the_batch_sizes():
+    from megatron_dga.config import MixingConfig
+    from megatron_dga.mixing.factory import build_mixing
+
+    names, tokens = [f"d{i}" for i in range(6)], [10] * 6
+    notes = []
+    auto = build_mixing(MixingConfig(mixing="dga"), names, tokens, notes=notes, microbatches=(2, 1))
+    assert auto.hyper.update_interval == 40
+    assert any("every 40 iterations" in n and "9%" in n and "--dga-probe-budget 0.1" in n for n in notes), notes
+    tighter = build_mixing(MixingConfig(mixing="dga", dga_probe_budget=0.05), names, tokens, microbatches=(2, 1))
+    assert tighter.hyper.update_interval == 70
+    notes = []
+    given = build_mixing(MixingConfig(mixing="dga", dga_update_interval=10), names, tokens, notes=notes,
+                         microbatches=(2, 1))
+    assert given.hyper.update_interval == 10 and not notes  # the flag, as given
+    with pytest.raises(ValueError, match="--dga-update-interval"):
+        build_mixing(MixingConfig(mixing="dga"), names, tokens)
 
 
 def test_noise_shrink_by_hand():

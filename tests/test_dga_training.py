@@ -111,6 +111,21 @@ def test_dga_resume_is_exact(tmp_path, data, variant):
         assert all(np.isfinite(v) and v > 0 for v in a[-1]["alignment_stderr"].values())
 
 
+def test_default_update_interval_follows_the_probe_budget(tmp_path, data):
+    """Without --dga-update-interval, the run updates as often as --dga-probe-budget allows and says so:
+    3 sources and the specific set, 1 probe micro batch each, against 2 training micro batches per
+    iteration: every 20 iterations at the default 10%, every 10 at 20%."""
+    for budget, interval in ((None, 20), ("0.2", 10)):
+        run_dir = str(tmp_path / f"budget-{budget}")
+        extra = ["--mixing", "dga", "--log-interval", "1", "--eval-interval", "100"]
+        result = pretrain(args_for(data, run_dir, 21, [*extra, *(["--dga-probe-budget", budget] if budget else [])]))
+        assert f"updates the weights every {interval} iterations" in result.stdout
+        records = read_metrics(os.path.join(run_dir, "metrics.jsonl"))
+        done = [r["dga_updates"]["done"] for r in records]
+        # An update runs before the iteration its interval divides.
+        assert done == [(r["iteration"] - 1) // interval for r in records], done
+
+
 def test_importance_sampling_uses_the_histogram(tmp_path, data):
     histogram = {"clusters": ["dom0", "dom1", "dom2"], "counts": [1, 6, 3], "weights": [0.1, 0.6, 0.3]}
     path = tmp_path / "assign_specific.json"

@@ -334,7 +334,7 @@ def test_data_path_weights_start_dga_and_are_named_when_unused():
     from megatron_dga.mixing.factory import build_mixing
 
     notes = []
-    m = build_mixing(MixingConfig(mixing="dga"), ["a", "b"], [10, 10], [0.2, 0.8], notes=notes)
+    m = build_mixing(MixingConfig(mixing="dga"), ["a", "b"], [10, 10], [0.2, 0.8], notes=notes, microbatches=(2, 1))
     np.testing.assert_allclose(m.weights(), [0.2, 0.8])
     assert "starts from the --data-path weights" in notes[0]
     notes = []

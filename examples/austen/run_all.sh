@@ -53,6 +53,10 @@ else
     VOCAB=8192 SCALE_VOCAB=2048 CLUSTERS=16,64,256 LARGE_K=${LARGE_K:-64,256} BASES=16
 fi
 TWO_SEEDS=$(echo $SEEDS | cut -d' ' -f1-2)
+# The phases before headroom were run with DGA's former fixed update interval: they keep it. The
+# headroom phase runs pretrain's default, which keeps the probes within --dga-probe-budget.
+FORMER_INTERVAL=(--dga-update-interval 10)
+RUN_ARGS+=("${FORMER_INTERVAL[@]}")
 if [[ -z "${CORPUS_DIR:-}" ]]; then
     CORPUS_DIR=$WORK/corpus
     python tools/build_corpus.py --output-dir "$CORPUS_DIR" \
@@ -145,8 +149,10 @@ if has_phase scale; then
             for method in uniform natural importance; do
                 run "$SCALE" scale $regime $method $seed --method $method "${SCALE_ARGS[@]}"
             done
-            run "$SCALE" scale $regime dga $seed --method dga --variant adam-control "${SCALE_ARGS[@]}"
-            run "$SCALE" scale $regime dga-ema $seed --method dga-ema --variant adam-control "${SCALE_ARGS[@]}"
+            run "$SCALE" scale $regime dga $seed --method dga --variant adam-control "${SCALE_ARGS[@]}" \
+                "${FORMER_INTERVAL[@]}"
+            run "$SCALE" scale $regime dga-ema $seed --method dga-ema --variant adam-control "${SCALE_ARGS[@]}" \
+                "${FORMER_INTERVAL[@]}"
         done
     done
 fi

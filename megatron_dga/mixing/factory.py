@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 import numpy as np
 
@@ -11,6 +11,7 @@ from megatron_dga.files import read_json
 from megatron_dga.mixing.base import MixingAlgorithm, normalise, parse_weight_spec
 from megatron_dga.mixing.dga import DGAHyperparameters, DGAMixing, natural_source_weights
 from megatron_dga.mixing.importance import ImportanceMixing, read_histogram
+from megatron_dga.mixing.probe_budget import auto_update_interval, probe_share
 from megatron_dga.mixing.static import NaturalMixing, StaticMixing, UniformMixing
 
 
@@ -34,9 +35,26 @@ def load_base_distributions(path: str, num_domains: int) -> np.ndarray:
     return matrix / matrix.sum(axis=1, keepdims=True)
 
 
-def dga_hyperparameters(config: MixingConfig) -> DGAHyperparameters:
+def dga_update_interval(config: MixingConfig, num_sources: int, microbatches: Optional[Tuple[int, int]],
+                        notes: List[str]) -> int:
+    """--dga-update-interval, or the one --dga-probe-budget allows; `microbatches`: (training micro batches per
+    iteration, probe micro batches per source) on each rank."""
+    if config.dga_update_interval is not None:
+        return config.dga_update_interval
+    if microbatches is None:
+        raise ValueError("--dga-update-interval: not given, and no batch sizes to derive it from")
+    train, probe = microbatches
+    interval = auto_update_interval(num_sources, probe, train, config.dga_probe_budget)
+    notes.append(f"--mixing dga updates the weights every {interval} iterations: the probes ({num_sources + 1} x "
+                 f"{probe} micro batches per rank) add {probe_share(num_sources, probe, train, interval):.0%} to "
+                 f"training's {train} per iteration (--dga-probe-budget {config.dga_probe_budget:g}; "
+                 "--dga-update-interval sets it)")
+    return interval
+
+
+def dga_hyperparameters(config: MixingConfig, update_interval: int) -> DGAHyperparameters:
     return DGAHyperparameters(
-        update_interval=config.dga_update_interval, lr=config.dga_lr, ema=config.dga_ema,
+        update_interval=update_interval, lr=config.dga_lr, ema=config.dga_ema,
         ema_mode=config.dga_ema_mode, warmup_iters=config.dga_warmup_iters, min_weight=config.dga_min_weight,
         min_domain_weight=config.dga_min_domain_weight,
         alignment=config.dga_alignment, step_scale=config.dga_step_scale, scale_window=config.dga_scale_window,
@@ -47,10 +65,12 @@ def dga_hyperparameters(config: MixingConfig) -> DGAHyperparameters:
 
 def build_mixing(config: MixingConfig, domain_names: List[str], train_tokens: List[int],
                  data_path_weights: Optional[List[float]] = None,
-                 importance_histogram: Optional[np.ndarray] = None, notes: Optional[List[str]] = None
-                 ) -> MixingAlgorithm:
+                 importance_histogram: Optional[np.ndarray] = None, notes: Optional[List[str]] = None,
+                 microbatches: Optional[Tuple[int, int]] = None) -> MixingAlgorithm:
     """`importance_histogram`: the specific set's histogram when computed at start-up; `notes`:
-    where to say what became of --data-path weights the mixing does not take as they are."""
+    where to say what became of --data-path weights the mixing does not take as they are, and
+    which update interval DGA chose; `microbatches`: (training micro batches per iteration, DGA's
+    probe micro batches per source) on each rank, which DGA's default update interval follows."""
     natural = normalise(np.asarray(train_tokens, dtype=np.float64))
     notes = notes if notes is not None else []
     if data_path_weights is not None and config.mixing in ("uniform", "importance"):
@@ -88,5 +108,6 @@ def build_mixing(config: MixingConfig, domain_names: List[str], train_tokens: Li
             initial = natural if bases is None else natural_source_weights(bases, natural)
         else:
             initial = np.ones(num_sources)
-        return DGAMixing(domain_names, initial, dga_hyperparameters(config), bases)
+        interval = dga_update_interval(config, num_sources, microbatches, notes)
+        return DGAMixing(domain_names, initial, dga_hyperparameters(config, interval), bases)
     raise ValueError(f"unknown --mixing {config.mixing!r}")

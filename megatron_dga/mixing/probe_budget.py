@@ -1,0 +1,29 @@
+"""DGA's default update interval: as often as the probes' share of the compute allows.
+
+An update probes every source and the specific set, `probe_microbatches` micro batches each
+per rank: (sources + 1) x probe_microbatches forward-backward passes, against
+`train_microbatches` per rank for each iteration of training. A fixed interval makes that share
+depend on the batch: 5% at 32 micro batches per iteration and 16 sources with T_r = 10, 35% at 2
+micro batches and 6 sources. The default interval is instead the smallest multiple of
+UPDATE_INTERVAL_STEP that keeps the share within --dga-probe-budget.
+"""
+
+from __future__ import annotations
+
+import math
+
+UPDATE_INTERVAL_STEP = 10  # updates on multiples of 10 iterations, where logging and evaluation usually fall
+
+
+def probe_share(num_sources: int, probe_microbatches: int, train_microbatches: int, update_interval: int) -> float:
+    """Probe passes per update over training passes between updates."""
+    return (num_sources + 1) * probe_microbatches / (update_interval * train_microbatches)
+
+
+def auto_update_interval(num_sources: int, probe_microbatches: int, train_microbatches: int, budget: float) -> int:
+    """The smallest multiple of UPDATE_INTERVAL_STEP whose probe share is at most `budget`."""
+    if not (math.isfinite(budget) and budget > 0):
+        raise ValueError(f"--dga-probe-budget {budget} must be a positive number")
+    needed = probe_share(num_sources, probe_microbatches, train_microbatches, 1) / budget
+    steps = max(1, math.ceil(needed / UPDATE_INTERVAL_STEP - 1e-9))  # 1e-9: a share exactly at the budget fits
+    return steps * UPDATE_INTERVAL_STEP
