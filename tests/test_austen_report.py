@@ -86,3 +86,19 @@ def test_a_histogram_restricted_to_the_kept_clusters_is_one_importance_accepts(t
     assert list(read_histogram(kept, ["c0", "c2"])) == [0.6, 0.4]
     with pytest.raises(ValueError, match="clusters without a domain: \\['c1'\\]"):
         read_histogram(str(full), ["c0", "c2"])
+
+
+def test_commands_write_out_the_update_interval_run_py_left_to_its_default():
+    """A DGA run made when run.py passed its fixed interval of 10 by default is listed with it, so
+    that the command still makes that run now that the default follows the probe budget."""
+    sys.path.insert(0, os.path.join(REPO, "examples", "austen"))
+    from report import reproducible_args
+
+    launched = ["deepspeed", "--module", "megatron_dga.pretrain", "--dga-update-interval", "10", "--dga-lr", "0.5"]
+    old = {"run_args": ["--method", "dga", "--seed", "1"], "command": launched}
+    assert reproducible_args(old) == ["--method", "dga", "--seed", "1", "--dga-update-interval", "10"]
+    given = {"run_args": ["--method", "dga", "--extra", "--dga-update-interval 40"],
+             "command": [*launched, "--dga-update-interval", "40"]}
+    assert reproducible_args(given) == given["run_args"]
+    uniform = {"run_args": ["--method", "uniform"], "command": ["deepspeed", "--mixing", "uniform"]}
+    assert reproducible_args(uniform) == ["--method", "uniform"]

@@ -14,6 +14,7 @@ import argparse
 import glob
 import json
 import os
+import shlex
 import statistics
 import sys
 from collections import defaultdict
@@ -203,12 +204,23 @@ def prepared_of(info: dict) -> str:
     return args[args.index("--prepared") + 1] if "--prepared" in args else ""
 
 
+def reproducible_args(info: dict) -> List[str]:
+    """run.py's flags of a run, with DGA's update interval written out where run.py left it to its
+    default of the day (a fixed 10, before the default followed --dga-probe-budget): the interval
+    the launched command had (its last, as the last flag wins)."""
+    args, command = list(info.get("run_args", [])), info.get("command", [])
+    if "--dga-update-interval" in command and not any("--dga-update-interval" in a for a in args):
+        interval = command[len(command) - 1 - command[::-1].index("--dga-update-interval") + 1]
+        args += ["--dga-update-interval", interval]
+    return args
+
+
 def commands(work: str, ordered) -> List[str]:
     """The exact commands, with the work directory written as $WORK."""
     work = os.path.abspath(work)
 
     def shown(args: List[str]) -> str:
-        return " ".join(args).replace(work, "$WORK")
+        return " ".join(shlex.quote(a) for a in args).replace(work, "$WORK")
 
     prepared_files = sorted({prepared_of(info) for _, runs in ordered for info in runs} - {""}) \
         or [os.path.join(work, "prepared.json")]
@@ -223,7 +235,7 @@ def commands(work: str, ordered) -> List[str]:
     lines += ["", "Each run:", ""]
     for _, runs in ordered:
         for info in sorted(runs, key=lambda i: (label_rank(i["label"]), i["seed"])):
-            lines.append(f"- `python examples/austen/run.py {shown(info.get('run_args', []))}`")
+            lines.append(f"- `python examples/austen/run.py {shown(reproducible_args(info))}`")
     return lines
 
 
