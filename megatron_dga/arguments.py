@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import math
 import typing
 from typing import Optional, Sequence
 
 from megatron_dga.config import PretrainConfig
 from megatron_dga.megatron_flags import MegatronFlagError, translate
+from megatron_dga.mixing.probe_budget import check_probe_budget
 
 
 def _flag(f: dataclasses.Field) -> str:
@@ -168,5 +168,8 @@ def check_flags(config: PretrainConfig) -> None:
         raise ValueError("--specific-train-samples must be positive")
     if mix.dga_probe_microbatches <= 0:
         raise ValueError("--dga-probe-microbatches must be positive")
-    if not (math.isfinite(mix.dga_probe_budget) and mix.dga_probe_budget > 0):
-        raise ValueError(f"--dga-probe-budget {mix.dga_probe_budget} must be a positive number")
+    if mix.dga_probe_budget is not None:
+        if mix.dga_update_interval is not None:
+            raise ValueError("--dga-probe-budget sets the update interval when --dga-update-interval is not given: "
+                             "give one of them")
+        check_probe_budget(mix.dga_probe_budget)

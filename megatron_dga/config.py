@@ -330,10 +330,10 @@ class MixingConfig:
         None, "DGA: iterations between weight updates (T_r). Default: the smallest multiple of 10 at which the "
         "probes cost at most --dga-probe-budget of training's forward-backward passes.",
     )
-    dga_probe_budget: float = arg(
-        0.1, "DGA: without --dga-update-interval, the most the probes may add to training's forward-backward "
+    dga_probe_budget: Optional[float] = arg(
+        None, "DGA: without --dga-update-interval, the most the probes may add to training's forward-backward "
         "passes: (sources + 1) x probe micro batches per rank, per update, over the interval's micro batches "
-        "per rank.",
+        "per rank (default 0.1).",
     )
     dga_lr: float = arg(
         0.5, "DGA: step size eta of the exponentiated-gradient update "

@@ -490,6 +490,9 @@ def test_default_update_interval_keeps_the_probes_within_the_budget(capsys):
         parse_args([*model, "--dga-probe-budget", "0"])
     assert "--dga-probe-budget 0.0 must be a positive number" in capsys.readouterr().err
     assert parse_args(model).mixing.dga_update_interval is None  # derived when the run starts
+    with pytest.raises(SystemExit):  # the budget would be ignored
+        parse_args([*model, "--dga-probe-budget", "0.2", "--dga-update-interval", "10"])
+    assert "give one of them" in capsys.readouterr().err
 
 
 def test_build_mixing_derives_the_update_interval_from_the_batch_sizes():

@@ -210,8 +210,8 @@ def reproducible_args(info: dict) -> List[str]:
     the launched command had (its last, as the last flag wins)."""
     args, command = list(info.get("run_args", [])), info.get("command", [])
     if "--dga-update-interval" in command and not any("--dga-update-interval" in a for a in args):
-        interval = command[len(command) - 1 - command[::-1].index("--dga-update-interval") + 1]
-        args += ["--dga-update-interval", interval]
+        last = max(i for i, flag in enumerate(command) if flag == "--dga-update-interval")
+        args += ["--dga-update-interval", command[last + 1]]
     return args
 
 

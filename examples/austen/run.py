@@ -129,9 +129,9 @@ def method_flags(method: str, a, prepared: Dict) -> List[str]:
             return ["--mixing", "importance", "--importance-clusters", os.path.dirname(histogram)]
         return ["--mixing", "importance", "--importance-histogram", histogram]
     ema = "0" if method == "dga" else str(a.dga_ema)
-    flags = ["--mixing", "dga", "--dga-ema", ema, "--dga-lr", str(a.dga_lr), *VARIANTS[a.variant]]
-    if a.dga_update_interval is not None:
-        flags[4:4] = ["--dga-update-interval", str(a.dga_update_interval)]
+    interval = [] if a.dga_update_interval is None else ["--dga-update-interval", str(a.dga_update_interval)]
+    # The variant's own interval, if any, comes later and wins.
+    flags = ["--mixing", "dga", "--dga-ema", ema, "--dga-lr", str(a.dga_lr), *interval, *VARIANTS[a.variant]]
     if a.base_distributions:
         # A domain floor of 2 samples over the run: a tiny cluster in a large base is still sampled.
         floor = 2.0 / (a.train_iters * a.global_batch_size)

@@ -11,7 +11,7 @@ from megatron_dga.files import read_json
 from megatron_dga.mixing.base import MixingAlgorithm, normalise, parse_weight_spec
 from megatron_dga.mixing.dga import DGAHyperparameters, DGAMixing, natural_source_weights
 from megatron_dga.mixing.importance import ImportanceMixing, read_histogram
-from megatron_dga.mixing.probe_budget import auto_update_interval, probe_share
+from megatron_dga.mixing.probe_budget import DEFAULT_PROBE_BUDGET, auto_update_interval, probe_share
 from megatron_dga.mixing.static import NaturalMixing, StaticMixing, UniformMixing
 
 
@@ -44,10 +44,11 @@ def dga_update_interval(config: MixingConfig, num_sources: int, microbatches: Op
     if microbatches is None:
         raise ValueError("--dga-update-interval: not given, and no batch sizes to derive it from")
     train, probe = microbatches
-    interval = auto_update_interval(num_sources, probe, train, config.dga_probe_budget)
+    budget = DEFAULT_PROBE_BUDGET if config.dga_probe_budget is None else config.dga_probe_budget
+    interval = auto_update_interval(num_sources, probe, train, budget)
     notes.append(f"--mixing dga updates the weights every {interval} iterations: the probes ({num_sources + 1} x "
                  f"{probe} micro batches per rank) add {probe_share(num_sources, probe, train, interval):.0%} to "
-                 f"training's {train} per iteration (--dga-probe-budget {config.dga_probe_budget:g}; "
+                 f"training's {train} per iteration (--dga-probe-budget {budget:g}; "
                  "--dga-update-interval sets it)")
     return interval
 

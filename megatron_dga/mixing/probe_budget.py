@@ -13,6 +13,12 @@ from __future__ import annotations
 import math
 
 UPDATE_INTERVAL_STEP = 10  # updates on multiples of 10 iterations, where logging and evaluation usually fall
+DEFAULT_PROBE_BUDGET = 0.1
+
+
+def check_probe_budget(budget: float) -> None:
+    if not (math.isfinite(budget) and budget > 0):
+        raise ValueError(f"--dga-probe-budget {budget} must be a positive number")
 
 
 def probe_share(num_sources: int, probe_microbatches: int, train_microbatches: int, update_interval: int) -> float:
@@ -22,8 +28,7 @@ def probe_share(num_sources: int, probe_microbatches: int, train_microbatches: i
 
 def auto_update_interval(num_sources: int, probe_microbatches: int, train_microbatches: int, budget: float) -> int:
     """The smallest multiple of UPDATE_INTERVAL_STEP whose probe share is at most `budget`."""
-    if not (math.isfinite(budget) and budget > 0):
-        raise ValueError(f"--dga-probe-budget {budget} must be a positive number")
+    check_probe_budget(budget)
     needed = probe_share(num_sources, probe_microbatches, train_microbatches, 1) / budget
     steps = max(1, math.ceil(needed / UPDATE_INTERVAL_STEP - 1e-9))  # 1e-9: a share exactly at the budget fits
     return steps * UPDATE_INTERVAL_STEP
