@@ -99,7 +99,12 @@ def chaos(data_dir: str, run_dir: str, layout: str, iters: int, save_interval: i
         deadline = time.time() + 300
         while last_logged(metrics) <= before and launcher.poll() is None and time.time() < deadline:
             time.sleep(0.05)
-        time.sleep(float(rng.uniform(0.0, 0.5)))
+        # The moment is random in time but bounded in progress, so that a fast machine cannot run
+        # past the end before the last kill: at most two save intervals beyond the checkpoint.
+        strike_at = time.time() + float(rng.uniform(0.0, 0.5))
+        while time.time() < strike_at and last_logged(metrics) < before + 2 * save_interval \
+                and launcher.poll() is None:
+            time.sleep(0.01)
         if launcher.poll() is not None:
             raise RuntimeError(f"the run ended before it was killed (status {launcher.returncode})")
         logged = last_logged(metrics)

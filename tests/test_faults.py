@@ -75,9 +75,9 @@ def test_a_hung_rank_fails_the_job_within_the_timeout(tmp_path, manifest):
 
 
 def test_sigterm_saves_and_the_resumed_run_is_the_same_run(tmp_path, manifest):
-    iters = 30
-    straight = str(tmp_path / "straight")
-    pretrain(train_args(manifest, straight, iters), nproc=2)
+    # The run is far longer than the test (a fast machine must not finish before the signal
+    # lands); both runs then end a few iterations past the stop with --exit-interval.
+    iters = 100000
     resumed = str(tmp_path / "resumed")
     checkpoints = os.path.join(resumed, "checkpoints")
     args = train_args(manifest, resumed, iters, ["--save", checkpoints, "--load", checkpoints,
@@ -96,11 +96,14 @@ def test_sigterm_saves_and_the_resumed_run_is_the_same_run(tmp_path, manifest):
     assert launcher.returncode == 0, stderr[-3000:]
     stopped_at = read_tracker(checkpoints)
     assert 5 <= stopped_at < iters and "SIGTERM received" in stdout
-    pretrain(args, nproc=2)
+    end = stopped_at + 5
+    pretrain([*args, "--exit-interval", str(end)], nproc=2)
+    straight = str(tmp_path / "straight")
+    pretrain(train_args(manifest, straight, iters, ["--exit-interval", str(end)]), nproc=2)
     a, b = losses_by_iteration(os.path.join(straight, "metrics.jsonl")), \
         losses_by_iteration(os.path.join(resumed, "metrics.jsonl"))
-    assert sorted(b) == list(range(1, iters + 1))
-    for it in range(1, iters + 1):
+    assert sorted(a) == sorted(b) == list(range(1, end + 1))
+    for it in range(1, end + 1):
         assert b[it] == pytest.approx(a[it], rel=1e-6), it
 
 

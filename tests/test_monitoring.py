@@ -4,6 +4,7 @@ import glob
 
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from megatron_dga.training.metrics import MetricsLogger
 from pretrain_helpers import SMALL_MODEL, make_domains, pretrain, read_metrics
 
 
@@ -34,3 +35,40 @@ def test_tensorboard_and_metrics_file(tmp_path):
     validation = read_metrics(str(metrics), kind="validation")
     assert [r["iteration"] for r in validation] == [2, 4]
     assert set(validation[0]["per_set"]) == {"dom0", "dom1", "dom2"}
+
+
+def scalar_steps(tensorboard_dir, tag):
+    """{step: value} of a scalar, from whichever run folder under the directory holds it."""
+    from tensorboard.backend.event_processing.event_multiplexer import EventMultiplexer
+
+    runs = EventMultiplexer(size_guidance={"scalars": 0}).AddRunsFromDirectory(str(tensorboard_dir))
+    runs.Reload()
+    found = [run for run, tags in runs.Runs().items() if tag in tags["scalars"]]
+    assert len(found) == 1, (tag, runs.Runs())
+    return [(e.step, e.value) for e in runs.Scalars(found[0], tag)]
+
+
+def log_iterations(logger, first, last, batch, value):
+    for iteration in range(first, last + 1):
+        logger.scalars(iteration, {"lm loss": value + iteration}, samples=iteration * batch)
+    logger.close()
+
+
+def test_a_resumed_run_shows_each_step_once_with_its_history_kept(tmp_path):
+    # A run logs to iteration 6, is killed, and resumes from its checkpoint at 3 (24 samples):
+    # steps 4-6 are shown once, from the resumed run, and both series keep steps 1-3.
+    tb, batch = tmp_path / "tb", 8
+    log_iterations(MetricsLogger(True, str(tb), None), 1, 6, batch, value=100.0)
+    log_iterations(MetricsLogger(True, str(tb), None, resumed_iteration=3, resumed_samples=3 * batch), 4, 8, batch,
+                   value=200.0)
+    expected = [100.0 + i for i in range(1, 4)] + [200.0 + i for i in range(4, 9)]
+    assert scalar_steps(tb, "lm loss") == list(zip(range(1, 9), expected))
+    assert scalar_steps(tb, "lm loss vs samples") == list(zip(range(batch, 9 * batch, batch), expected))
+
+
+def test_a_run_started_again_before_its_first_checkpoint_shows_each_step_once(tmp_path):
+    tb, batch = tmp_path / "tb", 8
+    log_iterations(MetricsLogger(True, str(tb), None), 1, 2, batch, value=100.0)  # killed before a save
+    log_iterations(MetricsLogger(True, str(tb), None), 1, 3, batch, value=200.0)
+    assert scalar_steps(tb, "lm loss") == [(i, 200.0 + i) for i in range(1, 4)]
+    assert scalar_steps(tb, "lm loss vs samples") == [(i * batch, 200.0 + i) for i in range(1, 4)]

@@ -3,7 +3,8 @@
 Only the logging rank (the last rank, on the last pipeline stage, as in Megatron) writes.
 TensorBoard scalars use Megatron's names (`lm loss`, `learning-rate`, `grad-norm`,
 `iteration-time`, `lm loss validation`) plus per-domain series (`data-mixture/<domain>`,
-`lm loss validation/<domain>`, ...). The metrics file holds one JSON object per logged
+`lm loss validation/<domain>`, ...); the 'vs samples' twins go to the `vs-samples` folder under
+the TensorBoard directory. The metrics file holds one JSON object per logged
 iteration (`"type": "train"`) and per evaluation (`"type": "validation"`).
 """
 
@@ -19,6 +20,7 @@ from megatron_dga.files import write_text
 # Megatron's scalars that it also writes against consumed samples ('<name> vs samples').
 VS_SAMPLES = ("lm loss", "learning-rate", "batch-size", "loss-scale", "grad-norm", "params-norm", "world-size",
               "lm loss validation", "lm loss validation ppl")
+SAMPLES_FOLDER = "vs-samples"  # under --tensorboard-dir: the 'vs samples' series
 
 
 def _truncate_after(path: str, iteration: int) -> None:
@@ -40,9 +42,10 @@ def _truncate_after(path: str, iteration: int) -> None:
 
 class MetricsLogger:
     def __init__(self, enabled: bool, tensorboard_dir: Optional[str], metrics_file: Optional[str],
-                 resumed_iteration: int = 0, queue_size: int = 100, wandb_settings: Optional[dict] = None):
+                 resumed_iteration: int = 0, queue_size: int = 100, wandb_settings: Optional[dict] = None,
+                 resumed_samples: int = 0):
         self.enabled = enabled
-        self.writer = None
+        self.writer = self.samples_writer = None
         self.metrics = None
         self.wandb = None
         if not enabled:
@@ -53,10 +56,14 @@ class MetricsLogger:
         if tensorboard_dir:
             from torch.utils.tensorboard import SummaryWriter
 
-            # After a resume, TensorBoard hides the events of steps after the checkpoint that an
-            # earlier, interrupted run wrote: they are about to be written again.
-            purge_step = resumed_iteration + 1 if resumed_iteration > 0 else None
-            self.writer = SummaryWriter(log_dir=tensorboard_dir, max_queue=queue_size, purge_step=purge_step)
+            # TensorBoard hides the events that an earlier, interrupted run wrote after the point
+            # this run starts from (its checkpoint, or the beginning): they are about to be
+            # written again. It hides by step across every tag of a folder, so the series stepped
+            # by consumed samples live in a folder of their own, hidden from their own point.
+            self.writer = SummaryWriter(log_dir=tensorboard_dir, max_queue=queue_size,
+                                        purge_step=resumed_iteration + 1)
+            self.samples_writer = SummaryWriter(log_dir=os.path.join(tensorboard_dir, SAMPLES_FOLDER),
+                                                max_queue=queue_size, purge_step=resumed_samples + 1)
         if metrics_file:
             os.makedirs(os.path.dirname(os.path.abspath(metrics_file)), exist_ok=True)
             if resumed_iteration > 0:
@@ -77,8 +84,10 @@ class MetricsLogger:
             values.update({f"{name} vs samples": value for name, value in values.items() if name in VS_SAMPLES})
         if self.writer is not None:
             for name, value in values.items():
-                step = samples if name.endswith(" vs samples") else iteration
-                self.writer.add_scalar(name, value, step)
+                if name.endswith(" vs samples"):
+                    self.samples_writer.add_scalar(name, value, samples)
+                else:
+                    self.writer.add_scalar(name, value, iteration)
         if self.wandb is not None:
             self.wandb.log({name: value for name, value in values.items() if not name.endswith(" vs samples")},
                            step=iteration)
@@ -92,6 +101,7 @@ class MetricsLogger:
     def flush(self) -> None:
         if self.writer is not None:
             self.writer.flush()
+            self.samples_writer.flush()
         if self.metrics is not None:
             self.metrics.flush()
 
@@ -100,6 +110,7 @@ class MetricsLogger:
             self.wandb.finish()
         if self.writer is not None:
             self.writer.close()
+            self.samples_writer.close()
         if self.metrics is not None:
             self.metrics.close()
         sys.stdout.flush()

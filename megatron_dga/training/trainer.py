@@ -101,7 +101,8 @@ class Trainer:
         wandb_settings = {"project": log.wandb_project, "name": log.wandb_exp_name, "save_dir": log.wandb_save_dir,
                           "config": dataclasses.asdict(config)}
         self.logger = MetricsLogger(ctx.is_logging_rank, log.tensorboard_dir, log.metrics_file,
-                                    resumed_iteration=self.iteration, queue_size=log.tensorboard_queue_size,
+                                    resumed_iteration=self.iteration, resumed_samples=self.consumed_samples,
+                                    queue_size=log.tensorboard_queue_size,
                                     wandb_settings=wandb_settings)
         self.report = TrainingReport(self.logger, log, config.model, ctx, self.engine, self.padded_vocab,
                                      config.training.fp16, config.training.train_iters)
