@@ -328,7 +328,8 @@ class MixingConfig:
     )
     dga_update_interval: Optional[int] = arg(
         None, "DGA: iterations between weight updates (T_r). Default: the smallest multiple of 10 at which the "
-        "probes cost at most --dga-probe-budget of training's forward-backward passes.",
+        "probes cost at most --dga-probe-budget of training's forward-backward passes, with --dga-lr and "
+        "--dga-step-clip multiplied by sqrt(T_r / 10).",
     )
     dga_probe_budget: Optional[float] = arg(
         None, "DGA: without --dga-update-interval, the most the probes may add to training's forward-backward "
@@ -337,7 +338,8 @@ class MixingConfig:
     )
     dga_lr: float = arg(
         0.5, "DGA: step size eta of the exponentiated-gradient update "
-        "alpha <- softmax(log alpha + eta * alignment).",
+        "alpha <- softmax(log alpha + eta * alignment); at an update interval derived from --dga-probe-budget, "
+        "the step at 10 iterations (times sqrt(T_r / 10)).",
     )
     dga_ema: float = arg(
         0.5, "DGA: EMA weight beta on the previous weights, alpha <- beta * alpha + (1 - beta) * "
@@ -383,7 +385,8 @@ class MixingConfig:
         "ignores up to (W - 1) / 2 outlying updates and follows a lasting change of scale within (W + 1) / 2.",
     )
     dga_step_clip: float = arg(
-        1.0, "DGA: clip every source's step eta x score to [-C, C] (log-weight units); 0: no clip."
+        1.0, "DGA: clip every source's step eta x score to [-C, C] (log-weight units), scaled as --dga-lr is; "
+        "0: no clip."
     )
     dga_scale_by_lr: bool = arg(
         True, "DGA: multiply the step by the learning-rate ratio lr_t / lr_max (the Taylor argument's "

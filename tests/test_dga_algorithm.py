@@ -514,6 +514,32 @@ def test_build_mixing_derives_the_update_interval_from_the_batch_sizes():
         build_mixing(MixingConfig(mixing="dga"), names, tokens)
 
 
+def test_a_derived_update_interval_scales_the_step():
+    """At a derived interval T_r, --dga-lr and --dga-step-clip are the step at 10 iterations, times
+    sqrt(T_r / 10): the probe noise moves the weights as far per iteration as at 10. A given
+    interval takes them as they are."""
+    from megatron_dga.config import MixingConfig
+    from megatron_dga.mixing.factory import build_mixing
+    from megatron_dga.mixing.probe_budget import step_factor
+
+    assert step_factor(10) == 1.0 and step_factor(40) == 2.0 and step_factor(90) == pytest.approx(3.0)
+    names, tokens = [f"d{i}" for i in range(6)], [10] * 6
+    notes = []
+    every_40 = build_mixing(MixingConfig(mixing="dga"), names, tokens, notes=notes, microbatches=(2, 1))
+    assert (every_40.hyper.update_interval, every_40.hyper.lr, every_40.hyper.step_clip) == (40, 1.0, 2.0)
+    assert any("2x --dga-lr and --dga-step-clip" in n for n in notes), notes
+    chosen = build_mixing(MixingConfig(mixing="dga", dga_lr=0.3, dga_step_clip=0.5), names, tokens,
+                          microbatches=(2, 1))
+    assert (chosen.hyper.lr, chosen.hyper.step_clip) == (0.6, 1.0)
+    notes = []
+    every_10 = build_mixing(MixingConfig(mixing="dga"), [f"d{i}" for i in range(16)], [10] * 16, notes=notes,
+                            microbatches=(32, 1))
+    assert (every_10.hyper.update_interval, every_10.hyper.lr, every_10.hyper.step_clip) == (10, 0.5, 1.0)
+    assert not any("--dga-step-clip" in n for n in notes), notes
+    given = build_mixing(MixingConfig(mixing="dga", dga_update_interval=40), names, tokens, microbatches=(2, 1))
+    assert (given.hyper.lr, given.hyper.step_clip) == (0.5, 1.0)
+
+
 def test_noise_shrink_by_hand():
     """Each centred score times tau^2 / (tau^2 + se_i^2), tau^2 = spread^2 - mean(se^2)."""
     scores, stderr = np.array([3.0, 0.0, -3.0]), np.array([1.0, 1.0, 3.0])

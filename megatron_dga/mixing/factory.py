@@ -11,7 +11,7 @@ from megatron_dga.files import read_json
 from megatron_dga.mixing.base import MixingAlgorithm, normalise, parse_weight_spec
 from megatron_dga.mixing.dga import DGAHyperparameters, DGAMixing, natural_source_weights
 from megatron_dga.mixing.importance import ImportanceMixing, read_histogram
-from megatron_dga.mixing.probe_budget import DEFAULT_PROBE_BUDGET, auto_update_interval, probe_share
+from megatron_dga.mixing.probe_budget import DEFAULT_PROBE_BUDGET, auto_update_interval, probe_share, step_factor
 from megatron_dga.mixing.static import NaturalMixing, StaticMixing, UniformMixing
 
 
@@ -35,32 +35,35 @@ def load_base_distributions(path: str, num_domains: int) -> np.ndarray:
     return matrix / matrix.sum(axis=1, keepdims=True)
 
 
-def dga_update_interval(config: MixingConfig, num_sources: int, microbatches: Optional[Tuple[int, int]],
-                        notes: List[str]) -> int:
-    """--dga-update-interval, or the one --dga-probe-budget allows; `microbatches`: (training micro batches per
-    iteration, probe micro batches per source) on each rank."""
+def dga_schedule(config: MixingConfig, num_sources: int, microbatches: Optional[Tuple[int, int]],
+                 notes: List[str]) -> Tuple[int, float]:
+    """The update interval and what the step is multiplied by: --dga-update-interval as given, or the
+    interval --dga-probe-budget allows with the step scaled to it. `microbatches`: (training micro
+    batches per iteration, probe micro batches per source) on each rank."""
     if config.dga_update_interval is not None:
-        return config.dga_update_interval
+        return config.dga_update_interval, 1.0
     if microbatches is None:
         raise ValueError("--dga-update-interval: not given, and no batch sizes to derive it from")
     train, probe = microbatches
     budget = DEFAULT_PROBE_BUDGET if config.dga_probe_budget is None else config.dga_probe_budget
     interval = auto_update_interval(num_sources, probe, train, budget)
-    notes.append(f"--mixing dga updates the weights every {interval} iterations: the probes ({num_sources + 1} x "
+    factor = step_factor(interval)
+    step = "" if factor == 1.0 else f", with steps of {factor:g}x --dga-lr and --dga-step-clip"
+    notes.append(f"--mixing dga updates the weights every {interval} iterations{step}: the probes ({num_sources + 1} x "
                  f"{probe} micro batches per rank) add {probe_share(num_sources, probe, train, interval):.0%} to "
                  f"training's {train} per iteration (--dga-probe-budget {budget:g}; "
                  "--dga-update-interval sets it)")
-    return interval
+    return interval, factor
 
 
-def dga_hyperparameters(config: MixingConfig, update_interval: int) -> DGAHyperparameters:
+def dga_hyperparameters(config: MixingConfig, update_interval: int, step_multiplier: float = 1.0) -> DGAHyperparameters:
     return DGAHyperparameters(
-        update_interval=update_interval, lr=config.dga_lr, ema=config.dga_ema,
+        update_interval=update_interval, lr=config.dga_lr * step_multiplier, ema=config.dga_ema,
         ema_mode=config.dga_ema_mode, warmup_iters=config.dga_warmup_iters, min_weight=config.dga_min_weight,
         min_domain_weight=config.dga_min_domain_weight,
         alignment=config.dga_alignment, step_scale=config.dga_step_scale, scale_window=config.dga_scale_window,
-        step_clip=config.dga_step_clip, scale_by_lr=config.dga_scale_by_lr, score_ema=config.dga_score_ema,
-        noise_shrink=config.dga_noise_shrink,
+        step_clip=config.dga_step_clip * step_multiplier, scale_by_lr=config.dga_scale_by_lr,
+        score_ema=config.dga_score_ema, noise_shrink=config.dga_noise_shrink,
     )
 
 
@@ -109,6 +112,6 @@ def build_mixing(config: MixingConfig, domain_names: List[str], train_tokens: Li
             initial = natural if bases is None else natural_source_weights(bases, natural)
         else:
             initial = np.ones(num_sources)
-        interval = dga_update_interval(config, num_sources, microbatches, notes)
-        return DGAMixing(domain_names, initial, dga_hyperparameters(config, interval), bases)
+        interval, factor = dga_schedule(config, num_sources, microbatches, notes)
+        return DGAMixing(domain_names, initial, dga_hyperparameters(config, interval, factor), bases)
     raise ValueError(f"unknown --mixing {config.mixing!r}")

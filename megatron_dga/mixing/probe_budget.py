@@ -6,6 +6,11 @@ per rank: (sources + 1) x probe_microbatches forward-backward passes, against
 depend on the batch: 5% at 32 micro batches per iteration and 16 sources with T_r = 10, 35% at 2
 micro batches and 6 sources. The default interval is instead the smallest multiple of
 UPDATE_INTERVAL_STEP that keeps the share within --dga-probe-budget.
+
+Fewer updates move the weights less: the update's step (--dga-lr and --dga-step-clip, read as the
+step at 10 iterations) is multiplied by sqrt(T_r / 10) at a derived interval T_r, so that the
+random walk the probe noise makes has the same spread per iteration as at 10 (a doubled step at
+40 iterations: docs/dga.md, "Against the best fixed mixture").
 """
 
 from __future__ import annotations
@@ -32,3 +37,8 @@ def auto_update_interval(num_sources: int, probe_microbatches: int, train_microb
     needed = probe_share(num_sources, probe_microbatches, train_microbatches, 1) / budget
     steps = max(1, math.ceil(needed / UPDATE_INTERVAL_STEP - 1e-9))  # 1e-9: a share exactly at the budget fits
     return steps * UPDATE_INTERVAL_STEP
+
+
+def step_factor(update_interval: int) -> float:
+    """What a derived interval multiplies the step by: sqrt(T_r / UPDATE_INTERVAL_STEP)."""
+    return math.sqrt(update_interval / UPDATE_INTERVAL_STEP)
