@@ -569,3 +569,21 @@ def test_noise_shrink_under_the_running_scale_keeps_the_scale_of_the_raw_scores(
     plain.update(10, [2.0, 0.0, -2.0], stderr=[0.5, 0.5, 0.5])
     assert shrunk.log_spreads == plain.log_spreads
     assert 0 < shrunk.last_step[0] < plain.last_step[0]
+
+
+def test_a_resume_says_when_the_update_schedule_changed():
+    """A derived interval and step follow the batch sizes per rank: resumed on another layout, a run
+    can update on another schedule. The resumed mixing says so; the same schedule says nothing."""
+    before = dga_default(update_interval=40, lr=1.0, step_clip=2.0)
+    state = before.state_dict()
+    same = dga_default(update_interval=40, lr=1.0, step_clip=2.0)
+    same.load_state_dict(state)
+    assert same.schedule_change is None
+    other = dga_default(update_interval=20, lr=0.5 * 2 ** 0.5, step_clip=2 ** 0.5)
+    other.load_state_dict(state)
+    assert "every 40 iterations, step 1 and clip 2" in other.schedule_change
+    assert "every 20 iterations, step 0.707 and clip 1.41" in other.schedule_change
+    older = {key: value for key, value in state.items() if key != "schedule"}  # saved before it was recorded
+    fresh = dga_default(update_interval=20)
+    fresh.load_state_dict(older)
+    assert fresh.schedule_change is None

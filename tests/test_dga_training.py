@@ -126,6 +126,19 @@ def test_default_update_interval_follows_the_probe_budget(tmp_path, data):
         assert done == [(r["iteration"] - 1) // interval for r in records], done
 
 
+def test_a_resume_on_another_schedule_says_so(tmp_path, data):
+    """Saved while updating every 10 iterations (--dga-probe-budget 0.2), resumed at the default budget
+    (every 20, the step scaled by sqrt 2): the resumed run names both schedules."""
+    run_dir, checkpoints = str(tmp_path / "run"), str(tmp_path / "checkpoints")
+    common = ["--mixing", "dga", "--log-interval", "1", "--eval-interval", "100", "--save", checkpoints]
+    pretrain(args_for(data, run_dir, 3, [*common, "--dga-probe-budget", "0.2"]))
+    same = pretrain(args_for(data, run_dir, 4, [*common, "--load", checkpoints, "--dga-probe-budget", "0.2"]))
+    assert "the checkpoint's DGA updated" not in same.stdout
+    moved = pretrain(args_for(data, run_dir, 5, [*common, "--load", checkpoints]))
+    assert ("the checkpoint's DGA updated every 10 iterations, step 0.5 and clip 1; this run updates every 20 "
+            "iterations, step 0.707 and clip 1.41") in moved.stdout
+
+
 def test_importance_sampling_uses_the_histogram(tmp_path, data):
     histogram = {"clusters": ["dom0", "dom1", "dom2"], "counts": [1, 6, 3], "weights": [0.1, 0.6, 0.3]}
     path = tmp_path / "assign_specific.json"

@@ -183,6 +183,7 @@ class DGAMixing(MixingAlgorithm):
         self.score_updates = 0  # updates that entered the score average
         self.updates = 0
         self.skipped = 0
+        self.schedule_change: Optional[str] = None  # set by a resume whose checkpoint updated otherwise
         super().__init__(domain_names, self.domain_weights_of(self.sampling))
 
     # ---- weights -------------------------------------------------------------------------
@@ -323,7 +324,11 @@ class DGAMixing(MixingAlgorithm):
             "updates": self.updates,
             "skipped": self.skipped,
             "bases": self.bases.tolist(),
+            "schedule": self._schedule(),
         }
+
+    def _schedule(self) -> Dict:
+        return {"update_interval": self.hyper.update_interval, "lr": self.hyper.lr, "step_clip": self.hyper.step_clip}
 
     def load_state_dict(self, state: Dict) -> None:
         super().load_state_dict(state)
@@ -341,6 +346,15 @@ class DGAMixing(MixingAlgorithm):
         self.last_step = np.asarray(state["last_step"], dtype=np.float64)
         self.updates = int(state["updates"])
         self.skipped = int(state["skipped"])
+        saved = state.get("schedule")
+        if saved is not None and saved != self._schedule():
+            # A derived interval and step follow the micro batches per rank, which a new layout changes.
+            def described(schedule):
+                return (f"every {schedule['update_interval']} iterations, step {schedule['lr']:.3g} and clip "
+                        f"{schedule['step_clip']:.3g}")
+            self.schedule_change = (f"the checkpoint's DGA updated {described(saved)}; this run updates "
+                                    f"{described(self._schedule())} (--dga-update-interval, --dga-lr and "
+                                    "--dga-step-clip keep a schedule)")
 
 
 def start_log_of(weights: np.ndarray) -> np.ndarray:

@@ -96,6 +96,8 @@ class Trainer:
             with self.watchdog.watch(f"checkpoint load from {ck.load}",
                                      60.0 * config.parallel.checkpoint_load_timeout_minutes):
                 self.iteration = self.checkpoints.resume(ck.load) or 0
+            if ctx.rank == 0 and getattr(self.mixing, "schedule_change", None):
+                print(f"note: {self.mixing.schedule_change}", flush=True)
 
         log = config.logging
         wandb_settings = {"project": log.wandb_project, "name": log.wandb_exp_name, "save_dir": log.wandb_save_dir,
