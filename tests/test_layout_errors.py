@@ -102,16 +102,16 @@ def test_checkpoint_from_another_layout_is_refused(tmp_path):
 
 
 def test_probe_batch_is_the_same_in_every_layout():
-    from megatron_dga.parallel.layout import probe_microbatches_per_rank
+    from megatron_dga.parallel.layout import probe_batching
 
     per_rank = {}
     for world_size in (1, 2, 4):
         config = parse_args([*TOY_MODEL, "--data-path", "x", "--train-iters", "1", "--micro-batch-size", "2",
                              "--dga-probe-batch-size", "8"])
-        per_rank[world_size] = probe_microbatches_per_rank(config.mixing, resolve_layout(config, world_size))
+        per_rank[world_size] = probe_batching(config.mixing, resolve_layout(config, world_size)).microbatches
     assert per_rank == {1: 4, 2: 2, 4: 1}
     config = parse_args([*TOY_MODEL, "--data-path", "x", "--train-iters", "1", "--dga-probe-microbatches", "3"])
-    assert probe_microbatches_per_rank(config.mixing, resolve_layout(config, 4)) == 3  # per rank, as before
+    assert probe_batching(config.mixing, resolve_layout(config, 4)).microbatches == 3  # per rank, as before
 
 
 def test_noise_shrink_needs_two_probe_micro_batches():

@@ -35,11 +35,11 @@ def load_base_distributions(path: str, num_domains: int) -> np.ndarray:
     return matrix / matrix.sum(axis=1, keepdims=True)
 
 
-def dga_schedule(config: MixingConfig, num_sources: int, microbatches: Optional[Tuple[int, int]],
+def dga_schedule(config: MixingConfig, num_sources: int, microbatches: Optional[Tuple[int, float]],
                  notes: List[str]) -> Tuple[int, float]:
     """The update interval and what the step is multiplied by: --dga-update-interval as given, or the
     interval --dga-probe-budget allows with the step scaled to it. `microbatches`: (training micro
-    batches per iteration, probe micro batches per source) on each rank."""
+    batches per iteration, probe passes per source in training micro batches) on each rank."""
     if config.dga_update_interval is not None:
         return config.dga_update_interval, 1.0
     if microbatches is None:
@@ -50,7 +50,7 @@ def dga_schedule(config: MixingConfig, num_sources: int, microbatches: Optional[
     factor = step_factor(interval)
     step = "" if factor == 1.0 else f", with steps of {factor:g}x --dga-lr and --dga-step-clip"
     notes.append(f"--mixing dga updates the weights every {interval} iterations{step}: the probes ({num_sources + 1} x "
-                 f"{probe} micro batches per rank) add {probe_share(num_sources, probe, train, interval):.0%} to "
+                 f"{probe:g} micro batches per rank) add {probe_share(num_sources, probe, train, interval):.0%} to "
                  f"training's {train} per iteration (--dga-probe-budget {budget:g}; "
                  "--dga-update-interval sets it)")
     return interval, factor
@@ -70,11 +70,11 @@ def dga_hyperparameters(config: MixingConfig, update_interval: int, step_multipl
 def build_mixing(config: MixingConfig, domain_names: List[str], train_tokens: List[int],
                  data_path_weights: Optional[List[float]] = None,
                  importance_histogram: Optional[np.ndarray] = None, notes: Optional[List[str]] = None,
-                 microbatches: Optional[Tuple[int, int]] = None) -> MixingAlgorithm:
+                 microbatches: Optional[Tuple[int, float]] = None) -> MixingAlgorithm:
     """`importance_histogram`: the specific set's histogram when computed at start-up; `notes`:
     where to say what became of --data-path weights the mixing does not take as they are, and
     which update interval DGA chose; `microbatches`: (training micro batches per iteration, DGA's
-    probe micro batches per source) on each rank, which DGA's default update interval follows."""
+    probe passes per source, in training micro batches) on each rank, which DGA's default update interval follows."""
     natural = normalise(np.asarray(train_tokens, dtype=np.float64))
     notes = notes if notes is not None else []
     if data_path_weights is not None and config.mixing in ("uniform", "importance"):

@@ -10,7 +10,8 @@ times over is probed on text the model has seen, as it is trained on it). Probes
 moving the training position: the k-th draw of a stream is a pure function of (seed, domain,
 k). The specific set has a stream of its own. At each update each source (a domain, or a base
 distribution over domains) gets `probe_microbatches x DP` micro batches, one share per
-data-parallel rank, exactly as a training batch is split.
+data-parallel rank, exactly as a training batch is split (micro batches of training's size, or
+fewer sequences when --dga-probe-batch-size asks for less than one micro batch per rank).
 
 A base distribution P_j spreads its sequences over its domains by the same low-discrepancy
 rule as the training blend, with a state that persists from one update to the next: over
@@ -53,13 +54,16 @@ class BaseSampler:
 
 class ProbeData:
     def __init__(self, training_streams: List[SequenceStream], specific, bases: np.ndarray, layout: Layout,
-                 dp_rank: int, probe_microbatches: int, eod: Optional[int], eod_mask_loss: bool):
+                 dp_rank: int, probe_microbatches: int, eod: Optional[int], eod_mask_loss: bool,
+                 micro_batch_size: Optional[int] = None):
         self.streams, self.specific, self.bases = training_streams, specific, bases
         self.layout, self.dp_rank = layout, dp_rank
         self.probe_microbatches = probe_microbatches
+        # Sequences per probe micro batch: training's, or fewer (--dga-probe-batch-size below micro x DP).
+        self.micro_batch_size = layout.micro_batch_size if micro_batch_size is None else micro_batch_size
         self.eod, self.eod_mask_loss = eod, eod_mask_loss
         # Sequences per source and per update, over all data-parallel ranks.
-        self.block = probe_microbatches * layout.dp * layout.micro_batch_size
+        self.block = probe_microbatches * layout.dp * self.micro_batch_size
         self.domain_draws = np.zeros(len(training_streams), dtype=np.int64)  # each domain's probe cursor
         self.specific_draws = 0
         self.samplers = [BaseSampler(row) for row in bases]
@@ -70,7 +74,7 @@ class ProbeData:
         return len(self.bases)
 
     def _rank_slices(self):
-        mbs = self.layout.micro_batch_size
+        mbs = self.micro_batch_size
         for m in range(self.probe_microbatches):
             start = (m * self.layout.dp + self.dp_rank) * mbs
             yield slice(start, start + mbs)

@@ -98,7 +98,7 @@ def resolve_layout(config: PretrainConfig, world_size: int) -> Layout:
     except ScheduleError as e:
         raise LayoutError(str(e)) from None
     layout = Layout(world_size, tp, pp, dp, mbs, gbs, sequence_parallel)
-    per_rank = probe_microbatches_per_rank(config.mixing, layout)  # refuses an indivisible --dga-probe-batch-size
+    per_rank = probe_batching(config.mixing, layout).microbatches  # refuses an indivisible --dga-probe-batch-size
     if config.mixing.mixing == "dga" and config.mixing.dga_noise_shrink and per_rank * layout.dp < 2:
         raise LayoutError(f"--dga-noise-shrink needs a standard error for each score: 2 or more probe micro batches "
                           f"per source over all data-parallel ranks (here {per_rank} x DP {layout.dp}); raise "
@@ -106,13 +106,33 @@ def resolve_layout(config: PretrainConfig, world_size: int) -> Layout:
     return layout
 
 
-def probe_microbatches_per_rank(mixing: MixingConfig, layout: Layout) -> int:
-    """DGA's probe micro batches per source on each data-parallel rank."""
+@dataclass(frozen=True)
+class ProbeBatching:
+    """DGA's probe micro batches per source on each data-parallel rank, and their sequences."""
+    microbatches: int
+    micro_batch_size: int
+
+    def passes(self, train_micro_batch_size: int) -> float:
+        """Probe passes per source on a rank, in training micro batches (cost follows sequences)."""
+        return self.microbatches * self.micro_batch_size / train_micro_batch_size
+
+
+def probe_batching(mixing: MixingConfig, layout: Layout) -> ProbeBatching:
+    """--dga-probe-batch-size B split as training's batch is: micro batches of --micro-batch-size
+    on every rank, or, below one micro batch per rank, one micro batch of B / DP sequences (not
+    under pipeline parallelism, whose stages exchange activations of training's shape)."""
     probe_batch = mixing.dga_probe_batch_size
+    mbs = layout.micro_batch_size
     if probe_batch is None:
-        return mixing.dga_probe_microbatches
-    share = layout.micro_batch_size * layout.dp
+        return ProbeBatching(mixing.dga_probe_microbatches, mbs)
+    share = mbs * layout.dp
+    if 0 < probe_batch < share and probe_batch % layout.dp == 0:
+        if layout.pp > 1:
+            raise LayoutError(f"--dga-probe-batch-size {probe_batch} is below --micro-batch-size {mbs} x data-parallel "
+                              f"size {layout.dp}: under pipeline parallelism the probes run in micro batches of "
+                              f"training's size, so it must be a multiple of {share}")
+        return ProbeBatching(1, probe_batch // layout.dp)
     if probe_batch <= 0 or probe_batch % share:
         raise LayoutError(f"--dga-probe-batch-size {probe_batch} is not a positive multiple of --micro-batch-size "
-                          f"{layout.micro_batch_size} x data-parallel size {layout.dp}")
-    return probe_batch // share
+                          f"{mbs} x data-parallel size {layout.dp}, nor a multiple of DP {layout.dp} below it")
+    return ProbeBatching(probe_batch // share, mbs)

@@ -27,7 +27,7 @@ from megatron_dga.mixing.pipeline_probes import PipelineProbeGradients
 from megatron_dga.mixing.preconditioner import AdamPreconditioner
 from megatron_dga.mixing.probes import ProbeData
 from megatron_dga.parallel.initialize import ParallelContext
-from megatron_dga.parallel.layout import LayoutError, probe_microbatches_per_rank
+from megatron_dga.parallel.layout import LayoutError, probe_batching
 from megatron_dga.training.deepspeed_config import derive_config, fp32_accumulation, load_user_config
 from megatron_dga.training.engine import TrainingEngine
 
@@ -111,8 +111,9 @@ def build_alignment_meter(mixing: MixingConfig, data: TrainingData, bases: np.nd
     """DGA's meter: probes read ahead in the domains' own training streams (mixing/probes.py);
     gradients by hooks, or through the pipeline's stages; Adam's preconditioner for
     --dga-alignment adam."""
+    batching = probe_batching(mixing, ctx.layout)
     probes = ProbeData([d.train for d in data.domains], data.specific_train, bases, ctx.layout, ctx.dp_rank,
-                       probe_microbatches_per_rank(mixing, ctx.layout), data.tokenizer.eod, eod_mask_loss)
+                       batching.microbatches, data.tokenizer.eod, eod_mask_loss, batching.micro_batch_size)
     if engine.pipelined:
         gradients = PipelineProbeGradients(engine.engine, ctx.device)
     else:

@@ -22,7 +22,7 @@ from megatron_dga.mixing.factory import build_mixing
 from megatron_dga.model.gpt import build_model
 from megatron_dga.model.transformer_config import padded_vocab_size
 from megatron_dga.parallel.initialize import ParallelContext
-from megatron_dga.parallel.layout import probe_microbatches_per_rank
+from megatron_dga.parallel.layout import probe_batching
 from megatron_dga.training.checkpointing import read_tracker
 from megatron_dga.training.evaluation import Evaluator, overall_loss
 from megatron_dga.training.hf_checkpoint import load_hf_weights
@@ -57,7 +57,8 @@ class Trainer:
         if config.mixing.importance_clusters:
             histogram = importance_histogram(self.data, config.mixing.importance_clusters, ctx)
         notes = []
-        microbatches = (self.layout.grad_accumulation_steps, probe_microbatches_per_rank(config.mixing, self.layout))
+        probe_passes = probe_batching(config.mixing, self.layout).passes(self.layout.micro_batch_size)
+        microbatches = (self.layout.grad_accumulation_steps, probe_passes)
         self.mixing = build_mixing(config.mixing, self.domain_names, [d.train_tokens for d in self.domains],
                                    self.data.data_path_weights, histogram, notes, microbatches)
         if ctx.rank == 0:
