@@ -126,6 +126,26 @@ def test_default_update_interval_follows_the_probe_budget(tmp_path, data):
         assert done == [(r["iteration"] - 1) // interval for r in records], done
 
 
+def test_a_probe_batch_below_one_micro_batch_is_the_same_in_every_layout(tmp_path, data):
+    """--dga-probe-batch-size 2 with micro batches of 4: on one rank a probe micro batch of 2
+    sequences, on two data-parallel ranks one of 1 sequence each, averaged. The same sequences, so
+    the same scores and weights at every iteration."""
+    series = {}
+    for nproc in (1, 2):
+        run_dir = str(tmp_path / f"dp{nproc}")
+        pretrain(args_for(data, run_dir, 6, ["--mixing", "dga", "--dga-update-interval", "2", "--dga-lr", "3",
+                                             "--dga-probe-batch-size", "2", "--log-interval", "1",
+                                             "--eval-interval", "100", "--hidden-dropout", "0",
+                                             "--attention-dropout", "0"]), nproc=nproc)
+        series[nproc] = read_metrics(os.path.join(run_dir, "metrics.jsonl"))
+    assert series[1][-1]["dga_updates"]["done"] == 2
+    assert series[1][-1]["data_mixture"]["dom0"] != pytest.approx(1 / 3)  # the weights moved
+    for x, y in zip(series[1], series[2]):
+        assert y["lm_loss"] == pytest.approx(x["lm_loss"], rel=1e-4), x["iteration"]
+        assert y["alignment"] == pytest.approx(x["alignment"], rel=1e-3, abs=1e-6, nan_ok=True), x["iteration"]
+        assert y["data_mixture"] == pytest.approx(x["data_mixture"], rel=1e-4), x["iteration"]
+
+
 def test_a_resume_on_another_schedule_says_so(tmp_path, data):
     """Saved while updating every 10 iterations (--dga-probe-budget 0.2), resumed at the default budget
     (every 20, the step scaled by sqrt 2): the resumed run names both schedules."""

@@ -114,6 +114,28 @@ def test_probe_batch_is_the_same_in_every_layout():
     assert probe_batching(config.mixing, resolve_layout(config, 4)).microbatches == 3  # per rank, as before
 
 
+def test_a_probe_batch_below_one_micro_batch_per_rank():
+    """--dga-probe-batch-size below --micro-batch-size x DP: one micro batch of B / DP sequences per
+    rank, costed in training micro batches by its sequences; refused where it cannot be split, or
+    under pipeline parallelism."""
+    from megatron_dga.mixing.probe_budget import auto_update_interval
+    from megatron_dga.parallel.layout import ProbeBatching, probe_batching
+
+    config = parse_args([*TOY_MODEL, "--data-path", "x", "--train-iters", "1", "--micro-batch-size", "8",
+                         "--global-batch-size", "32", "--dga-probe-batch-size", "4"])
+    batching = probe_batching(config.mixing, resolve_layout(config, 2))
+    assert batching == ProbeBatching(microbatches=1, micro_batch_size=2)
+    # 8 sets of a quarter micro batch each, against 2 training micro batches per iteration: 10% at T_r = 10.
+    assert batching.passes(8) == 0.25
+    assert auto_update_interval(7, batching.passes(8), 2, 0.1) == 10
+    assert auto_update_interval(7, 1, 2, 0.1) == 40  # a whole micro batch per source
+    with pytest.raises(LayoutError, match="nor a multiple of DP 2 below it"):
+        layout(2, "--micro-batch-size", "8", "--global-batch-size", "32", "--dga-probe-batch-size", "3")
+    with pytest.raises(LayoutError, match="under pipeline parallelism the probes run in micro batches of training's"):
+        layout(2, "--micro-batch-size", "8", "--global-batch-size", "32", "--dga-probe-batch-size", "4",
+               "--pipeline-model-parallel-size", "2", "--num-layers", "2")
+
+
 def test_noise_shrink_needs_two_probe_micro_batches():
     with pytest.raises(LayoutError, match="--dga-noise-shrink needs a standard error"):
         layout(1, "--mixing", "dga", "--specific-data-path", "s", "--dga-noise-shrink")
