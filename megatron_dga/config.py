@@ -357,16 +357,13 @@ class MixingConfig:
         "that mass in proportion. With --dga-base-distributions, the floor that makes every domain "
         "sampled: 2 / (train iterations x global batch) gives each an integral of 2 samples.",
     )
-    dga_probe_microbatches: Optional[int] = arg(
-        None, "DGA: probe micro batches per source and for the specific set, per data-parallel rank. Default: 1, "
-        "which an update interval derived from --dga-probe-budget may cut to fewer sequences than training's "
-        "micro batch (down to a quarter) so as to update every 10 iterations."
+    dga_probe_microbatches: int = arg(
+        1, "DGA: probe micro batches per source and for the specific set, per data-parallel rank."
     )
     dga_probe_batch_size: Optional[int] = arg(
         None, "DGA: probe sequences per source, and for the specific set, at each update, over all data-parallel "
         "ranks (as --global-batch-size is for training): the same probes, hence the same weights, in every "
-        "layout. It must be a multiple of --micro-batch-size x DP, or, below that, of DP (one micro batch of B / DP "
-        "sequences per rank; not under pipeline parallelism). Default: --dga-probe-microbatches per "
+        "layout. It must be a multiple of --micro-batch-size x DP. Default: --dga-probe-microbatches per "
         "data-parallel rank, which grows the probe with DP."
     )
     dga_initial_weights: str = arg(

@@ -540,33 +540,6 @@ def test_a_derived_update_interval_scales_the_step():
     assert (given.hyper.lr, given.hyper.step_clip) == (0.5, 1.0)
 
 
-def test_the_probe_budget_cuts_the_probes_before_it_stretches_the_interval():
-    """Where training's micro batch would put the interval above 10, the probe micro batch is cut
-    to the sequences that fit the budget every 10 iterations, down to a quarter of training's; below
-    that the interval grows. Only where the probes may be cut (a third element: training's micro batch)."""
-    from megatron_dga.config import MixingConfig
-    from megatron_dga.mixing.factory import build_mixing
-    from megatron_dga.mixing.probe_budget import probe_sequences
-
-    assert probe_sequences(6, 2, 8, 0.1) == 2  # 7 sets x 2 / 8 of a pass, against 20 passes: 8.75%
-    assert probe_sequences(6, 32, 8, 0.1) == 8  # the recipes' batches: training's, every 10
-    assert probe_sequences(16, 2, 8, 0.1) == 2  # a quarter at the least
-    names, tokens = [f"d{i}" for i in range(6)], [10] * 6
-    notes = []
-    cut = build_mixing(MixingConfig(mixing="dga"), names, tokens, notes=notes, microbatches=(2, 1, 8))
-    assert (cut.hyper.update_interval, cut.hyper.lr, cut.hyper.step_clip, cut.probe_micro_batch_size) == (10, 0.5, 1.0, 2)
-    assert any("every 10 iterations: the probes (7 x 2 of training's 8 sequences per rank) add 9%" in n
-               for n in notes), notes
-    whole = build_mixing(MixingConfig(mixing="dga"), names, tokens, microbatches=(32, 1, 8))
-    assert (whole.hyper.update_interval, whole.probe_micro_batch_size) == (10, None)
-    many = build_mixing(MixingConfig(mixing="dga"), [f"d{i}" for i in range(16)], [10] * 16, microbatches=(2, 1, 8))
-    # 17 sets x a quarter pass against 2 per iteration: 10% needs 21.25 iterations, so every 30, step x sqrt 3.
-    assert (many.hyper.update_interval, many.probe_micro_batch_size) == (30, 2)
-    assert many.hyper.lr == pytest.approx(0.5 * 3 ** 0.5)
-    kept = build_mixing(MixingConfig(mixing="dga"), names, tokens, microbatches=(2, 1))
-    assert (kept.hyper.update_interval, kept.probe_micro_batch_size) == (40, None)
-
-
 def test_noise_shrink_by_hand():
     """Each centred score times tau^2 / (tau^2 + se_i^2), tau^2 = spread^2 - mean(se^2)."""
     scores, stderr = np.array([3.0, 0.0, -3.0]), np.array([1.0, 1.0, 3.0])
@@ -610,10 +583,6 @@ def test_a_resume_says_when_the_update_schedule_changed():
     other.load_state_dict(state)
     assert "every 40 iterations, step 1 and clip 2" in other.schedule_change
     assert "every 20 iterations, step 0.707 and clip 1.41" in other.schedule_change
-    cut = dga_default(update_interval=40, lr=1.0, step_clip=2.0)
-    cut.probe_micro_batch_size = 2  # the probe budget cut the probes: another schedule too
-    cut.load_state_dict(state)
-    assert "this run updates every 40 iterations, step 1 and clip 2, probing 2 sequences per rank" in cut.schedule_change
     older = {key: value for key, value in state.items() if key != "schedule"}  # saved before it was recorded
     fresh = dga_default(update_interval=20)
     fresh.load_state_dict(older)

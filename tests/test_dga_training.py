@@ -113,18 +113,13 @@ def test_dga_resume_is_exact(tmp_path, data, variant):
 
 def test_default_update_interval_follows_the_probe_budget(tmp_path, data):
     """Without --dga-update-interval, the run updates as often as --dga-probe-budget allows and says so:
-    3 sources and the specific set against 2 training micro batches of 4 sequences per iteration. At
-    the default 10% the probes are cut to 2 sequences and update every 10 iterations; at 20% they
-    keep training's 4; a probe given as one whole micro batch (--dga-probe-batch-size 4) is not cut,
-    and updates every 20."""
-    cases = (([], 10, "4 x 2 of training's 4 sequences per rank"), (["--dga-probe-budget", "0.2"], 10, "4 x 1 micro batches"),
-             (["--dga-probe-batch-size", "4"], 20, "4 x 1 micro batches"))
-    for n, (flags, interval, probes) in enumerate(cases):
-        run_dir = str(tmp_path / f"case-{n}")
-        extra = ["--mixing", "dga", "--log-interval", "1", "--eval-interval", "100", *flags]
-        result = pretrain(args_for(data, run_dir, 21, extra))
-        assert f"updates the weights every {interval} iterations" in result.stdout, result.stdout
-        assert f"the probes ({probes}" in result.stdout, result.stdout
+    3 sources and the specific set, 1 probe micro batch each, against 2 training micro batches per
+    iteration: every 20 iterations at the default 10%, every 10 at 20%."""
+    for budget, interval in ((None, 20), ("0.2", 10)):
+        run_dir = str(tmp_path / f"budget-{budget}")
+        extra = ["--mixing", "dga", "--log-interval", "1", "--eval-interval", "100"]
+        result = pretrain(args_for(data, run_dir, 21, [*extra, *(["--dga-probe-budget", budget] if budget else [])]))
+        assert f"updates the weights every {interval} iterations" in result.stdout
         records = read_metrics(os.path.join(run_dir, "metrics.jsonl"))
         done = [r["dga_updates"]["done"] for r in records]
         # An update runs before the iteration its interval divides.
@@ -153,11 +148,9 @@ def test_a_probe_batch_below_one_micro_batch_is_the_same_in_every_layout(tmp_pat
 
 def test_a_resume_on_another_schedule_says_so(tmp_path, data):
     """Saved while updating every 10 iterations (--dga-probe-budget 0.2), resumed at the default budget
-    (every 20, the step scaled by sqrt 2, with probes of one whole micro batch): the resumed run names
-    both schedules."""
+    (every 20, the step scaled by sqrt 2): the resumed run names both schedules."""
     run_dir, checkpoints = str(tmp_path / "run"), str(tmp_path / "checkpoints")
-    common = ["--mixing", "dga", "--log-interval", "1", "--eval-interval", "100", "--save", checkpoints,
-              "--dga-probe-batch-size", "4"]
+    common = ["--mixing", "dga", "--log-interval", "1", "--eval-interval", "100", "--save", checkpoints]
     pretrain(args_for(data, run_dir, 3, [*common, "--dga-probe-budget", "0.2"]))
     same = pretrain(args_for(data, run_dir, 4, [*common, "--load", checkpoints, "--dga-probe-budget", "0.2"]))
     assert "the checkpoint's DGA updated" not in same.stdout

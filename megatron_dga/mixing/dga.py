@@ -183,8 +183,6 @@ class DGAMixing(MixingAlgorithm):
         self.score_updates = 0  # updates that entered the score average
         self.updates = 0
         self.skipped = 0
-        # Sequences per rank of a probe micro batch when the probe budget cut it below training's.
-        self.probe_micro_batch_size: Optional[int] = None
         self.schedule_change: Optional[str] = None  # set by a resume whose checkpoint updated otherwise
         super().__init__(domain_names, self.domain_weights_of(self.sampling))
 
@@ -330,10 +328,7 @@ class DGAMixing(MixingAlgorithm):
         }
 
     def _schedule(self) -> Dict:
-        schedule = {"update_interval": self.hyper.update_interval, "lr": self.hyper.lr, "step_clip": self.hyper.step_clip}
-        if self.probe_micro_batch_size is not None:
-            schedule["probe_micro_batch_size"] = self.probe_micro_batch_size
-        return schedule
+        return {"update_interval": self.hyper.update_interval, "lr": self.hyper.lr, "step_clip": self.hyper.step_clip}
 
     def load_state_dict(self, state: Dict) -> None:
         super().load_state_dict(state)
@@ -355,12 +350,11 @@ class DGAMixing(MixingAlgorithm):
         if saved is not None and saved != self._schedule():
             # A derived interval and step follow the micro batches per rank, which a new layout changes.
             def described(schedule):
-                cut = schedule.get("probe_micro_batch_size")
                 return (f"every {schedule['update_interval']} iterations, step {schedule['lr']:.3g} and clip "
-                        f"{schedule['step_clip']:.3g}" + ("" if cut is None else f", probing {cut} sequences per rank"))
+                        f"{schedule['step_clip']:.3g}")
             self.schedule_change = (f"the checkpoint's DGA updated {described(saved)}; this run updates "
-                                    f"{described(self._schedule())} (--dga-update-interval, --dga-lr, --dga-step-clip "
-                                    "and --dga-probe-batch-size keep a schedule)")
+                                    f"{described(self._schedule())} (--dga-update-interval, --dga-lr and "
+                                    "--dga-step-clip keep a schedule)")
 
 
 def start_log_of(weights: np.ndarray) -> np.ndarray:

@@ -11,8 +11,7 @@ from megatron_dga.files import read_json
 from megatron_dga.mixing.base import MixingAlgorithm, normalise, parse_weight_spec
 from megatron_dga.mixing.dga import DGAHyperparameters, DGAMixing, natural_source_weights
 from megatron_dga.mixing.importance import ImportanceMixing, read_histogram
-from megatron_dga.mixing.probe_budget import (DEFAULT_PROBE_BUDGET, auto_update_interval, probe_sequences, probe_share,
-                                              step_factor)
+from megatron_dga.mixing.probe_budget import DEFAULT_PROBE_BUDGET, auto_update_interval, probe_share, step_factor
 from megatron_dga.mixing.static import NaturalMixing, StaticMixing, UniformMixing
 
 
@@ -36,34 +35,25 @@ def load_base_distributions(path: str, num_domains: int) -> np.ndarray:
     return matrix / matrix.sum(axis=1, keepdims=True)
 
 
-def dga_schedule(config: MixingConfig, num_sources: int, microbatches: Optional[Tuple],
-                 notes: List[str]) -> Tuple[int, float, Optional[int]]:
-    """The update interval, what the step is multiplied by, and the sequences of a probe micro batch
-    when cut below training's (else None): --dga-update-interval as given, or the interval
-    --dga-probe-budget allows, the probes cut first and the step scaled to it. `microbatches`:
-    (training micro batches per iteration, probe passes per source in training micro batches) on
-    each rank, and, where the probes may be cut, training's micro batch size."""
+def dga_schedule(config: MixingConfig, num_sources: int, microbatches: Optional[Tuple[int, float]],
+                 notes: List[str]) -> Tuple[int, float]:
+    """The update interval and what the step is multiplied by: --dga-update-interval as given, or the
+    interval --dga-probe-budget allows with the step scaled to it. `microbatches`: (training micro
+    batches per iteration, probe passes per source in training micro batches) on each rank."""
     if config.dga_update_interval is not None:
-        return config.dga_update_interval, 1.0, None
+        return config.dga_update_interval, 1.0
     if microbatches is None:
         raise ValueError("--dga-update-interval: not given, and no batch sizes to derive it from")
-    train, probe = microbatches[:2]
-    cuttable = microbatches[2] if len(microbatches) > 2 else None
+    train, probe = microbatches
     budget = DEFAULT_PROBE_BUDGET if config.dga_probe_budget is None else config.dga_probe_budget
-    cut, probe_size = None, f"{probe:g} micro batches"
-    if cuttable:
-        sequences = probe_sequences(num_sources, train, cuttable, budget)
-        if sequences < cuttable:
-            cut, probe = sequences, sequences / cuttable
-            probe_size = f"{sequences} of training's {cuttable} sequences"
     interval = auto_update_interval(num_sources, probe, train, budget)
     factor = step_factor(interval)
     step = "" if factor == 1.0 else f", with steps of {factor:g}x --dga-lr and --dga-step-clip"
     notes.append(f"--mixing dga updates the weights every {interval} iterations{step}: the probes ({num_sources + 1} x "
-                 f"{probe_size} per rank) add {probe_share(num_sources, probe, train, interval):.0%} to "
-                 f"training's {train} micro batches per iteration (--dga-probe-budget {budget:g}; "
+                 f"{probe:g} micro batches per rank) add {probe_share(num_sources, probe, train, interval):.0%} to "
+                 f"training's {train} per iteration (--dga-probe-budget {budget:g}; "
                  "--dga-update-interval sets it)")
-    return interval, factor, cut
+    return interval, factor
 
 
 def dga_hyperparameters(config: MixingConfig, update_interval: int, step_multiplier: float = 1.0) -> DGAHyperparameters:
@@ -80,12 +70,11 @@ def dga_hyperparameters(config: MixingConfig, update_interval: int, step_multipl
 def build_mixing(config: MixingConfig, domain_names: List[str], train_tokens: List[int],
                  data_path_weights: Optional[List[float]] = None,
                  importance_histogram: Optional[np.ndarray] = None, notes: Optional[List[str]] = None,
-                 microbatches: Optional[Tuple] = None) -> MixingAlgorithm:
+                 microbatches: Optional[Tuple[int, float]] = None) -> MixingAlgorithm:
     """`importance_histogram`: the specific set's histogram when computed at start-up; `notes`:
     where to say what became of --data-path weights the mixing does not take as they are, and
     which update interval DGA chose; `microbatches`: (training micro batches per iteration, DGA's
-    probe passes per source, in training micro batches) on each rank, which DGA's default update interval follows,
-    and training's micro batch size where the probes may be cut below it (`dga_schedule`)."""
+    probe passes per source, in training micro batches) on each rank, which DGA's default update interval follows."""
     natural = normalise(np.asarray(train_tokens, dtype=np.float64))
     notes = notes if notes is not None else []
     if data_path_weights is not None and config.mixing in ("uniform", "importance"):
@@ -123,8 +112,6 @@ def build_mixing(config: MixingConfig, domain_names: List[str], train_tokens: Li
             initial = natural if bases is None else natural_source_weights(bases, natural)
         else:
             initial = np.ones(num_sources)
-        interval, factor, cut = dga_schedule(config, num_sources, microbatches, notes)
-        mixing = DGAMixing(domain_names, initial, dga_hyperparameters(config, interval, factor), bases)
-        mixing.probe_micro_batch_size = cut
-        return mixing
+        interval, factor = dga_schedule(config, num_sources, microbatches, notes)
+        return DGAMixing(domain_names, initial, dga_hyperparameters(config, interval, factor), bases)
     raise ValueError(f"unknown --mixing {config.mixing!r}")

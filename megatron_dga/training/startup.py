@@ -27,7 +27,7 @@ from megatron_dga.mixing.pipeline_probes import PipelineProbeGradients
 from megatron_dga.mixing.preconditioner import AdamPreconditioner
 from megatron_dga.mixing.probes import ProbeData
 from megatron_dga.parallel.initialize import ParallelContext
-from megatron_dga.parallel.layout import LayoutError, ProbeBatching, probe_batching
+from megatron_dga.parallel.layout import LayoutError, probe_batching
 from megatron_dga.training.deepspeed_config import derive_config, fp32_accumulation, load_user_config
 from megatron_dga.training.engine import TrainingEngine
 
@@ -107,14 +107,11 @@ def importance_histogram(data: TrainingData, clusters: str, ctx: ParallelContext
 
 
 def build_alignment_meter(mixing: MixingConfig, data: TrainingData, bases: np.ndarray, engine: TrainingEngine,
-                          ctx: ParallelContext, eod_mask_loss: bool,
-                          cut_micro_batch_size: Optional[int] = None) -> AlignmentMeter:
+                          ctx: ParallelContext, eod_mask_loss: bool) -> AlignmentMeter:
     """DGA's meter: probes read ahead in the domains' own training streams (mixing/probes.py);
     gradients by hooks, or through the pipeline's stages; Adam's preconditioner for
-    --dga-alignment adam. `cut_micro_batch_size`: the probe budget's cut of the probe micro batch."""
+    --dga-alignment adam."""
     batching = probe_batching(mixing, ctx.layout)
-    if cut_micro_batch_size is not None:
-        batching = ProbeBatching(1, cut_micro_batch_size)
     probes = ProbeData([d.train for d in data.domains], data.specific_train, bases, ctx.layout, ctx.dp_rank,
                        batching.microbatches, data.tokenizer.eod, eod_mask_loss, batching.micro_batch_size)
     if engine.pipelined:

@@ -22,7 +22,7 @@ from megatron_dga.mixing.factory import build_mixing
 from megatron_dga.model.gpt import build_model
 from megatron_dga.model.transformer_config import padded_vocab_size
 from megatron_dga.parallel.initialize import ParallelContext
-from megatron_dga.parallel.layout import probe_batching, probes_may_be_cut
+from megatron_dga.parallel.layout import probe_batching
 from megatron_dga.training.checkpointing import read_tracker
 from megatron_dga.training.evaluation import Evaluator, overall_loss
 from megatron_dga.training.hf_checkpoint import load_hf_weights
@@ -57,10 +57,8 @@ class Trainer:
         if config.mixing.importance_clusters:
             histogram = importance_histogram(self.data, config.mixing.importance_clusters, ctx)
         notes = []
-        mbs = self.layout.micro_batch_size
-        probe_passes = probe_batching(config.mixing, self.layout).passes(mbs)
-        microbatches = (self.layout.grad_accumulation_steps, probe_passes,
-                        mbs if probes_may_be_cut(config.mixing, self.layout) else None)
+        probe_passes = probe_batching(config.mixing, self.layout).passes(self.layout.micro_batch_size)
+        microbatches = (self.layout.grad_accumulation_steps, probe_passes)
         self.mixing = build_mixing(config.mixing, self.domain_names, [d.train_tokens for d in self.domains],
                                    self.data.data_path_weights, histogram, notes, microbatches)
         if ctx.rank == 0:
@@ -69,7 +67,7 @@ class Trainer:
         self.alignment = None
         if isinstance(self.mixing, DGAMixing):
             self.alignment = build_alignment_meter(config.mixing, self.data, self.mixing.bases, self.engine, ctx,
-                                                   config.training.eod_mask_loss, self.mixing.probe_micro_batch_size)
+                                                   config.training.eod_mask_loss)
 
         self.blend = DynamicBlend(len(self.domains), self.mixing.weights())
         eod, mask_eod = self.tokenizer.eod, config.training.eod_mask_loss
