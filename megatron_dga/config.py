@@ -336,6 +336,12 @@ class MixingConfig:
         "passes: (sources + 1) x probe micro batches per rank, per update, over the interval's micro batches "
         "per rank (default 0.1).",
     )
+    dga_early_fraction: float = arg(
+        1 / 3, "DGA: where the update interval derived from --dga-probe-budget exceeds 10 iterations, the first "
+        "fraction of the run updates every 10 iterations instead, on probe micro batches cut to the same cost "
+        "(10 / T_r of training's sequences), with the step as at 10; 0 turns it off. Not under pipeline "
+        "parallelism, nor when --dga-probe-batch-size or --dga-probe-microbatches is given.",
+    )
     dga_lr: float = arg(
         0.5, "DGA: step size eta of the exponentiated-gradient update "
         "alpha <- softmax(log alpha + eta * alignment); at an update interval derived from --dga-probe-budget, "
@@ -357,8 +363,9 @@ class MixingConfig:
         "that mass in proportion. With --dga-base-distributions, the floor that makes every domain "
         "sampled: 2 / (train iterations x global batch) gives each an integral of 2 samples.",
     )
-    dga_probe_microbatches: int = arg(
-        1, "DGA: probe micro batches per source and for the specific set, per data-parallel rank."
+    dga_probe_microbatches: Optional[int] = arg(
+        None, "DGA: probe micro batches per source and for the specific set, per data-parallel rank. Default: 1, "
+        "which the start of a run may cut to fewer sequences (--dga-early-fraction)."
     )
     dga_probe_batch_size: Optional[int] = arg(
         None, "DGA: probe sequences per source, and for the specific set, at each update, over all data-parallel "

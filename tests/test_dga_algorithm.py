@@ -540,6 +540,44 @@ def test_a_derived_update_interval_scales_the_step():
     assert (given.hyper.lr, given.hyper.step_clip) == (0.5, 1.0)
 
 
+def test_a_derived_interval_above_10_starts_with_an_early_phase():
+    """Above 10 iterations, the first third of the run updates every 10 on probes cut to 10 / T_r of
+    training's sequences (the same cost), with the step as at 10; then every T_r with whole probes and
+    the scaled step. Only where the probes may be cut and the run's length is known."""
+    from megatron_dga.config import MixingConfig
+    from megatron_dga.mixing.factory import build_mixing
+    from megatron_dga.mixing.probe_budget import ProbeCost, early_phase
+
+    assert early_phase(40, 8, 600, 1 / 3) == (200, 2)
+    assert early_phase(10, 8, 600, 1 / 3) is None  # nothing to cut at 10
+    assert early_phase(40, 2, 600, 1 / 3) is None  # 2 x 10 / 40 is no whole sequence
+    assert early_phase(40, 8, 600, 0) is None and early_phase(40, None, 600, 1 / 3) is None
+    names, tokens = [f"d{i}" for i in range(6)], [10] * 6
+    notes = []
+    m = build_mixing(MixingConfig(mixing="dga"), names, tokens, notes=notes, microbatches=ProbeCost(2, 1, 8, 600))
+    h = m.hyper
+    assert (h.update_interval, h.lr, h.step_clip) == (40, 1.0, 2.0)
+    assert (h.early_iters, h.early_interval, h.early_micro_batch_size, h.early_step) == (200, 10, 2, 0.5)
+    assert any("every 10 iterations until iteration 200 (--dga-early-fraction 0.333), on probes of 2 of training's 8 "
+               "sequences, then every 40 iterations, with steps of 2x" in n for n in notes), notes
+    updates = [i for i in range(1, 601) if m.wants_update(i)]
+    assert updates == [*range(10, 200, 10), *range(200, 601, 40)]
+    assert m.probe_micro_batch_size(190) == 2 and m.probe_micro_batch_size(200) is None
+    # The early step is the step at 10: half the scaled one, clip included.
+    scores = np.array([4.0, 0.0, -4.0])
+    early = dga_default(**{k: getattr(h, k) for k in ("lr", "step_clip", "early_iters", "early_step")},
+                        score_ema=0.0, step_scale="none")
+    late = dga_default(lr=h.lr, step_clip=h.step_clip, score_ema=0.0, step_scale="none")
+    early.update(10, scores)
+    late.update(10, scores)
+    assert np.abs(early.last_step).max() == pytest.approx(1.0) and np.abs(late.last_step).max() == pytest.approx(2.0)
+    off = build_mixing(MixingConfig(mixing="dga", dga_early_fraction=0.0), names, tokens,
+                       microbatches=ProbeCost(2, 1, 8, 600))
+    assert off.hyper.early_iters == 0 and [i for i in range(1, 81) if off.wants_update(i)] == [40, 80]
+    uncut = build_mixing(MixingConfig(mixing="dga"), names, tokens, microbatches=(2, 1))
+    assert uncut.hyper.early_iters == 0
+
+
 def test_noise_shrink_by_hand():
     """Each centred score times tau^2 / (tau^2 + se_i^2), tau^2 = spread^2 - mean(se^2)."""
     scores, stderr = np.array([3.0, 0.0, -3.0]), np.array([1.0, 1.0, 3.0])

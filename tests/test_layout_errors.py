@@ -136,6 +136,20 @@ def test_a_probe_batch_below_one_micro_batch_per_rank():
                "--pipeline-model-parallel-size", "2", "--num-layers", "2")
 
 
+def test_only_probes_the_budget_sized_may_be_cut():
+    from megatron_dga.parallel.layout import probes_may_be_cut
+
+    def may_cut(world_size, *flags):
+        config = parse_args([*TOY_MODEL, "--data-path", "x", "--train-iters", "10", "--num-layers", "2", *flags])
+        return probes_may_be_cut(config.mixing, resolve_layout(config, world_size))
+
+    assert may_cut(2)
+    assert not may_cut(2, "--pipeline-model-parallel-size", "2")  # stages exchange activations of training's shape
+    assert not may_cut(1, "--dga-probe-batch-size", "2")
+    assert not may_cut(1, "--dga-probe-microbatches", "1")  # given: as given
+    assert not may_cut(1, "--dga-update-interval", "10")
+
+
 def test_noise_shrink_needs_two_probe_micro_batches():
     with pytest.raises(LayoutError, match="--dga-noise-shrink needs a standard error"):
         layout(1, "--mixing", "dga", "--specific-data-path", "s", "--dga-noise-shrink")

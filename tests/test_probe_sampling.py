@@ -77,3 +77,15 @@ def test_probes_read_ahead_of_training_and_never_twice():
     assert probed_draws(probes, [10, 0]) == [[12, 13], [2, 3]]  # not the same sequences again
     assert probed_draws(probes, [40, 3]) == [[40, 41], [4, 5]]  # training has passed the cursor
     np.testing.assert_array_equal(probes.state_dict()["domain_draws"], [42, 6])
+
+
+def test_an_update_may_probe_fewer_sequences():
+    """An early phase's update probes micro batches of fewer sequences than training's; the streams
+    move on by what it read, and the next update reads whole micro batches again."""
+    probes = ProbeData([Numbered(), Numbered()], Numbered(), np.eye(2), Layout(1, 1, 1, 1, 4, 4), 0, 1, None, False)
+    probes.begin_update(np.asarray([0, 0]), micro_batch_size=1)
+    assert [mb.tokens.shape[0] for j in range(2) for mb in probes.source_microbatches(j)] == [1, 1]
+    assert probes.specific_microbatches()[0].tokens.shape[0] == 1
+    probes.end_update()
+    assert probes.state_dict()["domain_draws"] == [1, 1] and probes.state_dict()["specific_draws"] == 1
+    assert probed_draws(probes, [0, 0]) == [[1, 2, 3, 4], [1, 2, 3, 4]]  # whole again, from where it stopped

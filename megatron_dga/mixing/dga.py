@@ -77,10 +77,18 @@ class DGAHyperparameters:
     scale_by_lr: bool = True
     score_ema: float = 0.5
     noise_shrink: bool = False
+    # The early phase (--dga-early-fraction): before iteration early_iters, updates every early_interval
+    # iterations, probes of early_micro_batch_size sequences per rank, lr and step_clip times early_step.
+    early_iters: int = 0
+    early_interval: int = 10
+    early_micro_batch_size: Optional[int] = None
+    early_step: float = 1.0
 
     def check(self, num_sources: int, num_domains: int) -> None:
         if self.update_interval < 1:
             raise ValueError("--dga-update-interval must be >= 1")
+        if self.early_iters < 0 or self.early_interval < 1:
+            raise ValueError("DGA's early phase needs early_iters >= 0 and early_interval >= 1")
         if not np.isfinite(self.lr) or self.lr < 0:
             raise ValueError("--dga-lr must be a finite non-negative number")
         if not 0.0 <= self.ema < 1.0:
@@ -214,16 +222,25 @@ class DGAMixing(MixingAlgorithm):
         return lift_to_floor(mixed, self.hyper.min_domain_weight)
 
     # ---- updates -------------------------------------------------------------------------
+    def in_early_phase(self, iteration: int) -> bool:
+        """Whether the update after `iteration` iterations belongs to the early phase."""
+        return iteration < self.hyper.early_iters
+
     def wants_update(self, iteration: int) -> bool:
         h = self.hyper
-        return iteration > 0 and iteration >= h.warmup_iters and iteration % h.update_interval == 0
+        interval = h.early_interval if self.in_early_phase(iteration) else h.update_interval
+        return iteration > 0 and iteration >= h.warmup_iters and iteration % interval == 0
+
+    def probe_micro_batch_size(self, iteration: int) -> Optional[int]:
+        """Sequences per rank of this update's probe micro batches when cut below training's, else None."""
+        return self.hyper.early_micro_batch_size if self.in_early_phase(iteration) else None
 
     def running_scale(self) -> Optional[float]:
         """The median spread of the last --dga-scale-window updates (None before the first)."""
         return float(np.exp(np.median(self.log_spreads))) if self.log_spreads else None
 
     def controlled_step(self, alignment: np.ndarray, lr_scale: float, in_running_scale: bool = True,
-                        stderr: Optional[np.ndarray] = None) -> np.ndarray:
+                        stderr: Optional[np.ndarray] = None, step_multiplier: float = 1.0) -> np.ndarray:
         """The step in log-weights, eta * x: centred, scaled, clipped, then averaged over
         updates. Updates the running statistics; called only with a finite alignment.
 
@@ -245,9 +262,10 @@ class DGAMixing(MixingAlgorithm):
                 self.log_spreads = (self.log_spreads + [float(np.log(spread))])[-h.scale_window:]
             scale = self.running_scale() if in_running_scale else (spread if usable else None)
             score = score / scale if scale else np.zeros_like(centred)
-        step = h.lr * (lr_scale if h.scale_by_lr else 1.0) * score
+        step = h.lr * step_multiplier * (lr_scale if h.scale_by_lr else 1.0) * score
         if h.step_clip > 0:
-            step = np.clip(step, -h.step_clip, h.step_clip)
+            clip = h.step_clip * step_multiplier
+            step = np.clip(step, -clip, clip)
         if h.score_ema > 0:
             self.score_updates += 1
             self.score_average = h.score_ema * self.score_average + (1.0 - h.score_ema) * step
@@ -269,7 +287,8 @@ class DGAMixing(MixingAlgorithm):
             return self._skip(iteration, f"alignment is not finite: {a}")
         saved = (self.score_average.copy(), list(self.log_spreads), self.score_updates)
         with np.errstate(over="ignore", invalid="ignore"):
-            step = self.controlled_step(a, lr_scale, in_running_scale, self.last_stderr)
+            multiplier = self.hyper.early_step if self.in_early_phase(iteration) else 1.0
+            step = self.controlled_step(a, lr_scale, in_running_scale, self.last_stderr, multiplier)
         if not np.all(np.isfinite(step)):
             self.score_average, self.log_spreads, self.score_updates = saved
             return self._skip(iteration, f"the step overflows (eta x alignment): {step}")
@@ -328,7 +347,12 @@ class DGAMixing(MixingAlgorithm):
         }
 
     def _schedule(self) -> Dict:
-        return {"update_interval": self.hyper.update_interval, "lr": self.hyper.lr, "step_clip": self.hyper.step_clip}
+        h = self.hyper
+        schedule = {"update_interval": h.update_interval, "lr": h.lr, "step_clip": h.step_clip}
+        if h.early_iters:
+            schedule["early"] = {"iters": h.early_iters, "interval": h.early_interval,
+                                 "micro_batch_size": h.early_micro_batch_size, "step": h.early_step}
+        return schedule
 
     def load_state_dict(self, state: Dict) -> None:
         super().load_state_dict(state)
@@ -350,11 +374,14 @@ class DGAMixing(MixingAlgorithm):
         if saved is not None and saved != self._schedule():
             # A derived interval and step follow the micro batches per rank, which a new layout changes.
             def described(schedule):
-                return (f"every {schedule['update_interval']} iterations, step {schedule['lr']:.3g} and clip "
+                early = schedule.get("early")
+                start = "" if not early else (f"every {early['interval']} iterations until iteration {early['iters']} "
+                                              f"on probes of {early['micro_batch_size']} sequences per rank, then ")
+                return (f"{start}every {schedule['update_interval']} iterations, step {schedule['lr']:.3g} and clip "
                         f"{schedule['step_clip']:.3g}")
             self.schedule_change = (f"the checkpoint's DGA updated {described(saved)}; this run updates "
-                                    f"{described(self._schedule())} (--dga-update-interval, --dga-lr and "
-                                    "--dga-step-clip keep a schedule)")
+                                    f"{described(self._schedule())} (--dga-update-interval, --dga-lr, --dga-step-clip "
+                                    "and --dga-early-fraction keep a schedule)")
 
 
 def start_log_of(weights: np.ndarray) -> np.ndarray:

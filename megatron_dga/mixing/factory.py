@@ -11,7 +11,8 @@ from megatron_dga.files import read_json
 from megatron_dga.mixing.base import MixingAlgorithm, normalise, parse_weight_spec
 from megatron_dga.mixing.dga import DGAHyperparameters, DGAMixing, natural_source_weights
 from megatron_dga.mixing.importance import ImportanceMixing, read_histogram
-from megatron_dga.mixing.probe_budget import DEFAULT_PROBE_BUDGET, auto_update_interval, probe_share, step_factor
+from megatron_dga.mixing.probe_budget import (DEFAULT_PROBE_BUDGET, UPDATE_INTERVAL_STEP, ProbeCost, auto_update_interval,
+                                              early_phase, probe_share, step_factor)
 from megatron_dga.mixing.static import NaturalMixing, StaticMixing, UniformMixing
 
 
@@ -35,28 +36,38 @@ def load_base_distributions(path: str, num_domains: int) -> np.ndarray:
     return matrix / matrix.sum(axis=1, keepdims=True)
 
 
-def dga_schedule(config: MixingConfig, num_sources: int, microbatches: Optional[Tuple[int, float]],
-                 notes: List[str]) -> Tuple[int, float]:
-    """The update interval and what the step is multiplied by: --dga-update-interval as given, or the
-    interval --dga-probe-budget allows with the step scaled to it. `microbatches`: (training micro
-    batches per iteration, probe passes per source in training micro batches) on each rank."""
+def dga_schedule(config: MixingConfig, num_sources: int, microbatches, notes: List[str]):
+    """(update interval, what the step is multiplied by, early phase or None): --dga-update-interval
+    as given, or the interval --dga-probe-budget allows with the step scaled to it, and, above 10
+    iterations, an early phase every 10 on cut probes (`probe_budget.early_phase`: its iterations and
+    probe sequences per rank). `microbatches`: a ProbeCost, or (training micro batches per iteration,
+    probe passes per source in training micro batches) on each rank."""
     if config.dga_update_interval is not None:
-        return config.dga_update_interval, 1.0
+        return config.dga_update_interval, 1.0, None
     if microbatches is None:
         raise ValueError("--dga-update-interval: not given, and no batch sizes to derive it from")
-    train, probe = microbatches
+    cost = microbatches if isinstance(microbatches, ProbeCost) else ProbeCost(*microbatches)
+    train, probe = cost.train_microbatches, cost.probe_passes
     budget = DEFAULT_PROBE_BUDGET if config.dga_probe_budget is None else config.dga_probe_budget
     interval = auto_update_interval(num_sources, probe, train, budget)
     factor = step_factor(interval)
+    early = early_phase(interval, cost.cuttable_micro_batch_size, cost.train_iters, config.dga_early_fraction)
     step = "" if factor == 1.0 else f", with steps of {factor:g}x --dga-lr and --dga-step-clip"
-    notes.append(f"--mixing dga updates the weights every {interval} iterations{step}: the probes ({num_sources + 1} x "
-                 f"{probe:g} micro batches per rank) add {probe_share(num_sources, probe, train, interval):.0%} to "
-                 f"training's {train} per iteration (--dga-probe-budget {budget:g}; "
-                 "--dga-update-interval sets it)")
-    return interval, factor
+    start = "" if early is None else (
+        f"every {UPDATE_INTERVAL_STEP} iterations until iteration {early[0]} (--dga-early-fraction "
+        f"{config.dga_early_fraction:.3g}), on probes of {early[1]} of training's {cost.cuttable_micro_batch_size} "
+        "sequences, then ")
+    notes.append(f"--mixing dga updates the weights {start}every {interval} iterations{step}: the probes "
+                 f"({num_sources + 1} x {probe:g} micro batches per rank) add "
+                 f"{probe_share(num_sources, probe, train, interval):.0%} to training's {train} per iteration "
+                 f"(--dga-probe-budget {budget:g}; --dga-update-interval sets it)")
+    return interval, factor, early
 
 
-def dga_hyperparameters(config: MixingConfig, update_interval: int, step_multiplier: float = 1.0) -> DGAHyperparameters:
+def dga_hyperparameters(config: MixingConfig, update_interval: int, step_multiplier: float = 1.0,
+                        early: Optional[Tuple[int, int]] = None) -> DGAHyperparameters:
+    """`early`: (iterations, probe sequences per rank) of an early phase, whose step is the one at 10."""
+    early_iters, early_size = early if early else (0, None)
     return DGAHyperparameters(
         update_interval=update_interval, lr=config.dga_lr * step_multiplier, ema=config.dga_ema,
         ema_mode=config.dga_ema_mode, warmup_iters=config.dga_warmup_iters, min_weight=config.dga_min_weight,
@@ -64,17 +75,20 @@ def dga_hyperparameters(config: MixingConfig, update_interval: int, step_multipl
         alignment=config.dga_alignment, step_scale=config.dga_step_scale, scale_window=config.dga_scale_window,
         step_clip=config.dga_step_clip * step_multiplier, scale_by_lr=config.dga_scale_by_lr,
         score_ema=config.dga_score_ema, noise_shrink=config.dga_noise_shrink,
+        early_iters=early_iters, early_interval=UPDATE_INTERVAL_STEP, early_micro_batch_size=early_size,
+        early_step=1.0 / step_multiplier,
     )
 
 
 def build_mixing(config: MixingConfig, domain_names: List[str], train_tokens: List[int],
                  data_path_weights: Optional[List[float]] = None,
                  importance_histogram: Optional[np.ndarray] = None, notes: Optional[List[str]] = None,
-                 microbatches: Optional[Tuple[int, float]] = None) -> MixingAlgorithm:
+                 microbatches=None) -> MixingAlgorithm:
     """`importance_histogram`: the specific set's histogram when computed at start-up; `notes`:
     where to say what became of --data-path weights the mixing does not take as they are, and
-    which update interval DGA chose; `microbatches`: (training micro batches per iteration, DGA's
-    probe passes per source, in training micro batches) on each rank, which DGA's default update interval follows."""
+    which update interval DGA chose; `microbatches`: what DGA's derived schedule follows, a
+    `probe_budget.ProbeCost` or (training micro batches per iteration, DGA's probe passes per source,
+    in training micro batches) on each rank."""
     natural = normalise(np.asarray(train_tokens, dtype=np.float64))
     notes = notes if notes is not None else []
     if data_path_weights is not None and config.mixing in ("uniform", "importance"):
@@ -112,6 +126,6 @@ def build_mixing(config: MixingConfig, domain_names: List[str], train_tokens: Li
             initial = natural if bases is None else natural_source_weights(bases, natural)
         else:
             initial = np.ones(num_sources)
-        interval, factor = dga_schedule(config, num_sources, microbatches, notes)
-        return DGAMixing(domain_names, initial, dga_hyperparameters(config, interval, factor), bases)
+        interval, factor, early = dga_schedule(config, num_sources, microbatches, notes)
+        return DGAMixing(domain_names, initial, dga_hyperparameters(config, interval, factor, early), bases)
     raise ValueError(f"unknown --mixing {config.mixing!r}")

@@ -7,6 +7,11 @@ depend on the batch: 5% at 32 micro batches per iteration and 16 sources with T_
 micro batches and 6 sources. The default interval is instead the smallest multiple of
 UPDATE_INTERVAL_STEP that keeps the share within --dga-probe-budget.
 
+Where the interval is above 10, the first --dga-early-fraction of the run (a third) updates every 10
+iterations instead, on probe micro batches cut to 10 / T_r of training's sequences: the same probe
+cost. Small frequent probes move the weights to the target's domains sooner; whole probes at the
+longer interval wander less once they are there (docs/dga.md, "Against the best fixed mixture").
+
 Fewer updates move the weights less: the update's step (--dga-lr and --dga-step-clip, read as the
 step at 10 iterations) is multiplied by sqrt(T_r / 10) at a derived interval T_r, so that the
 random walk the probe noise makes has the same spread per iteration as at 10 (a doubled step at
@@ -16,6 +21,8 @@ random walk the probe noise makes has the same spread per iteration as at 10 (a 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import Optional
 
 UPDATE_INTERVAL_STEP = 10  # updates on multiples of 10 iterations, where logging and evaluation usually fall
 DEFAULT_PROBE_BUDGET = 0.1
@@ -42,3 +49,28 @@ def auto_update_interval(num_sources: int, probe_microbatches: int, train_microb
 def step_factor(update_interval: int) -> float:
     """What a derived interval multiplies the step by: sqrt(T_r / UPDATE_INTERVAL_STEP)."""
     return math.sqrt(update_interval / UPDATE_INTERVAL_STEP)
+
+
+@dataclass(frozen=True)
+class ProbeCost:
+    """What DGA's derived schedule follows, per rank: training's micro batches per iteration, the
+    probe passes per source (in training micro batches), training's micro batch size where an early
+    phase may cut the probes below it (else None), and the run's length in iterations."""
+    train_microbatches: int
+    probe_passes: float
+    cuttable_micro_batch_size: Optional[int] = None
+    train_iters: Optional[int] = None
+
+
+def early_phase(interval: int, micro_batch_size: Optional[int], train_iters: Optional[int],
+                fraction: float) -> Optional[tuple]:
+    """(iterations, sequences per rank of a probe micro batch) of the early phase at a derived
+    `interval`: every UPDATE_INTERVAL_STEP iterations on probes cut by UPDATE_INTERVAL_STEP /
+    interval, which keeps their cost; None where there is none to have."""
+    if interval <= UPDATE_INTERVAL_STEP or not micro_batch_size or not train_iters or fraction <= 0:
+        return None
+    sequences = micro_batch_size * UPDATE_INTERVAL_STEP // interval
+    iters = int(round(train_iters * fraction / UPDATE_INTERVAL_STEP)) * UPDATE_INTERVAL_STEP
+    if sequences < 1 or iters <= UPDATE_INTERVAL_STEP:
+        return None
+    return iters, sequences

@@ -62,8 +62,7 @@ class ProbeData:
         # Sequences per probe micro batch: training's, or fewer (--dga-probe-batch-size below micro x DP).
         self.micro_batch_size = layout.micro_batch_size if micro_batch_size is None else micro_batch_size
         self.eod, self.eod_mask_loss = eod, eod_mask_loss
-        # Sequences per source and per update, over all data-parallel ranks.
-        self.block = probe_microbatches * layout.dp * self.micro_batch_size
+        self._update_size = self.micro_batch_size  # this update's: an early phase may cut it
         self.domain_draws = np.zeros(len(training_streams), dtype=np.int64)  # each domain's probe cursor
         self.specific_draws = 0
         self.samplers = [BaseSampler(row) for row in bases]
@@ -73,15 +72,22 @@ class ProbeData:
     def num_sources(self) -> int:
         return len(self.bases)
 
+    @property
+    def block(self) -> int:
+        """Sequences per source in this update, over all data-parallel ranks."""
+        return self.probe_microbatches * self.layout.dp * self._update_size
+
     def _rank_slices(self):
-        mbs = self.micro_batch_size
+        mbs = self._update_size
         for m in range(self.probe_microbatches):
             start = (m * self.layout.dp + self.dp_rank) * mbs
             yield slice(start, start + mbs)
 
-    def begin_update(self, training_draws: Optional[np.ndarray] = None) -> None:
+    def begin_update(self, training_draws: Optional[np.ndarray] = None, micro_batch_size: Optional[int] = None) -> None:
         """Plan this update's probe sequences: for every source, `block` (domain, draw) pairs,
-        each domain's draws from max(its training draws so far, its probe cursor) on."""
+        each domain's draws from max(its training draws so far, its probe cursor) on.
+        `micro_batch_size`: this update's probe micro batches, when cut below the usual."""
+        self._update_size = self.micro_batch_size if micro_batch_size is None else micro_batch_size
         domains = np.stack([sampler.next_block(self.block) for sampler in self.samplers])
         flat = domains.reshape(-1)
         draws = np.empty_like(flat)
@@ -113,6 +119,7 @@ class ProbeData:
         self.domain_draws = self._plan[2]
         self.specific_draws += self.block
         self._plan = None
+        self._update_size = self.micro_batch_size
 
     def state_dict(self) -> Dict:
         return {"domain_draws": self.domain_draws.tolist(), "specific_draws": int(self.specific_draws),

@@ -124,7 +124,7 @@ def probe_batching(mixing: MixingConfig, layout: Layout) -> ProbeBatching:
     probe_batch = mixing.dga_probe_batch_size
     mbs = layout.micro_batch_size
     if probe_batch is None:
-        return ProbeBatching(mixing.dga_probe_microbatches, mbs)
+        return ProbeBatching(mixing.dga_probe_microbatches or 1, mbs)
     share = mbs * layout.dp
     if 0 < probe_batch < share and probe_batch % layout.dp == 0:
         if layout.pp > 1:
@@ -136,3 +136,10 @@ def probe_batching(mixing: MixingConfig, layout: Layout) -> ProbeBatching:
         raise LayoutError(f"--dga-probe-batch-size {probe_batch} is not a positive multiple of --micro-batch-size "
                           f"{mbs} x data-parallel size {layout.dp}, nor a multiple of DP {layout.dp} below it")
     return ProbeBatching(probe_batch // share, mbs)
+
+
+def probes_may_be_cut(mixing: MixingConfig, layout: Layout) -> bool:
+    """Whether DGA's early phase may cut the probe micro batch below training's: not when the probe's size
+    is given, nor under pipeline parallelism (whose stages exchange activations of training's shape)."""
+    return (mixing.dga_update_interval is None and mixing.dga_probe_batch_size is None
+            and mixing.dga_probe_microbatches is None and layout.pp == 1)

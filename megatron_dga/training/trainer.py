@@ -19,10 +19,11 @@ from megatron_dga.data.batches import TrainBatches
 from megatron_dga.data.blend import DynamicBlend
 from megatron_dga.mixing.dga import DGAMixing
 from megatron_dga.mixing.factory import build_mixing
+from megatron_dga.mixing.probe_budget import ProbeCost
 from megatron_dga.model.gpt import build_model
 from megatron_dga.model.transformer_config import padded_vocab_size
 from megatron_dga.parallel.initialize import ParallelContext
-from megatron_dga.parallel.layout import probe_batching
+from megatron_dga.parallel.layout import probe_batching, probes_may_be_cut
 from megatron_dga.training.checkpointing import read_tracker
 from megatron_dga.training.evaluation import Evaluator, overall_loss
 from megatron_dga.training.hf_checkpoint import load_hf_weights
@@ -57,8 +58,11 @@ class Trainer:
         if config.mixing.importance_clusters:
             histogram = importance_histogram(self.data, config.mixing.importance_clusters, ctx)
         notes = []
-        probe_passes = probe_batching(config.mixing, self.layout).passes(self.layout.micro_batch_size)
-        microbatches = (self.layout.grad_accumulation_steps, probe_passes)
+        mbs = self.layout.micro_batch_size
+        cuttable = mbs if probes_may_be_cut(config.mixing, self.layout) else None
+        microbatches = ProbeCost(self.layout.grad_accumulation_steps,
+                                 probe_batching(config.mixing, self.layout).passes(mbs), cuttable,
+                                 config.training.train_iters)
         self.mixing = build_mixing(config.mixing, self.domain_names, [d.train_tokens for d in self.domains],
                                    self.data.data_path_weights, histogram, notes, microbatches)
         if ctx.rank == 0:
@@ -157,7 +161,8 @@ class Trainer:
         """Measure the alignment, step the mixing algorithm, re-plan the blend from here on."""
         with self.watchdog.watch(f"DGA probes before iteration {self.iteration + 1}"):
             draws = self._domain_draws()
-            measured = self.report.measure_dga_update(lambda: self.alignment.measure(draws))
+            cut = self.mixing.probe_micro_batch_size(self.iteration)
+            measured = self.report.measure_dga_update(lambda: self.alignment.measure(draws, cut))
         lr = self.config.optimizer.lr
         lr_scale = self.engine.learning_rate / lr if lr > 0 else 1.0
         changed = self.mixing.update(self.iteration, measured.scores, measured.stderr, lr_scale,
