@@ -102,6 +102,9 @@ def test_the_report_shows_the_captured_fraction(tmp_path):
     assert "a 0.80, b 0.20" in row and "| 0.50 |" in row and "5.0 runs, 2.0 h" in row, row
     assert "| 0.50 / 0.50 |" in row, row  # each seed against its own uniform and best-fixed runs
     assert "static-b100" not in text  # a candidate stopped early is not a finished run
+    # Along the run: uniform minus DGA at each evaluation, averaged over the seeds (5 - 4.8 at both).
+    assert "| method (runs) | 10 | 20 |" in text
+    assert "| dga (2) | 0.200 | 0.200 |" in text
 
 
 def test_a_runs_final_loss_is_the_mean_of_its_last_three_evaluations(tmp_path):

@@ -145,6 +145,51 @@ def final_losses(folder: str) -> List[float]:
     return [loss for _, loss in sorted(final_losses_by_seed(folder).items())]
 
 
+def heldout_by_seed(folder: str) -> Dict[int, Dict[int, float]]:
+    """{seed: {iteration: held-out loss}} of the finished runs in `folder`/seed*/."""
+    series = {}
+    for info_path in sorted(glob.glob(os.path.join(folder, "seed*", "run.json"))):
+        with open(info_path) as f:
+            info = json.load(f)
+        if info.get("iterations_done", info["train_iters"]) == info["train_iters"]:
+            run = read_run(os.path.join(os.path.dirname(info_path), "metrics.jsonl"), "")
+            series[int(os.path.basename(os.path.dirname(info_path))[len("seed"):])] = dict(run.series[HELDOUT])
+    return series
+
+
+def gain_along_the_run(work: str) -> List[str]:
+    """The held-out gain over uniform at each evaluation, (uniform - method), averaged over every
+    headroom target and seed of the plenty regime where the method has a finished run beside uniform's;
+    methods with fewer such runs than the most complete are marked with their count."""
+    gains = defaultdict(lambda: defaultdict(list))  # method -> iteration -> gains
+    runs = defaultdict(int)
+    for base in sorted(glob.glob(os.path.join(work, "runs", "headroom-*", "plenty"))):
+        uniform = heldout_by_seed(os.path.join(base, "uniform"))
+        for folder in sorted(glob.glob(os.path.join(base, "dga*"))):
+            method = os.path.basename(folder)
+            for seed, series in heldout_by_seed(folder).items():
+                if seed not in uniform:
+                    continue
+                runs[method] += 1
+                for iteration, loss in series.items():
+                    if iteration in uniform[seed]:
+                        gains[method][iteration].append(uniform[seed][iteration] - loss)
+    if not gains:
+        return []
+    iterations = sorted({i for by_iteration in gains.values() for i in by_iteration})
+    most = max(runs.values())
+    lines = ["| method (runs) | " + " | ".join(str(i) for i in iterations) + " |",
+             "|---|" + "---:|" * len(iterations)]
+    for method in sorted(gains):
+        cells = [f"{statistics.mean(gains[method][i]):.3f}" if gains[method][i] else "" for i in iterations]
+        count = f" ({runs[method]})" if runs[method] < most else f" ({most})"
+        lines.append(f"| {method}{count} | " + " | ".join(cells) + " |")
+    return ["### Gain over uniform along the run", "",
+            "Held-out loss of uniform minus the method's, at each evaluation (single evaluations, each noisy by "
+            "about 0.02 nats), averaged over the plenty runs of every target and seed the method has:", ""] \
+        + lines + [""]
+
+
 def headroom_section(work: str) -> List[str]:
     """Per target: uniform, the best fixed mixture found by headroom.py, and each DGA form, with
     the fraction of the available gain each captures, (uniform - method) / (uniform - best fixed),
@@ -196,7 +241,7 @@ def headroom_section(work: str) -> List[str]:
               "computed from the means over seeds; *captured, per seed* from each seed's own uniform and best-fixed "
               "runs (seed 1 / seed 2). *Search cost*: "
               "the iterations its candidates trained, in full runs, and their wall time.", ""]
-    return lines
+    return lines + gain_along_the_run(work)
 
 
 def prepared_of(info: dict) -> str:
