@@ -126,18 +126,23 @@ def table(runs: List[dict]) -> List[str]:
 FINAL_EVALUATIONS = 3  # the end of a run: the mean of its last evaluations (one is a small, noisy sample)
 
 
-def final_losses_by_seed(folder: str) -> Dict[int, float]:
-    """{seed: held-out loss at the end of its run} for the finished runs in `folder`/seed*/:
-    the mean of the run's last FINAL_EVALUATIONS evaluations."""
-    losses = {}
+def finished_runs_by_seed(folder: str) -> Dict[int, Run]:
+    """{seed: run} of the finished runs in `folder`/seed*/ (a search's candidate stopped early is not one)."""
+    runs = {}
     for info_path in sorted(glob.glob(os.path.join(folder, "seed*", "run.json"))):
         with open(info_path) as f:
             info = json.load(f)
         if info.get("iterations_done", info["train_iters"]) == info["train_iters"]:
-            run = read_run(os.path.join(os.path.dirname(info_path), "metrics.jsonl"), "")
             seed = int(os.path.basename(os.path.dirname(info_path))[len("seed"):])
-            losses[seed] = statistics.mean(v for _, v in run.series[HELDOUT][-FINAL_EVALUATIONS:])
-    return losses
+            runs[seed] = read_run(os.path.join(os.path.dirname(info_path), "metrics.jsonl"), "")
+    return runs
+
+
+def final_losses_by_seed(folder: str) -> Dict[int, float]:
+    """{seed: held-out loss at the end of its run} for the finished runs in `folder`/seed*/:
+    the mean of the run's last FINAL_EVALUATIONS evaluations."""
+    return {seed: statistics.mean(v for _, v in run.series[HELDOUT][-FINAL_EVALUATIONS:])
+            for seed, run in finished_runs_by_seed(folder).items()}
 
 
 def final_losses(folder: str) -> List[float]:
@@ -147,14 +152,7 @@ def final_losses(folder: str) -> List[float]:
 
 def heldout_by_seed(folder: str) -> Dict[int, Dict[int, float]]:
     """{seed: {iteration: held-out loss}} of the finished runs in `folder`/seed*/."""
-    series = {}
-    for info_path in sorted(glob.glob(os.path.join(folder, "seed*", "run.json"))):
-        with open(info_path) as f:
-            info = json.load(f)
-        if info.get("iterations_done", info["train_iters"]) == info["train_iters"]:
-            run = read_run(os.path.join(os.path.dirname(info_path), "metrics.jsonl"), "")
-            series[int(os.path.basename(os.path.dirname(info_path))[len("seed"):])] = dict(run.series[HELDOUT])
-    return series
+    return {seed: dict(run.series[HELDOUT]) for seed, run in finished_runs_by_seed(folder).items()}
 
 
 def gain_along_the_run(work: str) -> List[str]:

@@ -97,8 +97,9 @@ def parse_args(argv=None):
     p.add_argument("--eval-interval", type=int, default=50)
     p.add_argument("--eval-iters", type=int, default=2)
     p.add_argument("--dga-update-interval", type=int,
-                   help="default: pretrain's, which keeps the probes within --dga-probe-budget (40 iterations at the "
-                   "default batch and 6 domains, with the step doubled; the tables before the headroom were made with 10)")
+                   help="default: pretrain's, which keeps the probes within --dga-probe-budget (at the default batch "
+                   "and 6-7 domains: every 10 iterations on probes of 2 of 8 sequences for the first third of the "
+                   "run, then every 40 with the step doubled; the tables before the headroom were made with 10)")
     p.add_argument("--dga-lr", type=float, default=1.0)
     p.add_argument("--dga-ema", type=float, default=0.5, help="EMA of the dga-ema method")
     p.add_argument("--domain-max-tokens", type=int, default=20_000, help="token-limited regime cap")
