@@ -166,8 +166,15 @@ def check_flags(config: PretrainConfig) -> None:
         raise ValueError("--importance-clusters needs --specific-data-path (the documents to assign)")
     if d.specific_train_samples is not None and d.specific_train_samples <= 0:
         raise ValueError("--specific-train-samples must be positive")
-    if not 0.0 <= mix.dga_early_fraction < 1.0:
-        raise ValueError(f"--dga-early-fraction {mix.dga_early_fraction} must be in [0, 1)")
+    if mix.dga_early_fraction is not None:
+        if not 0.0 <= mix.dga_early_fraction < 1.0:
+            raise ValueError(f"--dga-early-fraction {mix.dga_early_fraction} must be in [0, 1)")
+        sized = [flag for flag, value in (("--dga-update-interval", mix.dga_update_interval),
+                                          ("--dga-probe-batch-size", mix.dga_probe_batch_size),
+                                          ("--dga-probe-microbatches", mix.dga_probe_microbatches)) if value is not None]
+        if sized:
+            raise ValueError(f"--dga-early-fraction shapes the schedule --dga-probe-budget derives; {sized[0]} "
+                             "sets it by hand")
     if mix.dga_probe_microbatches is not None and mix.dga_probe_microbatches <= 0:
         raise ValueError("--dga-probe-microbatches must be positive")
     if mix.dga_probe_budget is not None:

@@ -336,11 +336,11 @@ class MixingConfig:
         "passes: (sources + 1) x probe micro batches per rank, per update, over the interval's micro batches "
         "per rank (default 0.1).",
     )
-    dga_early_fraction: float = arg(
-        1 / 3, "DGA: where the update interval derived from --dga-probe-budget exceeds 10 iterations, the first "
+    dga_early_fraction: Optional[float] = arg(
+        None, "DGA: where the update interval derived from --dga-probe-budget exceeds 10 iterations, the first "
         "fraction of the run updates every 10 iterations instead, on probe micro batches cut to the same cost "
-        "(10 / T_r of training's sequences), with the step as at 10; 0 turns it off. Not under pipeline "
-        "parallelism, nor when --dga-probe-batch-size or --dga-probe-microbatches is given.",
+        "(10 / T_r of training's sequences), with the step as at 10 (default 1/3; 0 turns it off). Not under "
+        "pipeline parallelism, nor with --dga-update-interval, --dga-probe-batch-size or --dga-probe-microbatches.",
     )
     dga_lr: float = arg(
         0.5, "DGA: step size eta of the exponentiated-gradient update "

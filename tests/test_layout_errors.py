@@ -150,6 +150,18 @@ def test_only_probes_the_budget_sized_may_be_cut():
     assert not may_cut(1, "--dga-update-interval", "10")
 
 
+def test_the_early_fraction_is_refused_where_it_cannot_act(capsys):
+    for flags, named in ((["--dga-update-interval", "10"], "--dga-update-interval"),
+                         (["--dga-probe-batch-size", "4"], "--dga-probe-batch-size"),
+                         (["--dga-probe-microbatches", "1"], "--dga-probe-microbatches")):
+        with pytest.raises(SystemExit):
+            parse_args([*TOY_MODEL, "--data-path", "x", "--train-iters", "10", "--dga-early-fraction", "0.3", *flags])
+        assert f"--dga-early-fraction shapes the schedule --dga-probe-budget derives; {named}" in capsys.readouterr().err
+    with pytest.raises(LayoutError, match="--dga-early-fraction cuts DGA's probe micro batches, which pipeline"):
+        layout(2, "--dga-early-fraction", "0.3", "--pipeline-model-parallel-size", "2", "--num-layers", "2")
+    assert layout(2, "--dga-early-fraction", "0", "--pipeline-model-parallel-size", "2", "--num-layers", "2").pp == 2
+
+
 def test_noise_shrink_needs_two_probe_micro_batches():
     with pytest.raises(LayoutError, match="--dga-noise-shrink needs a standard error"):
         layout(1, "--mixing", "dga", "--specific-data-path", "s", "--dga-noise-shrink")

@@ -11,8 +11,8 @@ from megatron_dga.files import read_json
 from megatron_dga.mixing.base import MixingAlgorithm, normalise, parse_weight_spec
 from megatron_dga.mixing.dga import DGAHyperparameters, DGAMixing, natural_source_weights
 from megatron_dga.mixing.importance import ImportanceMixing, read_histogram
-from megatron_dga.mixing.probe_budget import (DEFAULT_PROBE_BUDGET, UPDATE_INTERVAL_STEP, ProbeCost, auto_update_interval,
-                                              early_phase, probe_share, step_factor)
+from megatron_dga.mixing.probe_budget import (DEFAULT_EARLY_FRACTION, DEFAULT_PROBE_BUDGET, UPDATE_INTERVAL_STEP,
+                                              ProbeCost, auto_update_interval, early_phase, probe_share, step_factor)
 from megatron_dga.mixing.static import NaturalMixing, StaticMixing, UniformMixing
 
 
@@ -55,7 +55,7 @@ def dga_schedule(config: MixingConfig, num_sources: int, microbatches, notes: Li
     step = "" if factor == 1.0 else f", with steps of {factor:g}x --dga-lr and --dga-step-clip"
     start = "" if early is None else (
         f"every {UPDATE_INTERVAL_STEP} iterations until iteration {early[0]} (--dga-early-fraction "
-        f"{config.dga_early_fraction:.3g}), on probes of {early[1]} of training's {cost.cuttable_micro_batch_size} "
+        f"{DEFAULT_EARLY_FRACTION if config.dga_early_fraction is None else config.dga_early_fraction:.3g}), on probes of {early[1]} of training's {cost.cuttable_micro_batch_size} "
         "sequences, then ")
     notes.append(f"--mixing dga updates the weights {start}every {interval} iterations{step}: the probes "
                  f"({num_sources + 1} x {probe:g} micro batches per rank) add "

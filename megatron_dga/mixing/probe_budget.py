@@ -26,6 +26,7 @@ from typing import Optional
 
 UPDATE_INTERVAL_STEP = 10  # updates on multiples of 10 iterations, where logging and evaluation usually fall
 DEFAULT_PROBE_BUDGET = 0.1
+DEFAULT_EARLY_FRACTION = 1 / 3  # where measured: small frequent probes lead until about a third of the run
 
 
 def check_probe_budget(budget: float) -> None:
@@ -63,10 +64,11 @@ class ProbeCost:
 
 
 def early_phase(interval: int, micro_batch_size: Optional[int], train_iters: Optional[int],
-                fraction: float) -> Optional[tuple]:
+                fraction: Optional[float]) -> Optional[tuple]:
     """(iterations, sequences per rank of a probe micro batch) of the early phase at a derived
     `interval`: every UPDATE_INTERVAL_STEP iterations on probes cut by UPDATE_INTERVAL_STEP /
     interval, which keeps their cost; None where there is none to have."""
+    fraction = DEFAULT_EARLY_FRACTION if fraction is None else fraction
     if interval <= UPDATE_INTERVAL_STEP or not micro_batch_size or not train_iters or fraction <= 0:
         return None
     sequences = micro_batch_size * UPDATE_INTERVAL_STEP // interval

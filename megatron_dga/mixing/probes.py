@@ -11,7 +11,8 @@ moving the training position: the k-th draw of a stream is a pure function of (s
 k). The specific set has a stream of its own. At each update each source (a domain, or a base
 distribution over domains) gets `probe_microbatches x DP` micro batches, one share per
 data-parallel rank, exactly as a training batch is split (micro batches of training's size, or
-fewer sequences when --dga-probe-batch-size asks for less than one micro batch per rank).
+fewer sequences when --dga-probe-batch-size asks for less than one micro batch per rank, or in the
+early phase of a derived schedule, --dga-early-fraction).
 
 A base distribution P_j spreads its sequences over its domains by the same low-discrepancy
 rule as the training blend, with a state that persists from one update to the next: over

@@ -99,6 +99,9 @@ def resolve_layout(config: PretrainConfig, world_size: int) -> Layout:
         raise LayoutError(str(e)) from None
     layout = Layout(world_size, tp, pp, dp, mbs, gbs, sequence_parallel)
     per_rank = probe_batching(config.mixing, layout).microbatches  # refuses an indivisible --dga-probe-batch-size
+    if config.mixing.dga_early_fraction and pp > 1:
+        raise LayoutError("--dga-early-fraction cuts DGA's probe micro batches, which pipeline parallelism cannot "
+                          "take (its stages exchange activations of training's shape)")
     if config.mixing.mixing == "dga" and config.mixing.dga_noise_shrink and per_rank * layout.dp < 2:
         raise LayoutError(f"--dga-noise-shrink needs a standard error for each score: 2 or more probe micro batches "
                           f"per source over all data-parallel ranks (here {per_rank} x DP {layout.dp}); raise "
