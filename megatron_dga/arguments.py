@@ -17,6 +17,7 @@ from typing import Optional, Sequence
 from megatron_dga.config import PretrainConfig
 from megatron_dga.megatron_flags import MegatronFlagError, translate
 from megatron_dga.mixing.probe_budget import check_probe_budget
+from megatron_dga.parallel.layout import probe_schedule_set_by_hand
 
 
 def _flag(f: dataclasses.Field) -> str:
@@ -169,9 +170,7 @@ def check_flags(config: PretrainConfig) -> None:
     if mix.dga_early_fraction is not None:
         if not 0.0 <= mix.dga_early_fraction < 1.0:
             raise ValueError(f"--dga-early-fraction {mix.dga_early_fraction} must be in [0, 1)")
-        sized = [flag for flag, value in (("--dga-update-interval", mix.dga_update_interval),
-                                          ("--dga-probe-batch-size", mix.dga_probe_batch_size),
-                                          ("--dga-probe-microbatches", mix.dga_probe_microbatches)) if value is not None]
+        sized = probe_schedule_set_by_hand(mix)
         if sized:
             raise ValueError(f"--dga-early-fraction shapes the schedule --dga-probe-budget derives; {sized[0]} "
                              "sets it by hand")

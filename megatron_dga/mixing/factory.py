@@ -51,12 +51,12 @@ def dga_schedule(config: MixingConfig, num_sources: int, microbatches, notes: Li
     budget = DEFAULT_PROBE_BUDGET if config.dga_probe_budget is None else config.dga_probe_budget
     interval = auto_update_interval(num_sources, probe, train, budget)
     factor = step_factor(interval)
-    early = early_phase(interval, cost.cuttable_micro_batch_size, cost.train_iters, config.dga_early_fraction)
+    fraction = DEFAULT_EARLY_FRACTION if config.dga_early_fraction is None else config.dga_early_fraction
+    early = early_phase(interval, cost.cuttable_micro_batch_size, cost.train_iters, fraction)
     step = "" if factor == 1.0 else f", with steps of {factor:g}x --dga-lr and --dga-step-clip"
     start = "" if early is None else (
-        f"every {UPDATE_INTERVAL_STEP} iterations until iteration {early[0]} (--dga-early-fraction "
-        f"{DEFAULT_EARLY_FRACTION if config.dga_early_fraction is None else config.dga_early_fraction:.3g}), on probes of {early[1]} of training's {cost.cuttable_micro_batch_size} "
-        "sequences, then ")
+        f"every {UPDATE_INTERVAL_STEP} iterations until iteration {early[0]} (--dga-early-fraction {fraction:.3g}), "
+        f"on probes of {early[1]} of training's {cost.cuttable_micro_batch_size} sequences, then ")
     notes.append(f"--mixing dga updates the weights {start}every {interval} iterations{step}: the probes "
                  f"({num_sources + 1} x {probe:g} micro batches per rank) add "
                  f"{probe_share(num_sources, probe, train, interval):.0%} to training's {train} per iteration "

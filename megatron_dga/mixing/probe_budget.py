@@ -64,11 +64,10 @@ class ProbeCost:
 
 
 def early_phase(interval: int, micro_batch_size: Optional[int], train_iters: Optional[int],
-                fraction: Optional[float]) -> Optional[tuple]:
+                fraction: float) -> Optional[tuple]:
     """(iterations, sequences per rank of a probe micro batch) of the early phase at a derived
     `interval`: every UPDATE_INTERVAL_STEP iterations on probes cut by UPDATE_INTERVAL_STEP /
     interval, which keeps their cost; None where there is none to have."""
-    fraction = DEFAULT_EARLY_FRACTION if fraction is None else fraction
     if interval <= UPDATE_INTERVAL_STEP or not micro_batch_size or not train_iters or fraction <= 0:
         return None
     sequences = micro_batch_size * UPDATE_INTERVAL_STEP // interval

@@ -7,6 +7,7 @@ process group, model or dataset is built.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import List
 
 from megatron_dga.config import MixingConfig, PretrainConfig
 from megatron_dga.schedule import ScheduleError, resolve_schedule
@@ -141,8 +142,14 @@ def probe_batching(mixing: MixingConfig, layout: Layout) -> ProbeBatching:
     return ProbeBatching(probe_batch // share, mbs)
 
 
+def probe_schedule_set_by_hand(mixing: MixingConfig) -> List[str]:
+    """The flags given that set DGA's update interval or probe size, which the probe budget then leaves alone."""
+    return [flag for flag, value in (("--dga-update-interval", mixing.dga_update_interval),
+                                     ("--dga-probe-batch-size", mixing.dga_probe_batch_size),
+                                     ("--dga-probe-microbatches", mixing.dga_probe_microbatches)) if value is not None]
+
+
 def probes_may_be_cut(mixing: MixingConfig, layout: Layout) -> bool:
     """Whether DGA's early phase may cut the probe micro batch below training's: not when the probe's size
     is given, nor under pipeline parallelism (whose stages exchange activations of training's shape)."""
-    return (mixing.dga_update_interval is None and mixing.dga_probe_batch_size is None
-            and mixing.dga_probe_microbatches is None and layout.pp == 1)
+    return not probe_schedule_set_by_hand(mixing) and layout.pp == 1
