@@ -102,3 +102,23 @@ def test_commands_write_out_the_update_interval_run_py_left_to_its_default():
     assert reproducible_args(given) == given["run_args"]
     uniform = {"run_args": ["--method", "uniform"], "command": ["deepspeed", "--mixing", "uniform"]}
     assert reproducible_args(uniform) == ["--method", "uniform"]
+
+
+def test_a_hand_set_update_interval_is_named_in_the_run_label_and_ranked_with_its_variant():
+    """The report groups a table's rows by label: a DGA run on a hand-set interval must not be
+    averaged with runs on pretrain's derived schedule, and still sorts beside its variant."""
+    sys.path.insert(0, os.path.join(REPO, "examples", "austen"))
+    from report import label_rank
+    from run import label, parse_args
+
+    common = ["--prepared", "p.json", "--out", "o", "--method", "dga", "--variant", "adam-control"]
+    derived = label(parse_args(common))
+    hand_set = label(parse_args([*common, "--dga-update-interval", "10"]))
+    assert derived == "dga adam-control"
+    assert hand_set == "dga adam-control (every 10)"
+    assert label(parse_args(["--prepared", "p.json", "--out", "o", "--method", "dga", "--dga-update-interval", "50"])) \
+        == "dga (every 50)"
+    assert label(parse_args(["--prepared", "p.json", "--out", "o", "--method", "uniform",
+                             "--dga-update-interval", "10"])) == "uniform"
+    ranked = sorted(["dga cosine-control", hand_set, "dga (every 50)", "uniform", derived], key=label_rank)
+    assert ranked == ["uniform", "dga (every 50)", derived, hand_set, "dga cosine-control"]

@@ -40,7 +40,8 @@ HELDOUT = "lm loss validation/specific"
 def label_rank(label: str):
     """Base methods first, each followed by its DGA variants (VARIANTS order), bases last."""
     method, _, rest = label.partition(" ")
-    variant = rest.replace(" (bases)", "").strip() or "raw"
+    words = rest.split()
+    variant = words[0] if words and not words[0].startswith("(") else "raw"  # "(bases)", "(every 10)": raw
     return (BASE_METHODS.index(method) if method in BASE_METHODS else len(BASE_METHODS), "(bases)" in label,
             list(VARIANTS).index(variant) if variant in VARIANTS else len(VARIANTS), label)
 

@@ -209,13 +209,15 @@ def run_showing_progress(command: List[str], log, name: str) -> subprocess.Compl
 
 
 def label(a) -> str:
-    """How the report names the run's method: the method, with its DGA variant and bases."""
+    """How the report names the run's method: the method, with its DGA variant, bases and hand-set interval."""
     name = a.method
     if a.method == "static":
         name += f" {a.mixture}"
     if a.method.startswith("dga"):
         name += "" if a.variant == "raw" else f" {a.variant}"
         name += " (bases)" if a.base_distributions else ""
+        # A hand-set interval is another schedule than pretrain's derived one: kept apart in the tables.
+        name += f" (every {a.dga_update_interval})" if a.dga_update_interval is not None else ""
     return name
 
 
