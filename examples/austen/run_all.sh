@@ -56,6 +56,7 @@ TWO_SEEDS=$(echo $SEEDS | cut -d' ' -f1-2)
 # The phases before headroom were run with DGA's former fixed update interval: they keep it. The
 # headroom phase runs pretrain's default, which keeps the probes within --dga-probe-budget.
 FORMER_INTERVAL=(--dga-update-interval 10)
+DEFAULT_RUN_ARGS=("${RUN_ARGS[@]}")  # for the default's runs beside them, on the derived schedule
 RUN_ARGS+=("${FORMER_INTERVAL[@]}")
 if [[ -z "${CORPUS_DIR:-}" ]]; then
     CORPUS_DIR=$WORK/corpus
@@ -116,6 +117,9 @@ if has_phase variants; then
             for variant in $variants; do
                 run "$AUSTEN" variants $regime dga-$variant $seed --method dga --variant $variant "${RUN_ARGS[@]}"
             done
+            # The default on pretrain's derived schedule, beside the same update every 10 iterations.
+            run "$AUSTEN" variants $regime dga-adam-control-default $seed --method dga --variant adam-control \
+                "${DEFAULT_RUN_ARGS[@]}"
         done
     done
 fi
@@ -153,6 +157,7 @@ if has_phase scale; then
                 "${FORMER_INTERVAL[@]}"
             run "$SCALE" scale $regime dga-ema $seed --method dga-ema --variant adam-control "${SCALE_ARGS[@]}" \
                 "${FORMER_INTERVAL[@]}"
+            run "$SCALE" scale $regime dga-default $seed --method dga --variant adam-control "${SCALE_ARGS[@]}"
         done
     done
 fi
@@ -170,6 +175,8 @@ if has_phase targets; then
             run "$WORK/target-$target/prepared.json" target-$target plenty uniform $seed --method uniform "${RUN_ARGS[@]}"
             run "$WORK/target-$target/prepared.json" target-$target plenty dga $seed --method dga \
                 --variant adam-control "${RUN_ARGS[@]}"
+            run "$WORK/target-$target/prepared.json" target-$target plenty dga-default $seed --method dga \
+                --variant adam-control "${DEFAULT_RUN_ARGS[@]}"
         done
     done
 fi
