@@ -9,6 +9,12 @@ ratio, the ideal one, and the time of probes and blend re-plans per update.
     python bench/dga_overhead.py                                  # k = 16, T_r = 10, G = 32 micro batches of 1
     python bench/dga_overhead.py --domains 64                     # k = 64
     python bench/dga_overhead.py --domains 64 --pipeline-parallel 2   # PP = 2 (two processes, torchrun)
+    python bench/dga_overhead.py --domains 7 --update-interval 10 --probe-batch-size 2 \
+        --microbatches 2 --micro-batch-size 8 --seq-length 128     # the early phase of a derived schedule
+
+With --probe-batch-size P below --micro-batch-size M, each probe is one micro batch of P sequences, as
+in the early phase of pretrain's derived schedule (--dga-early-fraction): the ideal ratio becomes
+1 + (k + 1) P / (M x T_r x G).
 
 With pipeline parallelism a probe phase costs its micro batches plus one pipeline fill and
 drain: the specific micro batches go through one schedule and all k sources' through a second,
@@ -36,6 +42,8 @@ def parse():
     p.add_argument("--update-interval", type=int, default=10)
     p.add_argument("--microbatches", type=int, default=32, help="micro batches per global batch (G)")
     p.add_argument("--micro-batch-size", type=int, default=1)
+    p.add_argument("--probe-batch-size", type=int,
+                   help="probe sequences per source at each update (--dga-probe-batch-size; default: one micro batch)")
     p.add_argument("--layers", type=int, default=4)
     p.add_argument("--hidden", type=int, default=256)
     p.add_argument("--heads", type=int, default=4)
@@ -81,7 +89,8 @@ def run(a, directory: str, manifest: str, mixing: str):
     args = [
         *launcher, "--domains-manifest", manifest, "--mixing", mixing, "--dga-alignment", a.alignment,
         "--specific-data-path", os.path.join(directory, "specific"), "--split", "100,0,0",
-        "--dga-update-interval", str(a.update_interval), "--dga-probe-microbatches", "1",
+        "--dga-update-interval", str(a.update_interval),
+        *(["--dga-probe-batch-size", str(a.probe_batch_size)] if a.probe_batch_size else ["--dga-probe-microbatches", "1"]),
         "--num-layers", str(a.layers), "--hidden-size", str(a.hidden), "--num-attention-heads", str(a.heads),
         "--seq-length", str(a.seq_length), "--micro-batch-size", str(a.micro_batch_size),
         "--global-batch-size", str(a.microbatches * a.micro_batch_size), "--train-iters", str(iters),
@@ -111,15 +120,17 @@ def main():
     updates = last["dga_updates"]["done"] + last["dga_updates"]["skipped"]
     probe = last["mixing_time"]["probe-seconds"] / updates
     replan = last["mixing_time"]["replan-seconds"] / updates
-    ideal = 1 + (k + 1) / (t_r * g)
+    probe_sequences = a.probe_batch_size or a.micro_batch_size
+    ideal = 1 + (k + 1) * probe_sequences / (a.micro_batch_size * t_r * g)  # probe passes in training micro batches
     measured = dga_time / uniform_time
     print(f"k = {k} domains, T_r = {t_r}, global batch = {g} micro batches of {a.micro_batch_size} x "
           f"{a.seq_length} tokens, model {a.layers} x {a.hidden}, PP = {a.pipeline_parallel}, {a.threads} threads, "
           f"--dga-alignment {a.alignment}")
     print(f"uniform: {uniform_time * 1000:9.1f} ms/iter   dga: {dga_time * 1000:9.1f} ms/iter   "
           f"(over {len(dga)} iterations, {a.cycles} update cycles)")
-    print(f"per update: probes {probe * 1000:.1f} ms ({k + 1} micro batches), re-plan {replan * 1000:.2f} ms")
-    print(f"measured ratio {measured:.4f}   ideal ratio 1 + (k+1)/(T_r x G) = {ideal:.4f}   "
+    print(f"per update: probes {probe * 1000:.1f} ms ({k + 1} probes of {probe_sequences} sequences), "
+          f"re-plan {replan * 1000:.2f} ms")
+    print(f"measured ratio {measured:.4f}   ideal ratio 1 + (k+1) P/(M x T_r x G) = {ideal:.4f}   "
           f"measured / ideal = {measured / ideal:.4f}")
 
 

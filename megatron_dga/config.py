@@ -370,7 +370,9 @@ class MixingConfig:
     dga_probe_batch_size: Optional[int] = arg(
         None, "DGA: probe sequences per source, and for the specific set, at each update, over all data-parallel "
         "ranks (as --global-batch-size is for training): the same probes, hence the same weights, in every "
-        "layout. It must be a multiple of --micro-batch-size x DP. Default: --dga-probe-microbatches per "
+        "layout. It must be a multiple of --micro-batch-size x DP, or, below one micro batch per rank (not under "
+        "pipeline parallelism), a multiple of DP: each rank then probes one micro batch of B / DP sequences. "
+        "Default: --dga-probe-microbatches per "
         "data-parallel rank, which grows the probe with DP."
     )
     dga_initial_weights: str = arg(
