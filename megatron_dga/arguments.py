@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import typing
 from typing import Optional, Sequence
 
@@ -174,6 +175,8 @@ def check_flags(config: PretrainConfig) -> None:
         if sized:
             raise ValueError(f"--dga-early-fraction shapes the schedule --dga-probe-budget derives; {sized[0]} "
                              "sets it by hand")
+    if not (math.isfinite(mix.dga_max_epochs) and mix.dga_max_epochs >= 0):
+        raise ValueError(f"--dga-max-epochs {mix.dga_max_epochs} must be a number >= 0 (0: no bound)")
     if mix.dga_probe_microbatches is not None and mix.dga_probe_microbatches <= 0:
         raise ValueError("--dga-probe-microbatches must be positive")
     if mix.dga_probe_budget is not None:

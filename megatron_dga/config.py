@@ -342,6 +342,13 @@ class MixingConfig:
         "(10 / T_r of training's sequences), with the step as at 10 (default 1/3; 0 turns it off). Not under "
         "pipeline parallelism, nor with --dga-update-interval, --dga-probe-batch-size or --dga-probe-microbatches.",
     )
+    dga_max_epochs: float = arg(
+        16.0, "DGA: no domain is sampled at a weight that would read its training split more than this many "
+        "times over the run (weight <= E x its sequences / the run's sequences). Where the weights align, "
+        "DGA's one-step score does not see that the next epoch of the same text is worth less than the "
+        "last: Muennighoff et al. (2023) find repeated tokens losing most of their value by about 16 epochs. "
+        "A run longer than E epochs of all the data is bounded by the natural mixture's repetition. 0: no bound.",
+    )
     dga_lr: float = arg(
         0.5, "DGA: step size eta of the exponentiated-gradient update "
         "alpha <- softmax(log alpha + eta * alignment); at an update interval derived from --dga-probe-budget, "

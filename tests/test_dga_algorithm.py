@@ -625,3 +625,83 @@ def test_a_resume_says_when_the_update_schedule_changed():
     fresh = dga_default(update_interval=20)
     fresh.load_state_dict(older)
     assert fresh.schedule_change is None
+
+
+# ---- --dga-max-epochs: a bound on repetition ----------------------------------------------------
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.floats(0.0, 1.0), min_size=2, max_size=40).filter(lambda w: sum(w) > 0),
+       st.lists(st.floats(0.01, 1.0), min_size=40, max_size=40))
+def test_cap_to_ceiling_is_on_the_simplex_below_the_caps(weights, raw_caps):
+    from megatron_dga.mixing.dga import cap_to_ceiling
+
+    p = np.array(weights) / sum(weights)
+    caps = np.array(raw_caps[:len(p)])
+    if caps.sum() < 1:
+        caps = caps / caps.sum()  # the least feasible: every weight at its cap
+    q = cap_to_ceiling(p, caps)
+    assert q.sum() == pytest.approx(1.0, rel=1e-9) and np.all(q <= caps * (1 + 1e-9))
+    free = q < caps * (1 - 1e-9)  # the weights below their caps keep their ratios to each other
+    if free.sum() >= 2 and np.all(p[free] > 1e-300):  # ratios of subnormal numbers are not exact
+        ratio = q[free] / p[free]
+        np.testing.assert_allclose(ratio, ratio[0], rtol=1e-9)
+    if np.all(p <= caps):
+        assert q is p  # nothing binds: the weights are left exactly as they were
+
+
+def test_max_domain_weights_bound_what_dga_samples_and_where_it_steps_from():
+    # Domain "a" aligns best at every update; its cap of 0.3 holds, and the others share the rest
+    # in the ratio the steps give them.
+    capped = DGAMixing(NAMES, np.ones(3), hyperparameters(lr=1.0, ema=0.5), max_domain_weights=np.array([0.3, 1.0, 1.0]))
+    free = DGAMixing(NAMES, np.ones(3), hyperparameters(lr=1.0, ema=0.5))
+    for it in range(10, 110, 10):
+        for m in (capped, free):
+            m.update(it, [1.0, 0.5, 0.0])
+    assert free.weights()[0] > 0.6
+    w = capped.weights()
+    assert w[0] == pytest.approx(0.3, rel=1e-9) and w.sum() == pytest.approx(1.0)
+    assert w[1] > w[2]
+    # The iterate itself is capped (a projection, as for the floor): a falling score takes "a"
+    # below the cap at the next update, not after its excess log-weight has worn off.
+    capped.update(110, [-1.0, 0.5, 0.0])
+    assert capped.weights()[0] < 0.3 - 0.01
+
+
+def test_a_cap_that_never_binds_changes_nothing():
+    capped = DGAMixing(NAMES, np.array([0.5, 0.3, 0.2]), DGAHyperparameters(), max_domain_weights=np.ones(3) * 0.99)
+    free = DGAMixing(NAMES, np.array([0.5, 0.3, 0.2]), DGAHyperparameters())
+    rng = np.random.default_rng(0)
+    for it in range(10, 200, 10):
+        a = rng.normal(size=3)
+        capped.update(it, a)
+        free.update(it, a)
+    np.testing.assert_array_equal(capped.weights(), free.weights())  # bit for bit
+
+
+def test_max_epochs_caps_each_domain_by_its_sequences_and_the_runs_length(capsys):
+    from megatron_dga.config import MixingConfig
+    from megatron_dga.mixing.factory import build_mixing, repetition_caps
+
+    # 5,000 sequences in the run: 16 epochs of a domain of 100 sequences is a weight of 0.32;
+    # the large domains are not bounded.
+    np.testing.assert_allclose(repetition_caps(16, [100, 10_000, 20_000], 5_000), [0.32, 1.0, 1.0])
+    # A run longer than 16 epochs of all the data: the least repetition the data allow, the
+    # natural mixture, bounds every domain.
+    np.testing.assert_allclose(repetition_caps(16, [100, 300], 100_000), [0.25, 0.75])
+    assert repetition_caps(16, [10_000, 20_000], 5_000) is None  # nothing to bound
+    assert repetition_caps(0, [100, 10_000], 5_000) is None  # 0: off
+
+    names = ["small", "big", "bigger"]
+    notes = []
+    m = build_mixing(MixingConfig(mixing="dga", dga_update_interval=10), names, [12_800, 1_280_000, 2_560_000],
+                     notes=notes, domain_sequences=[100, 10_000, 20_000], run_sequences=5_000)
+    np.testing.assert_allclose(m.domain_caps, [0.32, 1.0, 1.0])
+    assert any("--dga-max-epochs 16" in n and "small 0.32" in n for n in notes), notes
+    off = build_mixing(MixingConfig(mixing="dga", dga_update_interval=10, dga_max_epochs=0), names,
+                       [12_800, 1_280_000, 2_560_000], domain_sequences=[100, 10_000, 20_000], run_sequences=5_000)
+    assert off.domain_caps is None
+    from megatron_dga.arguments import parse_args
+    with pytest.raises(SystemExit):
+        parse_args(["--domains-manifest", "x.json", "--num-layers", "2", "--hidden-size", "64", "--num-attention-heads",
+                    "2", "--seq-length", "32", "--mixing", "dga", "--specific-data-path", "s", "--dga-max-epochs", "-1"])
+    assert "--dga-max-epochs -1.0 must be a number >= 0" in capsys.readouterr().err

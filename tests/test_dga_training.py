@@ -186,6 +186,23 @@ def test_a_resume_on_another_schedule_says_so(tmp_path, data):
             "iterations, step 0.707 and clip 1.41") in moved.stdout
 
 
+def test_max_epochs_bounds_how_often_dga_reads_the_domain_it_prefers(tmp_path, data):
+    """DGA puts 0.9 and more on dom1 (the test above); --dga-max-epochs 1 keeps dom1's weight at its
+    sequences over the run's, and dom1 is read at most once, give or take the blend's rounding."""
+    run_dir = str(tmp_path / "capped")
+    result = pretrain(args_for(data, run_dir, 80, ["--mixing", "dga", "--dga-update-interval", "5", "--log-interval", "5",
+                                                   "--eval-interval", "100", "--dga-max-epochs", "1"]))
+    assert "--dga-max-epochs 1 bounds the weights of the domains that a run of 640 sequences" in result.stdout
+    records = read_metrics(os.path.join(run_dir, "metrics.jsonl"))
+    final = records[-1]
+    sequences = final["domain_tokens"]["dom1"] / 32 / final["domain_epochs"]["dom1"]  # per epoch (--seq-length 32)
+    cap = sequences / (80 * 8)
+    assert cap < 0.6  # the bound binds
+    assert max(r["data_mixture"]["dom1"] for r in records) <= cap * (1 + 1e-9)
+    assert final["data_mixture"]["dom1"] == pytest.approx(cap, rel=1e-3)  # the EMA approaches the cap
+    assert final["domain_epochs"]["dom1"] <= 1 + 8 / sequences  # within one batch of draws
+
+
 def test_importance_sampling_uses_the_histogram(tmp_path, data):
     histogram = {"clusters": ["dom0", "dom1", "dom2"], "counts": [1, 6, 3], "weights": [0.1, 0.6, 0.3]}
     path = tmp_path / "assign_specific.json"

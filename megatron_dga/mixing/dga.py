@@ -15,7 +15,10 @@ and smooths it with an exponential moving average of weight beta (`--dga-ema`):
     mode "sampling":           the mirror state r <- alpha_hat follows the steps unsmoothed and
                     only what is sampled is smoothed, q <- beta * q + (1 - beta) * alpha_hat.
 
-`lift` is the floor `--dga-min-weight` m: the sources below m are lifted to it and the others
+`lift` bounds the weights from above, then from below. Above: with `max_domain_weights` c
+(`--dga-max-epochs`: no domain read more than E times over the run), the weights above their
+caps are cut to them and the others take up that mass in proportion (`cap_to_ceiling`, the
+projection onto {w <= c} in KL, as the floor's below). Below: the floor `--dga-min-weight` m: the sources below m are lifted to it and the others
 give up that mass in proportion (`lift_to_floor`). It leaves weights already at or above the
 floor unchanged, so a step of zero changes nothing, and a source that always scores worst
 settles at m exactly; an average of floored weights is floored, so nothing is floored twice.
@@ -144,6 +147,31 @@ def shrink_by_noise(centred: np.ndarray, spread: float, stderr: Optional[np.ndar
     return centred * (signal / (signal + noise))
 
 
+def cap_to_ceiling(p: np.ndarray, caps: np.ndarray) -> np.ndarray:
+    """min(caps, s p), with the s >= 1 that keeps the sum at 1: the entries above their caps are cut
+    to them, and the others take up the mass in proportion to their weights (the mirror of
+    `lift_to_floor`). Raising them can push another above its cap, so it repeats until none is.
+    `p` itself comes back where no entry is above its cap. Needs sum(caps) >= 1."""
+    if np.all(p <= caps):
+        return p
+    capped = np.zeros(len(p), dtype=bool)
+    while True:
+        free = ~capped
+        room = 1.0 - caps[capped].sum()
+        mass = p[free].sum()
+        if not free.any():  # the caps sum to 1 (within rounding): they are the only mixture left
+            return caps / caps.sum()
+        if mass <= 0:  # no weight left to scale: fill the free entries' room in proportion to their caps
+            filled = caps.copy()
+            filled[free] = room * caps[free] / caps[free].sum()
+            return filled
+        scaled = np.where(free, room * (p / mass), 0.0)  # p / mass first: a tiny mass would lose p*room
+        newly = free & (scaled > caps)
+        if not newly.any():
+            return np.where(capped, caps, scaled)
+        capped |= newly
+
+
 def lift_to_floor(p: np.ndarray, floor: float) -> np.ndarray:
     """max(floor, s p), with the s <= 1 that keeps the sum at 1: the entries below the floor
     are lifted to it, and the others give up the mass in proportion to their weights, so no
@@ -166,9 +194,16 @@ class DGAMixing(MixingAlgorithm):
     name = "dga"
 
     def __init__(self, domain_names: List[str], initial_weights, hyper: DGAHyperparameters,
-                 base_distributions: Optional[np.ndarray] = None, source_names: Optional[List[str]] = None):
+                 base_distributions: Optional[np.ndarray] = None, source_names: Optional[List[str]] = None,
+                 max_domain_weights: Optional[np.ndarray] = None):
+        """`max_domain_weights`: the most each domain may be sampled at (`--dga-max-epochs`), or None."""
         self.hyper = hyper
         k = len(domain_names)
+        self.domain_caps = None if max_domain_weights is None else np.asarray(max_domain_weights, dtype=np.float64)
+        if self.domain_caps is not None and (self.domain_caps.shape != (k,) or self.domain_caps.sum() < 1 - 1e-9):
+            raise ValueError(f"the {k} domains' largest weights must sum to at least 1: {self.domain_caps}")
+        # Over domains the iterate is capped too; over bases only what is sampled (a base's cap is not a domain's).
+        self.source_caps = self.domain_caps if base_distributions is None else None
         self.bases = np.eye(k) if base_distributions is None else np.asarray(base_distributions, dtype=np.float64)
         if self.bases.ndim != 2 or self.bases.shape[1] != k:
             raise ValueError(f"base distributions must be an N x {k} matrix, got shape {self.bases.shape}")
@@ -200,14 +235,18 @@ class DGAMixing(MixingAlgorithm):
         return len(self.bases)
 
     def _lifted(self, log_w: np.ndarray) -> np.ndarray:
-        """log lift(softmax(log_w)): the floor --dga-min-weight, in log space (without a floor
-        a weight too small for a double keeps a finite log)."""
+        """log lift(softmax(log_w)): the caps of --dga-max-epochs, then the floor --dga-min-weight,
+        in log space (where neither applies, a weight too small for a double keeps a finite log)."""
         log_p = log_softmax(log_w)
         m = self.hyper.min_weight
-        if m <= 0:
+        p = np.exp(log_p)
+        binds = self.source_caps is not None and np.any(p > self.source_caps)
+        if m <= 0 and not binds:
             return log_p
+        if binds:
+            p = cap_to_ceiling(p, self.source_caps)
         with np.errstate(divide="ignore"):
-            return np.log(lift_to_floor(np.exp(log_p), m))
+            return np.log(lift_to_floor(p, m))
 
     @property
     def sampling(self) -> np.ndarray:
@@ -215,10 +254,12 @@ class DGAMixing(MixingAlgorithm):
         return normalise(np.exp(self.log_smoothed))
 
     def domain_weights_of(self, source_weights: np.ndarray) -> np.ndarray:
-        """p = w^T P, lifted to the domain floor m_d (`lift_to_floor`). The domain floor
-        matters with base distributions, where the source floor reaches a domain only through
-        its share in its bases."""
+        """p = w^T P, cut to the domains' caps (`cap_to_ceiling`) and lifted to the domain floor m_d
+        (`lift_to_floor`). The domain floor matters with base distributions, where the source floor
+        reaches a domain only through its share in its bases."""
         mixed = normalise(source_weights @ self.bases)
+        if self.domain_caps is not None:
+            mixed = cap_to_ceiling(mixed, self.domain_caps)
         return lift_to_floor(mixed, self.hyper.min_domain_weight)
 
     # ---- updates -------------------------------------------------------------------------

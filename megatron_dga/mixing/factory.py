@@ -64,6 +64,20 @@ def dga_schedule(config: MixingConfig, num_sources: int, microbatches, notes: Li
     return interval, factor, early
 
 
+def repetition_caps(max_epochs: float, domain_sequences, run_sequences: int) -> Optional[np.ndarray]:
+    """The largest weight at which each domain is read at most `max_epochs` times over a run of
+    `run_sequences`: max_epochs x its sequences / the run's, at most 1. Where the run is longer than
+    that many epochs of all the data, the bound is the least repetition the data allow: the epochs of
+    the natural mixture, which is then the only mixture left. None where nothing is bounded (or
+    `max_epochs` is 0)."""
+    if not max_epochs or not run_sequences:
+        return None
+    sequences = np.asarray(domain_sequences, dtype=np.float64)
+    epochs = max(max_epochs, run_sequences / sequences.sum())
+    caps = np.minimum(epochs * sequences / run_sequences, 1.0)
+    return caps if np.any(caps < 1.0) else None
+
+
 def dga_hyperparameters(config: MixingConfig, update_interval: int, step_multiplier: float = 1.0,
                         early: Optional[Tuple[int, int]] = None) -> DGAHyperparameters:
     """`early`: (iterations, probe sequences per rank) of an early phase, whose step is the one at 10."""
@@ -83,12 +97,14 @@ def dga_hyperparameters(config: MixingConfig, update_interval: int, step_multipl
 def build_mixing(config: MixingConfig, domain_names: List[str], train_tokens: List[int],
                  data_path_weights: Optional[List[float]] = None,
                  importance_histogram: Optional[np.ndarray] = None, notes: Optional[List[str]] = None,
-                 microbatches=None) -> MixingAlgorithm:
+                 microbatches=None, domain_sequences: Optional[List[int]] = None,
+                 run_sequences: Optional[int] = None) -> MixingAlgorithm:
     """`importance_histogram`: the specific set's histogram when computed at start-up; `notes`:
     where to say what became of --data-path weights the mixing does not take as they are, and
     which update interval DGA chose; `microbatches`: what DGA's derived schedule follows, a
     `probe_budget.ProbeCost` or (training micro batches per iteration, DGA's probe passes per source,
-    in training micro batches) on each rank."""
+    in training micro batches) on each rank; `domain_sequences` (each domain's training sequences per
+    epoch) and `run_sequences` (the run's): what --dga-max-epochs bounds the weights by."""
     natural = normalise(np.asarray(train_tokens, dtype=np.float64))
     notes = notes if notes is not None else []
     if data_path_weights is not None and config.mixing in ("uniform", "importance"):
@@ -127,5 +143,13 @@ def build_mixing(config: MixingConfig, domain_names: List[str], train_tokens: Li
         else:
             initial = np.ones(num_sources)
         interval, factor, early = dga_schedule(config, num_sources, microbatches, notes)
-        return DGAMixing(domain_names, initial, dga_hyperparameters(config, interval, factor, early), bases)
+        caps = None
+        if domain_sequences is not None:
+            caps = repetition_caps(config.dga_max_epochs, domain_sequences, run_sequences)
+        if caps is not None:
+            bounded = ", ".join(f"{n} {c:.2g}" for n, c in zip(domain_names, caps) if c < 1.0)
+            notes.append(f"--dga-max-epochs {config.dga_max_epochs:g} bounds the weights of the domains that a "
+                         f"run of {run_sequences} sequences would read more often: {bounded}")
+        return DGAMixing(domain_names, initial, dga_hyperparameters(config, interval, factor, early), bases,
+                         max_domain_weights=caps)
     raise ValueError(f"unknown --mixing {config.mixing!r}")

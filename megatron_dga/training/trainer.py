@@ -64,7 +64,9 @@ class Trainer:
                                  probe_batching(config.mixing, self.layout).passes(mbs), cuttable,
                                  config.training.train_iters)
         self.mixing = build_mixing(config.mixing, self.domain_names, [d.train_tokens for d in self.domains],
-                                   self.data.data_path_weights, histogram, notes, microbatches)
+                                   self.data.data_path_weights, histogram, notes, microbatches,
+                                   domain_sequences=[d.train.samples_per_epoch for d in self.domains],
+                                   run_sequences=config.training.train_iters * self.layout.global_batch_size)
         if ctx.rank == 0:
             for note in notes:
                 print(f"note: {note}", flush=True)
