@@ -123,27 +123,32 @@ EXTREME = st.one_of(st.floats(-1e6, 1e6), st.sampled_from([np.nan, np.inf, -np.i
     window=st.sampled_from([1, 3, 9]),
     clip=st.sampled_from([0.0, 0.5, 5.0]),
     score_ema=st.sampled_from([0.0, 0.5]),
+    cap=st.sampled_from([None, 0.3, 0.6]),
 )
 def test_weights_stay_finite_on_the_simplex(initial, steps, lr, lr_scale, ema, mode, floor, domain_floor, with_bases,
-                                            scale, window, clip, score_ema):
+                                            scale, window, clip, score_ema, cap):
     """Whatever the alignments (NaN, infinities, 1e300), the weights stay finite, on the
-    simplex and above both floors; and they are not frozen: after the extremes, ordinary
-    scores still move them."""
+    simplex, above both floors and below the caps; and they are not frozen: after the extremes,
+    ordinary scores still move them."""
     n = len(initial)
     k = n + 2 if with_bases else n
     bases = None
     if with_bases:  # each base on its own domain, and the last two domains shared by every base
         bases = np.hstack([np.eye(n), np.full((n, 2), 0.5)])
     floor, domain_floor = min(floor, 0.9 / n), min(domain_floor, 0.9 / k)
+    caps = None if cap is None else np.full(k, max(cap, 1.5 / k))
     m = DGAMixing([f"d{i}" for i in range(k)], np.array(initial), hyperparameters(
         lr=lr, ema=ema, ema_mode=mode, min_weight=floor, min_domain_weight=domain_floor, step_scale=scale,
-        scale_window=window, step_clip=clip, score_ema=score_ema, scale_by_lr=True), base_distributions=bases)
+        scale_window=window, step_clip=clip, score_ema=score_ema, scale_by_lr=True), base_distributions=bases,
+        max_domain_weights=caps)
 
     def check():
         w, sources = m.weights(), m.sampling
         assert np.all(np.isfinite(w)) and abs(w.sum() - 1.0) < 1e-9
         assert abs(sources.sum() - 1.0) < 1e-9 and sources.min() >= floor * (1 - 1e-9)
         assert w.min() >= domain_floor * (1 - 1e-9)
+        if caps is not None:
+            assert np.all(w <= caps * (1 + 1e-9))
         if floor > 0 or domain_floor > 0:
             assert w.min() > 0
         assert np.all(np.isfinite(m.log_state)) and np.all(np.isfinite(m.log_smoothed))
@@ -705,3 +710,21 @@ def test_max_epochs_caps_each_domain_by_its_sequences_and_the_runs_length(capsys
         parse_args(["--domains-manifest", "x.json", "--num-layers", "2", "--hidden-size", "64", "--num-attention-heads",
                     "2", "--seq-length", "32", "--mixing", "dga", "--specific-data-path", "s", "--dga-max-epochs", "-1"])
     assert "--dga-max-epochs -1.0 must be a number >= 0" in capsys.readouterr().err
+
+
+def test_a_derived_interval_the_run_never_reaches_is_refused():
+    """57 sources and the specific set against 2 training micro batches per iteration: at the default
+    budget one update every 290 iterations, which a run of 200 never reaches. DGA would be uniform
+    sampling under another name, so the run is refused with what to change."""
+    from megatron_dga.config import MixingConfig
+    from megatron_dga.mixing.factory import build_mixing
+    from megatron_dga.mixing.probe_budget import ProbeCost
+
+    names, tokens = [f"c{i}" for i in range(57)], [1000] * 57
+    with pytest.raises(ValueError, match="every 290 iterations.*--train-iters 200.*--dga-probe-budget"):
+        build_mixing(MixingConfig(mixing="dga"), names, tokens, microbatches=ProbeCost(2, 1, None, 200))
+    longer = build_mixing(MixingConfig(mixing="dga"), names, tokens, microbatches=ProbeCost(2, 1, None, 300))
+    assert longer.hyper.update_interval == 290
+    by_hand = build_mixing(MixingConfig(mixing="dga", dga_update_interval=50), names, tokens,
+                           microbatches=ProbeCost(2, 1, None, 200))
+    assert by_hand.hyper.update_interval == 50

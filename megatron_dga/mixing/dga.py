@@ -18,10 +18,11 @@ and smooths it with an exponential moving average of weight beta (`--dga-ema`):
 `lift` bounds the weights from above, then from below. Above: with `max_domain_weights` c
 (`--dga-max-epochs`: no domain read more than E times over the run), the weights above their
 caps are cut to them and the others take up that mass in proportion (`cap_to_ceiling`, the
-projection onto {w <= c} in KL, as the floor's below). Below: the floor `--dga-min-weight` m: the sources below m are lifted to it and the others
-give up that mass in proportion (`lift_to_floor`). It leaves weights already at or above the
-floor unchanged, so a step of zero changes nothing, and a source that always scores worst
-settles at m exactly; an average of floored weights is floored, so nothing is floored twice.
+projection onto {w <= c} in KL, as the floor's below). Below: the floor `--dga-min-weight` m:
+the sources below m are lifted to it and the others give up that mass in proportion
+(`lift_to_floor`). Each leaves the weights within its bound unchanged, so a step of zero
+changes nothing, and a source that always scores worst settles at m exactly; an average of
+floored (capped) weights is floored (capped), so nothing is bounded twice.
 
 **Step control** (docs/dga.md has the derivation): the score is centred on its median across
 sources (the softmax ignores a common shift) and divided by the running scale of the scores,

@@ -53,6 +53,15 @@ def dga_schedule(config: MixingConfig, num_sources: int, microbatches, notes: Li
     factor = step_factor(interval)
     fraction = DEFAULT_EARLY_FRACTION if config.dga_early_fraction is None else config.dga_early_fraction
     early = early_phase(interval, cost.cuttable_micro_batch_size, cost.train_iters, fraction)
+    if early is None and cost.train_iters is not None and interval >= cost.train_iters:
+        # Weights that never move are uniform sampling under another name: say so rather than run it.
+        two_updates = UPDATE_INTERVAL_STEP * max(1, (cost.train_iters - 1) // 2 // UPDATE_INTERVAL_STEP)
+        needed = probe_share(num_sources, probe, train, two_updates)
+        raise ValueError(
+            f"--mixing dga: {num_sources + 1} probes of {probe:g} micro batch{'' if probe == 1 else 'es'} per rank "
+            f"against training's {train} per iteration allow one update every {interval} iterations at --dga-probe-budget {budget:g}, which "
+            f"--train-iters {cost.train_iters} never reaches. Give --dga-update-interval, a --dga-probe-budget of "
+            f"at least {needed:.2g} (two updates), larger batches, or fewer sources (--dga-base-distributions)")
     step = "" if factor == 1.0 else f", with steps of {factor:g}x --dga-lr and --dga-step-clip"
     start = "" if early is None else (
         f"every {UPDATE_INTERVAL_STEP} iterations until iteration {early[0]} (--dga-early-fraction {fraction:.3g}), "
