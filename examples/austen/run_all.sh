@@ -136,6 +136,11 @@ if has_phase large-k; then
             run "$AUSTEN" $experiment plenty uniform $seed --method uniform "${common[@]}"
             run "$AUSTEN" $experiment plenty dga-bases $seed --method dga --variant adam-control \
                 --base-distributions "${common[@]}"
+            # The default on pretrain's derived schedule (over 16 bases: every 90 iterations at
+            # these batches). Over every cluster the derived interval passes the run's end, and
+            # pretrain refuses it.
+            run "$AUSTEN" $experiment plenty dga-bases-default $seed --method dga --variant adam-control \
+                --base-distributions --domains clusters --clusters-k $k "${DEFAULT_RUN_ARGS[@]}"
         done
         run "$AUSTEN" $experiment plenty importance 1 --method importance "${common[@]}"
         # Over every cluster: k + 1 probes per update, so updates are rarer (T_r = 50).
