@@ -702,6 +702,12 @@ def test_max_epochs_caps_each_domain_by_its_sequences_and_the_runs_length(capsys
                      notes=notes, domain_sequences=[100, 10_000, 20_000], run_sequences=5_000)
     np.testing.assert_allclose(m.domain_caps, [0.32, 1.0, 1.0])
     assert any("--dga-max-epochs 16" in n and "small 0.32" in n for n in notes), notes
+    many = [f"c{i}" for i in range(20)]
+    notes = []
+    build_mixing(MixingConfig(mixing="dga", dga_update_interval=10), many, [1280 * (i + 1) for i in range(20)],
+                 notes=notes, domain_sequences=[10 * (i + 1) for i in range(20)], run_sequences=5_000)
+    assert any(n.endswith("c0 0.032, c1 0.064, c2 0.096, c3 0.13, c4 0.16, c5 0.19, c6 0.22, c7 0.26 and 12 more")
+               for n in notes), notes  # the tightest first, not thousands of them
     off = build_mixing(MixingConfig(mixing="dga", dga_update_interval=10, dga_max_epochs=0), names,
                        [12_800, 1_280_000, 2_560_000], domain_sequences=[100, 10_000, 20_000], run_sequences=5_000)
     assert off.domain_caps is None

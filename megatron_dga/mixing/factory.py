@@ -59,9 +59,10 @@ def dga_schedule(config: MixingConfig, num_sources: int, microbatches, notes: Li
         needed = probe_share(num_sources, probe, train, two_updates)
         raise ValueError(
             f"--mixing dga: {num_sources + 1} probes of {probe:g} micro batch{'' if probe == 1 else 'es'} per rank "
-            f"against training's {train} per iteration allow one update every {interval} iterations at --dga-probe-budget {budget:g}, which "
-            f"--train-iters {cost.train_iters} never reaches. Give --dga-update-interval, a --dga-probe-budget of "
-            f"at least {needed:.2g} (two updates), larger batches, or fewer sources (--dga-base-distributions)")
+            f"against training's {train} per iteration allow one update every {interval} iterations at "
+            f"--dga-probe-budget {budget:g}, which --train-iters {cost.train_iters} never reaches. Give "
+            f"--dga-update-interval, a --dga-probe-budget of at least {needed:.2g} (two updates), larger batches, "
+            "or fewer sources (--dga-base-distributions)")
     step = "" if factor == 1.0 else f", with steps of {factor:g}x --dga-lr and --dga-step-clip"
     start = "" if early is None else (
         f"every {UPDATE_INTERVAL_STEP} iterations until iteration {early[0]} (--dga-early-fraction {fraction:.3g}), "
@@ -85,6 +86,13 @@ def repetition_caps(max_epochs: float, domain_sequences, run_sequences: int) -> 
     epochs = max(max_epochs, run_sequences / sequences.sum())
     caps = np.minimum(epochs * sequences / run_sequences, 1.0)
     return caps if np.any(caps < 1.0) else None
+
+
+def described_caps(domain_names: List[str], caps: np.ndarray, shown: int = 8) -> str:
+    """The bounded domains and their caps, tightest first; past `shown`, how many more."""
+    bounded = sorted((c, n) for n, c in zip(domain_names, caps) if c < 1.0)
+    text = ", ".join(f"{n} {c:.2g}" for c, n in bounded[:shown])
+    return text if len(bounded) <= shown else f"{text} and {len(bounded) - shown} more"
 
 
 def dga_hyperparameters(config: MixingConfig, update_interval: int, step_multiplier: float = 1.0,
@@ -156,9 +164,9 @@ def build_mixing(config: MixingConfig, domain_names: List[str], train_tokens: Li
         if domain_sequences is not None:
             caps = repetition_caps(config.dga_max_epochs, domain_sequences, run_sequences)
         if caps is not None:
-            bounded = ", ".join(f"{n} {c:.2g}" for n, c in zip(domain_names, caps) if c < 1.0)
             notes.append(f"--dga-max-epochs {config.dga_max_epochs:g} bounds the weights of the domains that a "
-                         f"run of {run_sequences} sequences would read more often: {bounded}")
+                         f"run of {run_sequences} sequences would read more often: "
+                         f"{described_caps(domain_names, caps)}")
         return DGAMixing(domain_names, initial, dga_hyperparameters(config, interval, factor, early), bases,
                          max_domain_weights=caps)
     raise ValueError(f"unknown --mixing {config.mixing!r}")
