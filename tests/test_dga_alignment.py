@@ -46,7 +46,8 @@ def setup(tmp_path_factory):
     specific = str(root / "data" / "specific_text_document")
     write_domain(specific, synthetic_documents(rng, (85, 170), 20))
     args = ["--domains-manifest", manifest, *SMALL_MODEL, "--micro-batch-size", "2", "--global-batch-size", "4",
-            "--mixing", "dga", "--specific-data-path", specific, "--split", "90,10,0", "--train-iters", "10",
+            "--mixing", "dga", "--dga-update-interval", "10", "--specific-data-path", specific, "--split", "90,10,0",
+            "--train-iters", "10",
             "--lr", "0", "--hidden-dropout", "0", "--attention-dropout", "0"]
     return root, args
 

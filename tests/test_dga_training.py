@@ -178,10 +178,11 @@ def test_a_resume_on_another_schedule_says_so(tmp_path, data):
     (every 20, the step scaled by sqrt 2): the resumed run names both schedules."""
     run_dir, checkpoints = str(tmp_path / "run"), str(tmp_path / "checkpoints")
     common = ["--mixing", "dga", "--log-interval", "1", "--eval-interval", "100", "--save", checkpoints]
-    pretrain(args_for(data, run_dir, 3, [*common, "--dga-probe-budget", "0.2"]))
-    same = pretrain(args_for(data, run_dir, 4, [*common, "--load", checkpoints, "--dga-probe-budget", "0.2"]))
+    # Runs long enough for an update on each schedule: a derived interval the run never reaches is refused.
+    pretrain(args_for(data, run_dir, 11, [*common, "--dga-probe-budget", "0.2"]))
+    same = pretrain(args_for(data, run_dir, 12, [*common, "--load", checkpoints, "--dga-probe-budget", "0.2"]))
     assert "the checkpoint's DGA updated" not in same.stdout
-    moved = pretrain(args_for(data, run_dir, 5, [*common, "--load", checkpoints]))
+    moved = pretrain(args_for(data, run_dir, 21, [*common, "--load", checkpoints]))
     assert ("the checkpoint's DGA updated every 10 iterations, step 0.5 and clip 1; this run updates every 20 "
             "iterations, step 0.707 and clip 1.41") in moved.stdout
 
