@@ -654,6 +654,17 @@ def test_cap_to_ceiling_is_on_the_simplex_below_the_caps(weights, raw_caps):
         assert q is p  # nothing binds: the weights are left exactly as they were
 
 
+def test_cap_to_ceiling_does_not_overflow_on_a_tiny_free_mass():
+    # The free entries hold a subnormal mass: scaling the capped entry by room / mass too would
+    # overflow (a warning, or an error under np.errstate(over="raise")), though it is then discarded.
+    from megatron_dga.mixing.dga import cap_to_ceiling
+
+    p = np.array([1.0, 1e-310])
+    with np.errstate(all="raise"):
+        q = cap_to_ceiling(p, np.array([0.5, 0.6]))
+    np.testing.assert_allclose(q, [0.5, 0.5])
+
+
 def test_max_domain_weights_bound_what_dga_samples_and_where_it_steps_from():
     # Domain "a" aligns best at every update; its cap of 0.3 holds, and the others share the rest
     # in the ratio the steps give them.

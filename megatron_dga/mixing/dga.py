@@ -166,7 +166,8 @@ def cap_to_ceiling(p: np.ndarray, caps: np.ndarray) -> np.ndarray:
             filled = caps.copy()
             filled[free] = room * caps[free] / caps[free].sum()
             return filled
-        scaled = np.where(free, room * (p / mass), 0.0)  # p / mass first: a tiny mass would lose p*room
+        scaled = np.zeros_like(p)  # only the free entries: a capped one over a tiny mass would overflow
+        scaled[free] = room * (p[free] / mass)  # p / mass first (at most 1): a tiny mass would lose p*room
         newly = free & (scaled > caps)
         if not newly.any():
             return np.where(capped, caps, scaled)
