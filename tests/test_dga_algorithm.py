@@ -551,11 +551,11 @@ def test_a_derived_interval_above_10_starts_with_an_early_phase():
     the scaled step. Only where the probes may be cut and the run's length is known."""
     from megatron_dga.config import MixingConfig
     from megatron_dga.mixing.factory import build_mixing
-    from megatron_dga.mixing.probe_budget import ProbeCost, early_phase
+    from megatron_dga.mixing.probe_budget import EarlyPhase, ProbeCost, early_phase
 
-    assert early_phase(40, 8, 600, 1 / 3) == (200, 2)
+    assert early_phase(40, 8, 600, 1 / 3) == EarlyPhase(200, 10, 2)
     assert early_phase(10, 8, 600, 1 / 3) is None  # nothing to cut at 10
-    assert early_phase(40, 2, 600, 1 / 3) is None  # 2 x 10 / 40 is no whole sequence
+    assert early_phase(40, 2, 600, 1 / 3) == EarlyPhase(200, 20, 1)  # 2 x 10 / 40 is no whole sequence: 1 every 20
     assert early_phase(40, 8, 600, 0) is None and early_phase(40, None, 600, 1 / 3) is None
     names, tokens = [f"d{i}" for i in range(6)], [10] * 6
     notes = []
@@ -581,6 +581,40 @@ def test_a_derived_interval_above_10_starts_with_an_early_phase():
     assert off.hyper.early_iters == 0 and [i for i in range(1, 81) if off.wants_update(i)] == [40, 80]
     uncut = build_mixing(MixingConfig(mixing="dga"), names, tokens, microbatches=(2, 1))
     assert uncut.hyper.early_iters == 0
+
+
+def test_a_probe_too_small_to_cut_holds_one_sequence_and_runs_to_the_end_when_few_whole_updates_remain():
+    """Large k at small batches (results-at-scale.md, large k): 17 probes against 2 micro batches of 8
+    per iteration allow whole probes every 90 iterations, and 8 x 10 / 90 is no whole sequence. The cut
+    probe then holds one sequence and comes every 20 iterations, at no more cost. Whole probes every 90
+    would leave 2 updates after the first third of a 200-iteration run, too few to settle: the
+    one-sequence probes then run to the end."""
+    from megatron_dga.config import MixingConfig
+    from megatron_dga.mixing.factory import build_mixing
+    from megatron_dga.mixing.probe_budget import EarlyPhase, ProbeCost, early_phase
+
+    assert early_phase(90, 8, 200, 1 / 3) == EarlyPhase(iters=200, interval=20, micro_batch_size=1)
+    assert early_phase(90, 8, 900, 1 / 3) == EarlyPhase(300, 20, 1)  # 7 whole updates after the third
+    assert early_phase(40, 8, 200, 1 / 3) == EarlyPhase(70, 10, 2)  # 4 after it: as before
+    assert early_phase(40, 8, 120, 1 / 3) == EarlyPhase(40, 10, 2)  # 2 after it, on probes of 2: as before
+    assert early_phase(290, 8, 200, 1 / 3) == EarlyPhase(200, 40, 1)
+    assert early_phase(290, 1, 200, 1 / 3) is None  # one sequence per micro batch: nothing to cut
+    notes = []
+    m = build_mixing(MixingConfig(mixing="dga"), [f"b{i}" for i in range(16)], [10] * 16, notes=notes,
+                     microbatches=ProbeCost(2, 1, 8, 200))
+    h = m.hyper
+    assert (h.update_interval, h.early_iters, h.early_interval, h.early_micro_batch_size) == (90, 200, 20, 1)
+    assert h.lr * h.early_step == pytest.approx(0.5 * 2 ** 0.5)  # the step at 20: sqrt(2) x the one at 10
+    assert [i for i in range(1, 201) if m.wants_update(i)] == list(range(20, 200, 20))  # none at the end
+    assert m.probe_micro_batch_size(180) == 1
+    assert any("every 20 iterations on probes of 1 of training's 8 sequences, to the end of the run, with steps of "
+               "1.41421x --dga-lr and --dga-step-clip: whole probes (17 x 1 micro batches per rank) every 90 "
+               "iterations would leave 2 updates after the first 0.333 of the run (--dga-early-fraction), too few. "
+               "The probes add 5% to training's 2" in n for n in notes), notes
+    # Over every one of 57 clusters, whole probes every 290: one-sequence probes every 40, not a refusal.
+    every = build_mixing(MixingConfig(mixing="dga"), [f"c{i}" for i in range(57)], [1000] * 57,
+                         microbatches=ProbeCost(2, 1, 8, 200))
+    assert (every.hyper.early_iters, every.hyper.early_interval, every.hyper.early_micro_batch_size) == (200, 40, 1)
 
 
 def test_noise_shrink_by_hand():

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import List, Optional, Tuple
+from typing import List, Optional
 
 import numpy as np
 
@@ -12,7 +12,8 @@ from megatron_dga.mixing.base import MixingAlgorithm, normalise, parse_weight_sp
 from megatron_dga.mixing.dga import DGAHyperparameters, DGAMixing, natural_source_weights
 from megatron_dga.mixing.importance import ImportanceMixing, read_histogram
 from megatron_dga.mixing.probe_budget import (DEFAULT_EARLY_FRACTION, DEFAULT_PROBE_BUDGET, UPDATE_INTERVAL_STEP,
-                                              ProbeCost, auto_update_interval, early_phase, probe_share, step_factor)
+                                              EarlyPhase, ProbeCost, auto_update_interval, early_phase, probe_share,
+                                              step_factor, whole_updates_after)
 from megatron_dga.mixing.static import NaturalMixing, StaticMixing, UniformMixing
 
 
@@ -63,15 +64,33 @@ def dga_schedule(config: MixingConfig, num_sources: int, microbatches, notes: Li
             f"--dga-probe-budget {budget:g}, which --train-iters {cost.train_iters} never reaches. Give "
             f"--dga-update-interval, a --dga-probe-budget of at least {needed:.2g} (two updates), larger batches, "
             "or fewer sources (--dga-base-distributions)")
-    step = "" if factor == 1.0 else f", with steps of {factor:g}x --dga-lr and --dga-step-clip"
-    start = "" if early is None else (
-        f"every {UPDATE_INTERVAL_STEP} iterations until iteration {early[0]} (--dga-early-fraction {fraction:.3g}), "
-        f"on probes of {early[1]} of training's {cost.cuttable_micro_batch_size} sequences, then ")
-    notes.append(f"--mixing dga updates the weights {start}every {interval} iterations{step}: the probes "
-                 f"({num_sources + 1} x {probe:g} micro batches per rank) add "
-                 f"{probe_share(num_sources, probe, train, interval):.0%} to training's {train} per iteration "
-                 f"(--dga-probe-budget {budget:g}; --dga-update-interval sets it)")
+    notes.append(schedule_note(num_sources, cost, budget, interval, early, fraction))
     return interval, factor, early
+
+
+def schedule_note(num_sources: int, cost: ProbeCost, budget: float, interval: int,
+                  early: Optional[EarlyPhase], fraction: float) -> str:
+    """The start-up note of a derived schedule: when DGA updates, on what probes, at what cost."""
+    train, probe = cost.train_microbatches, cost.probe_passes
+    whole = f"{num_sources + 1} x {probe:g} micro batches per rank"
+    tail = f"(--dga-probe-budget {budget:g}; --dga-update-interval sets it)"
+    if early is not None and early.iters >= cost.train_iters:
+        cut = probe * early.micro_batch_size / cost.cuttable_micro_batch_size
+        late = whole_updates_after(interval, cost.train_iters, fraction)
+        return (f"--mixing dga updates the weights every {early.interval} iterations on probes of "
+                f"{early.micro_batch_size} of training's {cost.cuttable_micro_batch_size} sequences, to the end of "
+                f"the run, with steps of {step_factor(early.interval):g}x --dga-lr and --dga-step-clip: whole probes "
+                f"({whole}) every {interval} iterations would leave {late} update{'' if late == 1 else 's'} after "
+                f"the first {fraction:.3g} of the run (--dga-early-fraction), too few. The probes add "
+                f"{probe_share(num_sources, cut, train, early.interval):.0%} to training's {train} micro batches per "
+                f"iteration {tail}")
+    step = "" if interval == UPDATE_INTERVAL_STEP else \
+        f", with steps of {step_factor(interval):g}x --dga-lr and --dga-step-clip"
+    start = "" if early is None else (
+        f"every {early.interval} iterations until iteration {early.iters} (--dga-early-fraction {fraction:.3g}), "
+        f"on probes of {early.micro_batch_size} of training's {cost.cuttable_micro_batch_size} sequences, then ")
+    return (f"--mixing dga updates the weights {start}every {interval} iterations{step}: the probes ({whole}) add "
+            f"{probe_share(num_sources, probe, train, interval):.0%} to training's {train} per iteration {tail}")
 
 
 def repetition_caps(max_epochs: float, domain_sequences, run_sequences: int) -> Optional[np.ndarray]:
@@ -96,9 +115,9 @@ def described_caps(domain_names: List[str], caps: np.ndarray, shown: int = 8) ->
 
 
 def dga_hyperparameters(config: MixingConfig, update_interval: int, step_multiplier: float = 1.0,
-                        early: Optional[Tuple[int, int]] = None) -> DGAHyperparameters:
-    """`early`: (iterations, probe sequences per rank) of an early phase, whose step is the one at 10."""
-    early_iters, early_size = early if early else (0, None)
+                        early: Optional[EarlyPhase] = None) -> DGAHyperparameters:
+    """`early`: an early phase, whose step is the one at its own interval."""
+    early = early or EarlyPhase(0, UPDATE_INTERVAL_STEP, None)
     return DGAHyperparameters(
         update_interval=update_interval, lr=config.dga_lr * step_multiplier, ema=config.dga_ema,
         ema_mode=config.dga_ema_mode, warmup_iters=config.dga_warmup_iters, min_weight=config.dga_min_weight,
@@ -106,8 +125,8 @@ def dga_hyperparameters(config: MixingConfig, update_interval: int, step_multipl
         alignment=config.dga_alignment, step_scale=config.dga_step_scale, scale_window=config.dga_scale_window,
         step_clip=config.dga_step_clip * step_multiplier, scale_by_lr=config.dga_scale_by_lr,
         score_ema=config.dga_score_ema, noise_shrink=config.dga_noise_shrink,
-        early_iters=early_iters, early_interval=UPDATE_INTERVAL_STEP, early_micro_batch_size=early_size,
-        early_step=1.0 / step_multiplier,
+        early_iters=early.iters, early_interval=early.interval, early_micro_batch_size=early.micro_batch_size,
+        early_step=step_factor(early.interval) / step_multiplier,
     )
 
 

@@ -11,6 +11,15 @@ Where the interval is above 10, the first --dga-early-fraction of the run (a thi
 iterations instead, on probe micro batches cut to 10 / T_r of training's sequences: the same probe
 cost. Small frequent probes move the weights to the target's domains sooner; whole probes at the
 longer interval wander less once they are there (docs/dga.md, "Against the best fixed mixture").
+Where 10 / T_r of a micro batch is less than one sequence (many sources, small batches), the cut
+probes hold one sequence and come as often as that cost allows. Where whole probes would then leave
+fewer than MIN_LATE_UPDATES updates after the early phase, the one-sequence probes run to the end of
+the run: two updates left DGA over 16 bases with 0.64 of the gain of updates every 10, one-sequence
+probes every 20 iterations keep more (docs/results-at-scale.md, large k). They cost at most what
+whole probes would (at T_r = 90 and 8 sequences, 1 every 20 is 0.56 of it), so running them to the
+end stays within the budget despite a small probe's higher cost per sequence. Probes cut to 10 / T_r
+of a micro batch, one sequence or more, cost as many sequences as whole ones, at 1.4x per sequence
+on these CPUs (docs/dga.md, Cost), and give way to whole probes after the early phase, as measured.
 
 Fewer updates move the weights less: the update's step (--dga-lr and --dga-step-clip, read as the
 step at 10 iterations) is multiplied by sqrt(T_r / 10) at a derived interval T_r, so that the
@@ -27,6 +36,7 @@ from typing import Optional
 UPDATE_INTERVAL_STEP = 10  # updates on multiples of 10 iterations, where logging and evaluation usually fall
 DEFAULT_PROBE_BUDGET = 0.1
 DEFAULT_EARLY_FRACTION = 1 / 3  # where measured: small frequent probes lead until about a third of the run
+MIN_LATE_UPDATES = 3  # fewer whole-probe updates after the early phase: it runs to the end instead
 
 
 def check_probe_budget(budget: float) -> None:
@@ -63,15 +73,42 @@ class ProbeCost:
     train_iters: Optional[int] = None
 
 
+def early_iters_of(train_iters: int, fraction: float) -> int:
+    """`fraction` of the run, to a multiple of UPDATE_INTERVAL_STEP."""
+    return int(round(train_iters * fraction / UPDATE_INTERVAL_STEP)) * UPDATE_INTERVAL_STEP
+
+
+def whole_updates_after(interval: int, train_iters: int, fraction: float) -> int:
+    """Updates on whole probes every `interval` iterations after `fraction` of the run."""
+    return train_iters // interval - early_iters_of(train_iters, fraction) // interval
+
+
+@dataclass(frozen=True)
+class EarlyPhase:
+    """DGA's updates before iteration `iters`: every `interval` iterations, on probes of
+    `micro_batch_size` sequences per rank."""
+    iters: int
+    interval: int
+    micro_batch_size: int
+
+
 def early_phase(interval: int, micro_batch_size: Optional[int], train_iters: Optional[int],
-                fraction: float) -> Optional[tuple]:
-    """(iterations, sequences per rank of a probe micro batch) of the early phase at a derived
-    `interval`: every UPDATE_INTERVAL_STEP iterations on probes cut by UPDATE_INTERVAL_STEP /
-    interval, which keeps their cost; None where there is none to have."""
+                fraction: float) -> Optional[EarlyPhase]:
+    """The early phase at a derived `interval`, over `fraction` of the run: probes cut to
+    UPDATE_INTERVAL_STEP / interval of a micro batch every UPDATE_INTERVAL_STEP iterations, or, below
+    one sequence, probes of one sequence at the interval that costs no more, over all of the run where
+    whole probes would leave fewer than MIN_LATE_UPDATES updates after `fraction`. None where there is
+    none to have."""
     if interval <= UPDATE_INTERVAL_STEP or not micro_batch_size or not train_iters or fraction <= 0:
         return None
     sequences = micro_batch_size * UPDATE_INTERVAL_STEP // interval
-    iters = int(round(train_iters * fraction / UPDATE_INTERVAL_STEP)) * UPDATE_INTERVAL_STEP
-    if sequences < 1 or iters <= UPDATE_INTERVAL_STEP:
+    every = UPDATE_INTERVAL_STEP
+    iters = early_iters_of(train_iters, fraction)
+    if sequences < 1:  # a probe holds a sequence at least: it comes less often, at the same cost or less
+        sequences = 1
+        every = math.ceil(interval / micro_batch_size / UPDATE_INTERVAL_STEP) * UPDATE_INTERVAL_STEP
+        if whole_updates_after(interval, train_iters, fraction) < MIN_LATE_UPDATES:
+            iters = train_iters
+    if every >= interval or iters <= every:
         return None
-    return iters, sequences
+    return EarlyPhase(iters, every, sequences)
