@@ -16,7 +16,7 @@
 #
 #   examples/austen/run_all.sh                  # everything, about 11 hours on 2 CPU cores
 #   PHASES="variants" examples/austen/run_all.sh   # some phases (the report covers every finished run)
-#   examples/austen/run_all.sh --quick          # smoke run: tiny model, 20 iterations, 1 seed
+#   examples/austen/run_all.sh --quick          # smoke run: tiny model, 60 iterations, 1 seed
 #
 # Environment: WORK (default runs, or runs/austen-quick), CORPUS_DIR (an existing corpus of
 # <domain>.jsonl; default: built from packages by tools/build_corpus.py with its default cap of
@@ -39,7 +39,8 @@ if (( QUICK )); then
     BUILD_ARGS=(--max-chars-per-domain 300000)
     SEEDS=${SEEDS:-1}
     REPORT=${REPORT:-$WORK/results.md}
-    RUN_ARGS=(--model tiny --train-iters 20 --eval-interval 10 --global-batch-size 8 --micro-batch-size 2)
+    # 60 iterations: at these batches DGA's derived schedule (the default's runs) first updates at 20.
+    RUN_ARGS=(--model tiny --train-iters 60 --eval-interval 20 --global-batch-size 8 --micro-batch-size 2)
     SCALE_ARGS=("${RUN_ARGS[@]}")
     PREPARE_ARGS=(--max-chars-per-domain 300000 --embedder tfidf --max-docs 200)
     VOCAB=2048 SCALE_VOCAB=1024 CLUSTERS=8,16,32 LARGE_K=16,32 BASES=4
@@ -136,9 +137,8 @@ if has_phase large-k; then
             run "$AUSTEN" $experiment plenty uniform $seed --method uniform "${common[@]}"
             run "$AUSTEN" $experiment plenty dga-bases $seed --method dga --variant adam-control \
                 --base-distributions "${common[@]}"
-            # The default on pretrain's derived schedule (over 16 bases: every 90 iterations at
-            # these batches). Over every cluster the derived interval passes the run's end, and
-            # pretrain refuses it.
+            # The default on pretrain's derived schedule (over 16 bases at these batches: probes of
+            # one sequence every 20 iterations, where whole ones would come every 90).
             run "$AUSTEN" $experiment plenty dga-bases-default $seed --method dga --variant adam-control \
                 --base-distributions --domains clusters --clusters-k $k "${DEFAULT_RUN_ARGS[@]}"
         done
