@@ -764,8 +764,9 @@ def test_max_epochs_caps_each_domain_by_its_sequences_and_the_runs_length(capsys
 
 
 def test_a_derived_interval_the_run_never_reaches_is_refused():
-    """57 sources and the specific set against 2 training micro batches per iteration: at the default
-    budget one update every 290 iterations, which a run of 200 never reaches. DGA would be uniform
+    """57 sources and the specific set against 2 training micro batches per iteration, on probes that
+    cannot be cut (pipeline parallelism): at the default budget one update every 290 iterations, which
+    a run of 200 never reaches. DGA would be uniform
     sampling under another name, so the run is refused with what to change."""
     from megatron_dga.config import MixingConfig
     from megatron_dga.mixing.factory import build_mixing

@@ -13,13 +13,14 @@ cost. Small frequent probes move the weights to the target's domains sooner; who
 longer interval wander less once they are there (docs/dga.md, "Against the best fixed mixture").
 Where 10 / T_r of a micro batch is less than one sequence (many sources, small batches), the cut
 probes hold one sequence and come as often as that cost allows. Where whole probes would then leave
-fewer than MIN_LATE_UPDATES updates after the early phase, the one-sequence probes run to the end of
-the run: two updates left DGA over 16 bases with 0.64 of the gain of updates every 10, one-sequence
-probes every 20 iterations keep more (docs/results-at-scale.md, large k). They cost at most what
-whole probes would (at T_r = 90 and 8 sequences, 1 every 20 is 0.56 of it), so running them to the
-end stays within the budget despite a small probe's higher cost per sequence. Probes cut to 10 / T_r
-of a micro batch, one sequence or more, cost as many sequences as whole ones, at 1.4x per sequence
-on these CPUs (docs/dga.md, Cost), and give way to whole probes after the early phase, as measured.
+fewer than MIN_LATE_UPDATES updates after the early phase, the one-sequence probes run to the end
+of the run: over 16 bases of 57 clusters, two updates on whole probes kept 0.47 of the gain of whole
+probes every 10, one-sequence probes every 20 iterations 0.68 (docs/results-at-scale.md, large k).
+They cost at most what whole probes would (1 of 8 sequences every 20 iterations is 0.56 of 8 every
+90), so running them to the end keeps within the budget despite a small probe's higher cost per
+sequence. Probes cut to 10 / T_r of a micro batch, one sequence or more, cost as many sequences as
+whole ones, at 1.4x per sequence on these CPUs (docs/dga.md, Cost), and give way to whole probes
+after the early phase, as measured.
 
 Fewer updates move the weights less: the update's step (--dga-lr and --dga-step-clip, read as the
 step at 10 iterations) is multiplied by sqrt(T_r / 10) at a derived interval T_r, so that the
