@@ -74,18 +74,21 @@ def schedule_note(num_sources: int, cost: ProbeCost, budget: float, interval: in
     train, probe = cost.train_microbatches, cost.probe_passes
     whole = f"{num_sources + 1} x {probe:g} micro batches per rank"
     tail = f"(--dga-probe-budget {budget:g}; --dga-update-interval sets it)"
+
+    def steps_at(every: int) -> str:
+        return f"with steps of {step_factor(every):g}x --dga-lr and --dga-step-clip"
+
     if early is not None and early.iters >= cost.train_iters:
         cut = probe * early.micro_batch_size / cost.cuttable_micro_batch_size
         late = whole_updates_after(interval, cost.train_iters, fraction)
         return (f"--mixing dga updates the weights every {early.interval} iterations on probes of "
                 f"{early.micro_batch_size} of training's {cost.cuttable_micro_batch_size} sequences, to the end of "
-                f"the run, with steps of {step_factor(early.interval):g}x --dga-lr and --dga-step-clip: whole probes "
+                f"the run, {steps_at(early.interval)}: whole probes "
                 f"({whole}) every {interval} iterations would leave {late} update{'' if late == 1 else 's'} after "
                 f"the first {fraction:.3g} of the run (--dga-early-fraction), too few. The probes add "
                 f"{probe_share(num_sources, cut, train, early.interval):.0%} to training's {train} micro batches per "
                 f"iteration {tail}")
-    step = "" if interval == UPDATE_INTERVAL_STEP else \
-        f", with steps of {step_factor(interval):g}x --dga-lr and --dga-step-clip"
+    step = "" if interval == UPDATE_INTERVAL_STEP else f", {steps_at(interval)}"
     start = "" if early is None else (
         f"every {early.interval} iterations until iteration {early.iters} (--dga-early-fraction {fraction:.3g}), "
         f"on probes of {early.micro_batch_size} of training's {cost.cuttable_micro_batch_size} sequences, then ")
@@ -117,7 +120,10 @@ def described_caps(domain_names: List[str], caps: np.ndarray, shown: int = 8) ->
 def dga_hyperparameters(config: MixingConfig, update_interval: int, step_multiplier: float = 1.0,
                         early: Optional[EarlyPhase] = None) -> DGAHyperparameters:
     """`early`: an early phase, whose step is the one at its own interval."""
-    early = early or EarlyPhase(0, UPDATE_INTERVAL_STEP, None)
+    early_fields = dict(early_iters=0, early_interval=UPDATE_INTERVAL_STEP, early_micro_batch_size=None,
+                        early_step=1.0 / step_multiplier) if early is None else dict(
+        early_iters=early.iters, early_interval=early.interval, early_micro_batch_size=early.micro_batch_size,
+        early_step=step_factor(early.interval) / step_multiplier)
     return DGAHyperparameters(
         update_interval=update_interval, lr=config.dga_lr * step_multiplier, ema=config.dga_ema,
         ema_mode=config.dga_ema_mode, warmup_iters=config.dga_warmup_iters, min_weight=config.dga_min_weight,
@@ -125,8 +131,7 @@ def dga_hyperparameters(config: MixingConfig, update_interval: int, step_multipl
         alignment=config.dga_alignment, step_scale=config.dga_step_scale, scale_window=config.dga_scale_window,
         step_clip=config.dga_step_clip * step_multiplier, scale_by_lr=config.dga_scale_by_lr,
         score_ema=config.dga_score_ema, noise_shrink=config.dga_noise_shrink,
-        early_iters=early.iters, early_interval=early.interval, early_micro_batch_size=early.micro_batch_size,
-        early_step=step_factor(early.interval) / step_multiplier,
+        **early_fields,
     )
 
 
