@@ -553,10 +553,11 @@ def test_a_derived_interval_above_10_starts_with_an_early_phase():
     from megatron_dga.mixing.factory import build_mixing
     from megatron_dga.mixing.probe_budget import EarlyPhase, ProbeCost, early_phase
 
-    assert early_phase(40, 8, 600, 1 / 3) == EarlyPhase(200, 10, 2)
-    assert early_phase(10, 8, 600, 1 / 3) is None  # nothing to cut at 10
-    assert early_phase(40, 2, 600, 1 / 3) == EarlyPhase(200, 20, 1)  # 2 x 10 / 40 is no whole sequence: 1 every 20
-    assert early_phase(40, 8, 600, 0) is None and early_phase(40, None, 600, 1 / 3) is None
+    assert early_phase(40, 6, 8, 600, 1 / 3) == EarlyPhase(200, 10, 2)
+    assert early_phase(10, 6, 8, 600, 1 / 3) is None  # nothing to cut at 10
+    # 2 x 10 / 40 is no whole sequence: sources of 1, the specific set's 2, (6 + 2) / (7 x 2) of the cost: every 30
+    assert early_phase(40, 6, 2, 600, 1 / 3) == EarlyPhase(200, 30, 1, specific_micro_batch_size=2)
+    assert early_phase(40, 6, 8, 600, 0) is None and early_phase(40, 6, None, 600, 1 / 3) is None
     names, tokens = [f"d{i}" for i in range(6)], [10] * 6
     notes = []
     m = build_mixing(MixingConfig(mixing="dga"), names, tokens, notes=notes, microbatches=ProbeCost(2, 1, 8, 600))
@@ -593,12 +594,14 @@ def test_a_probe_too_small_to_cut_holds_one_sequence_and_runs_to_the_end_when_fe
     from megatron_dga.mixing.factory import build_mixing
     from megatron_dga.mixing.probe_budget import EarlyPhase, ProbeCost, early_phase
 
-    assert early_phase(90, 8, 200, 1 / 3) == EarlyPhase(iters=200, interval=20, micro_batch_size=1)
-    assert early_phase(90, 8, 900, 1 / 3) == EarlyPhase(300, 20, 1)  # 7 whole updates after the third
-    assert early_phase(40, 8, 200, 1 / 3) == EarlyPhase(70, 10, 2)  # 4 after it: as before
-    assert early_phase(40, 8, 120, 1 / 3) == EarlyPhase(40, 10, 2)  # 2 after it, on probes of 2: as before
-    assert early_phase(290, 8, 200, 1 / 3) == EarlyPhase(200, 40, 1)
-    assert early_phase(290, 1, 200, 1 / 3) is None  # one sequence per micro batch: nothing to cut
+    one = EarlyPhase(iters=200, interval=20, micro_batch_size=1, specific_micro_batch_size=8)
+    assert early_phase(90, 16, 8, 200, 1 / 3) == one
+    assert early_phase(90, 16, 8, 900, 1 / 3) == EarlyPhase(300, 20, 1, 8)  # 7 whole updates after the third
+    assert early_phase(40, 6, 8, 200, 1 / 3) == EarlyPhase(70, 10, 2)  # 4 after it: as before
+    assert early_phase(40, 6, 8, 120, 1 / 3) == EarlyPhase(40, 10, 2)  # 2 after it, on probes of 2: as before
+    # 57 one-sequence probes and a specific one of 8 cost (57 + 8) / (58 x 8) of whole ones: every 50, not 40
+    assert early_phase(290, 57, 8, 200, 1 / 3) == EarlyPhase(200, 50, 1, 8)
+    assert early_phase(290, 57, 1, 200, 1 / 3) is None  # one sequence per micro batch: nothing to cut
     notes = []
     m = build_mixing(MixingConfig(mixing="dga"), [f"b{i}" for i in range(16)], [10] * 16, notes=notes,
                      microbatches=ProbeCost(2, 1, 8, 200))
@@ -607,14 +610,21 @@ def test_a_probe_too_small_to_cut_holds_one_sequence_and_runs_to_the_end_when_fe
     assert h.lr * h.early_step == pytest.approx(0.5 * 2 ** 0.5)  # the step at 20: sqrt(2) x the one at 10
     assert [i for i in range(1, 201) if m.wants_update(i)] == list(range(20, 200, 20))  # none at the end
     assert m.probe_micro_batch_size(180) == 1
-    assert any("every 20 iterations on probes of 1 of training's 8 sequences, to the end of the run, with steps of "
-               "1.41421x --dga-lr and --dga-step-clip: whole probes (17 x 1 micro batches per rank) every 90 "
-               "iterations would leave 2 updates after the first 0.333 of the run (--dga-early-fraction), too few. "
-               "The probes add 5% to training's 2" in n for n in notes), notes
-    # Over every one of 57 clusters, whole probes every 290: one-sequence probes every 40, not a refusal.
+    assert m.specific_probe_micro_batch_size(180) == 8  # every score shares it: it stays whole
+    assert any("every 20 iterations on probes of 1 of training's 8 sequences (the specific set's of all 8), to the "
+               "end of the run, with steps of 1.41421x --dga-lr and --dga-step-clip: whole probes (17 x 1 micro "
+               "batches per rank) every 90 iterations would leave 2 updates after the first 0.333 of the run "
+               "(--dga-early-fraction), too few. The probes add 8% to training's 2" in n for n in notes), notes
+    # Over every one of 57 clusters, whole probes every 290: one-sequence probes every 50, not a refusal.
     every = build_mixing(MixingConfig(mixing="dga"), [f"c{i}" for i in range(57)], [1000] * 57,
                          microbatches=ProbeCost(2, 1, 8, 200))
-    assert (every.hyper.early_iters, every.hyper.early_interval, every.hyper.early_micro_batch_size) == (200, 40, 1)
+    assert (every.hyper.early_iters, every.hyper.early_interval, every.hyper.early_micro_batch_size,
+            every.hyper.early_specific_micro_batch_size) == (200, 50, 1, 8)
+    # Probes cut to a sequence or more cut the specific set's alike, as measured.
+    six = build_mixing(MixingConfig(mixing="dga"), [f"d{i}" for i in range(6)], [10] * 6,
+                       microbatches=ProbeCost(2, 1, 8, 200))
+    assert six.probe_micro_batch_size(60) == six.specific_probe_micro_batch_size(60) == 2
+    assert six.specific_probe_micro_batch_size(80) is None
 
 
 def test_noise_shrink_by_hand():

@@ -89,3 +89,19 @@ def test_an_update_may_probe_fewer_sequences():
     probes.end_update()
     assert probes.state_dict()["domain_draws"] == [1, 1] and probes.state_dict()["specific_draws"] == 1
     assert probed_draws(probes, [0, 0]) == [[1, 2, 3, 4], [1, 2, 3, 4]]  # whole again, from where it stopped
+
+
+def test_an_update_may_probe_the_specific_set_whole_beside_one_sequence_sources():
+    """In the one-sequence phase the sources' probes hold one sequence and the specific set's keeps
+    training's micro batch (every score shares its gradient); its stream moves on by what it read."""
+    probes = ProbeData([Numbered(), Numbered()], Numbered(), np.eye(2), Layout(1, 1, 1, 1, 4, 4), 0, 1, None, False)
+    probes.begin_update(np.asarray([0, 0]), micro_batch_size=1, specific_micro_batch_size=4)
+    assert [mb.tokens.shape[0] for j in range(2) for mb in probes.source_microbatches(j)] == [1, 1]
+    specific = probes.specific_microbatches()
+    assert [mb.tokens.shape[0] for mb in specific] == [4] and specific[0].tokens[:, 0].tolist() == [0, 1, 2, 3]
+    probes.end_update()
+    assert probes.state_dict()["domain_draws"] == [1, 1] and probes.state_dict()["specific_draws"] == 4
+    probes.begin_update(np.asarray([0, 0]), micro_batch_size=1)  # not given: cut alike, as before
+    assert [mb.tokens[:, 0].tolist() for mb in probes.specific_microbatches()] == [[4]]
+    probes.end_update()
+    assert probes.state_dict()["specific_draws"] == 5

@@ -120,12 +120,13 @@ class AlignmentMeter:
     def _micro_batches(self, sources: List[int]) -> List[MicroBatch]:
         return [mb for j in sources for mb in self.probes.source_microbatches(j)]
 
-    def measure(self, training_draws: Optional[np.ndarray] = None,
-                micro_batch_size: Optional[int] = None) -> AlignmentMeasurement:
+    def measure(self, training_draws: Optional[np.ndarray] = None, micro_batch_size: Optional[int] = None,
+                specific_micro_batch_size: Optional[int] = None) -> AlignmentMeasurement:
         """The scores; `training_draws`: each domain's training draws so far, where its probes
-        start reading (`probes.py`); `micro_batch_size`: the probe micro batch's, when cut."""
+        start reading (`probes.py`); `micro_batch_size`: the probe micro batch's, when cut;
+        `specific_micro_batch_size`: the specific set's, where it differs from the sources'."""
         start = time.time()
-        self.probes.begin_update(training_draws, micro_batch_size)
+        self.probes.begin_update(training_draws, micro_batch_size, specific_micro_batch_size)
         spe, in_kind_units = self.specific_gradient()
         n, m = self.probes.num_sources, self.probes.probe_microbatches
         dots = torch.zeros((n, self._dp, m), dtype=spe.dtype, device=spe.device)

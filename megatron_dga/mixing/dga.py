@@ -82,10 +82,12 @@ class DGAHyperparameters:
     score_ema: float = 0.5
     noise_shrink: bool = False
     # The early phase (--dga-early-fraction): before iteration early_iters, updates every early_interval
-    # iterations, probes of early_micro_batch_size sequences per rank, lr and step_clip times early_step.
+    # iterations, probes of early_micro_batch_size sequences per rank (the specific set's of
+    # early_specific_micro_batch_size, where given), lr and step_clip times early_step.
     early_iters: int = 0
     early_interval: int = 10
     early_micro_batch_size: Optional[int] = None
+    early_specific_micro_batch_size: Optional[int] = None
     early_step: float = 1.0
 
     def check(self, num_sources: int, num_domains: int) -> None:
@@ -278,6 +280,15 @@ class DGAMixing(MixingAlgorithm):
         """Sequences per rank of this update's probe micro batches when cut below training's, else None."""
         return self.hyper.early_micro_batch_size if self.in_early_phase(iteration) else None
 
+    def specific_probe_micro_batch_size(self, iteration: int) -> Optional[int]:
+        """Sequences per rank of this update's specific probe micro batches: None where they are the
+        sources' size."""
+        if not self.in_early_phase(iteration):
+            return None
+        h = self.hyper
+        return h.early_micro_batch_size if h.early_specific_micro_batch_size is None \
+            else h.early_specific_micro_batch_size
+
     def running_scale(self) -> Optional[float]:
         """The median spread of the last --dga-scale-window updates (None before the first)."""
         return float(np.exp(np.median(self.log_spreads))) if self.log_spreads else None
@@ -395,6 +406,8 @@ class DGAMixing(MixingAlgorithm):
         if h.early_iters:
             schedule["early"] = {"iters": h.early_iters, "interval": h.early_interval,
                                  "micro_batch_size": h.early_micro_batch_size, "step": h.early_step}
+            if h.early_specific_micro_batch_size is not None:
+                schedule["early"]["specific_micro_batch_size"] = h.early_specific_micro_batch_size
         return schedule
 
     def load_state_dict(self, state: Dict) -> None:

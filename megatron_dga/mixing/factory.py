@@ -53,7 +53,7 @@ def dga_schedule(config: MixingConfig, num_sources: int, microbatches, notes: Li
     interval = auto_update_interval(num_sources, probe, train, budget)
     factor = step_factor(interval)
     fraction = DEFAULT_EARLY_FRACTION if config.dga_early_fraction is None else config.dga_early_fraction
-    early = early_phase(interval, cost.cuttable_micro_batch_size, cost.train_iters, fraction)
+    early = early_phase(interval, num_sources, cost.cuttable_micro_batch_size, cost.train_iters, fraction)
     if early is None and cost.train_iters is not None and interval >= cost.train_iters:
         # Weights that never move are uniform sampling under another name: say so rather than run it.
         two_updates = UPDATE_INTERVAL_STEP * max(1, (cost.train_iters - 1) // 2 // UPDATE_INTERVAL_STEP)
@@ -79,14 +79,17 @@ def schedule_note(num_sources: int, cost: ProbeCost, budget: float, interval: in
         return f"with steps of {step_factor(every):g}x --dga-lr and --dga-step-clip"
 
     if early is not None and early.iters >= cost.train_iters:
-        cut = probe * early.micro_batch_size / cost.cuttable_micro_batch_size
+        size = cost.cuttable_micro_batch_size
+        specific = early.specific_micro_batch_size or early.micro_batch_size
+        passes = probe * (num_sources * early.micro_batch_size + specific) / size  # per update, in micro batches
         late = whole_updates_after(interval, cost.train_iters, fraction)
         return (f"--mixing dga updates the weights every {early.interval} iterations on probes of "
-                f"{early.micro_batch_size} of training's {cost.cuttable_micro_batch_size} sequences, to the end of "
+                f"{early.micro_batch_size} of training's {size} sequences (the specific set's of "
+                f"{f'all {size}' if specific == size else f'{specific} of {size}'}), to the end of "
                 f"the run, {steps_at(early.interval)}: whole probes "
                 f"({whole}) every {interval} iterations would leave {late} update{'' if late == 1 else 's'} after "
                 f"the first {fraction:.3g} of the run (--dga-early-fraction), too few. The probes add "
-                f"{probe_share(num_sources, cut, train, early.interval):.0%} to training's {train} micro batches per "
+                f"{passes / (early.interval * train):.0%} to training's {train} micro batches per "
                 f"iteration {tail}")
     step = "" if interval == UPDATE_INTERVAL_STEP else f", {steps_at(interval)}"
     start = "" if early is None else (
@@ -123,6 +126,7 @@ def dga_hyperparameters(config: MixingConfig, update_interval: int, step_multipl
     early_fields = dict(early_iters=0, early_interval=UPDATE_INTERVAL_STEP, early_micro_batch_size=None,
                         early_step=1.0 / step_multiplier) if early is None else dict(
         early_iters=early.iters, early_interval=early.interval, early_micro_batch_size=early.micro_batch_size,
+        early_specific_micro_batch_size=early.specific_micro_batch_size,
         early_step=step_factor(early.interval) / step_multiplier)
     return DGAHyperparameters(
         update_interval=update_interval, lr=config.dga_lr * step_multiplier, ema=config.dga_ema,

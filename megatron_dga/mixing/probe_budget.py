@@ -11,16 +11,18 @@ Where the interval is above 10, the first --dga-early-fraction of the run (a thi
 iterations instead, on probe micro batches cut to 10 / T_r of training's sequences: the same probe
 cost. Small frequent probes move the weights to the target's domains sooner; whole probes at the
 longer interval wander less once they are there (docs/dga.md, "Against the best fixed mixture").
-Where 10 / T_r of a micro batch is less than one sequence (many sources, small batches), the cut
-probes hold one sequence and come as often as that cost allows. Where whole probes would then leave
-fewer than MIN_LATE_UPDATES updates after the early phase, the one-sequence probes run to the end
-of the run: over 16 bases of 57 clusters, two updates on whole probes kept 0.47 of the gain of whole
-probes every 10, one-sequence probes every 20 iterations 0.68 (docs/results-at-scale.md, large k).
-They cost at most what whole probes would (1 of 8 sequences every 20 iterations is 0.56 of 8 every
-90), so running them to the end keeps within the budget despite a small probe's higher cost per
-sequence. Probes cut to 10 / T_r of a micro batch, one sequence or more, cost as many sequences as
-whole ones, at 1.4x per sequence on these CPUs (docs/dga.md, Cost), and give way to whole probes
-after the early phase, as measured.
+Where 10 / T_r of a micro batch is less than one sequence (many sources, small batches), the
+sources' probes hold one sequence, the specific set's keeps training's micro batch (every score is a
+dot product with its gradient, so its noise enters all of them), and they come as often as that cost
+allows. Where whole probes would then leave fewer than MIN_LATE_UPDATES updates after the early
+phase, these probes run to the end of the run: over 16 bases of 57 clusters, two updates on whole
+probes kept 0.47 of the gain of whole probes every 10, one-sequence probes every 20 iterations 0.68,
+and 0.76 with the specific set's probe kept whole (docs/results-at-scale.md, large k). They cost at
+most what whole probes would (16 + 8 sequences every 20 iterations is 0.79 of 17 x 8 every 90), so
+running them to the end keeps within the budget despite a small probe's higher cost per sequence.
+Probes cut to 10 / T_r of a micro batch, one sequence or more (the specific set's alike), cost as
+many sequences as whole ones, at 1.4x per sequence on these CPUs (docs/dga.md, Cost), and give way to whole probes after the early
+phase, as measured.
 
 Fewer updates move the weights less: the update's step (--dga-lr and --dga-step-clip, read as the
 step at 10 iterations) is multiplied by sqrt(T_r / 10) at a derived interval T_r, so that the
@@ -87,29 +89,33 @@ def whole_updates_after(interval: int, train_iters: int, fraction: float) -> int
 @dataclass(frozen=True)
 class EarlyPhase:
     """DGA's updates before iteration `iters`: every `interval` iterations, on probes of
-    `micro_batch_size` sequences per rank."""
+    `micro_batch_size` sequences per rank for each source, and `specific_micro_batch_size` for the
+    specific set (None: the sources' size)."""
     iters: int
     interval: int
     micro_batch_size: int
+    specific_micro_batch_size: Optional[int] = None
 
 
-def early_phase(interval: int, micro_batch_size: Optional[int], train_iters: Optional[int],
+def early_phase(interval: int, num_sources: int, micro_batch_size: Optional[int], train_iters: Optional[int],
                 fraction: float) -> Optional[EarlyPhase]:
     """The early phase at a derived `interval`, over `fraction` of the run: probes cut to
     UPDATE_INTERVAL_STEP / interval of a micro batch every UPDATE_INTERVAL_STEP iterations, or, below
-    one sequence, probes of one sequence at the interval that costs no more, over all of the run where
-    whole probes would leave fewer than MIN_LATE_UPDATES updates after `fraction`. None where there is
-    none to have."""
+    one sequence, one-sequence probes of the sources beside a whole one of the specific set, at the
+    interval that costs no more, over all of the run where whole probes would leave fewer than
+    MIN_LATE_UPDATES updates after `fraction`. None where there is none to have."""
     if interval <= UPDATE_INTERVAL_STEP or not micro_batch_size or not train_iters or fraction <= 0:
         return None
     sequences = micro_batch_size * UPDATE_INTERVAL_STEP // interval
-    every = UPDATE_INTERVAL_STEP
+    every, specific = UPDATE_INTERVAL_STEP, None
     iters = early_iters_of(train_iters, fraction)
     if sequences < 1:  # a probe holds a sequence at least: it comes less often, at the same cost or less
-        sequences = 1
-        every = math.ceil(interval / micro_batch_size / UPDATE_INTERVAL_STEP) * UPDATE_INTERVAL_STEP
+        sequences, specific = 1, micro_batch_size
+        per_update = num_sources + specific  # sequences, against (num_sources + 1) x micro_batch_size per interval
+        every_steps = interval * per_update / ((num_sources + 1) * micro_batch_size) / UPDATE_INTERVAL_STEP
+        every = math.ceil(every_steps - 1e-9) * UPDATE_INTERVAL_STEP
         if whole_updates_after(interval, train_iters, fraction) < MIN_LATE_UPDATES:
             iters = train_iters
     if every >= interval or iters <= every:
         return None
-    return EarlyPhase(iters, every, sequences)
+    return EarlyPhase(iters, every, sequences, specific)

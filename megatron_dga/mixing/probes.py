@@ -12,7 +12,8 @@ k). The specific set has a stream of its own. At each update each source (a doma
 distribution over domains) gets `probe_microbatches x DP` micro batches, one share per
 data-parallel rank, exactly as a training batch is split (micro batches of training's size, or
 fewer sequences when --dga-probe-batch-size asks for less than one micro batch per rank, or in the
-early phase of a derived schedule, --dga-early-fraction).
+early phase of a derived schedule, --dga-early-fraction, where the specific set's may keep
+training's size beside sources of one sequence).
 
 A base distribution P_j spreads its sequences over its domains by the same low-discrepancy
 rule as the training blend, with a state that persists from one update to the next: over
@@ -64,6 +65,7 @@ class ProbeData:
         self.micro_batch_size = layout.micro_batch_size if micro_batch_size is None else micro_batch_size
         self.eod, self.eod_mask_loss = eod, eod_mask_loss
         self._update_size = self.micro_batch_size  # this update's: an early phase may cut it
+        self._specific_size = self.micro_batch_size  # the specific set's in this update
         self.domain_draws = np.zeros(len(training_streams), dtype=np.int64)  # each domain's probe cursor
         self.specific_draws = 0
         self.samplers = [BaseSampler(row) for row in bases]
@@ -78,17 +80,19 @@ class ProbeData:
         """Sequences per source in this update, over all data-parallel ranks."""
         return self.probe_microbatches * self.layout.dp * self._update_size
 
-    def _rank_slices(self):
-        mbs = self._update_size
+    def _rank_slices(self, mbs: int):
         for m in range(self.probe_microbatches):
             start = (m * self.layout.dp + self.dp_rank) * mbs
             yield slice(start, start + mbs)
 
-    def begin_update(self, training_draws: Optional[np.ndarray] = None, micro_batch_size: Optional[int] = None) -> None:
+    def begin_update(self, training_draws: Optional[np.ndarray] = None, micro_batch_size: Optional[int] = None,
+                     specific_micro_batch_size: Optional[int] = None) -> None:
         """Plan this update's probe sequences: for every source, `block` (domain, draw) pairs,
         each domain's draws from max(its training draws so far, its probe cursor) on.
-        `micro_batch_size`: this update's probe micro batches, when cut below the usual."""
+        `micro_batch_size`: this update's probe micro batches, when cut below the usual;
+        `specific_micro_batch_size`: the specific set's, where not the same."""
         self._update_size = self.micro_batch_size if micro_batch_size is None else micro_batch_size
+        self._specific_size = self._update_size if specific_micro_batch_size is None else specific_micro_batch_size
         domains = np.stack([sampler.next_block(self.block) for sampler in self.samplers])
         flat = domains.reshape(-1)
         draws = np.empty_like(flat)
@@ -105,22 +109,22 @@ class ProbeData:
         return [
             make_microbatch(np.stack([self.streams[d].sample(k) for d, k in zip(domains[source, s], draws[source, s])]),
                             self.eod, self.eod_mask_loss)
-            for s in self._rank_slices()
+            for s in self._rank_slices(self._update_size)
         ]
 
     def specific_microbatches(self) -> List[MicroBatch]:
         return [
             make_microbatch(np.stack([self.specific.sample(self.specific_draws + i)
                                       for i in range(s.start, s.stop)]), self.eod, self.eod_mask_loss)
-            for s in self._rank_slices()
+            for s in self._rank_slices(self._specific_size)
         ]
 
     def end_update(self) -> None:
         """Advance the probe streams past this update's sequences."""
         self.domain_draws = self._plan[2]
-        self.specific_draws += self.block
+        self.specific_draws += self.probe_microbatches * self.layout.dp * self._specific_size
         self._plan = None
-        self._update_size = self.micro_batch_size
+        self._update_size = self._specific_size = self.micro_batch_size
 
     def state_dict(self) -> Dict:
         return {"domain_draws": self.domain_draws.tolist(), "specific_draws": int(self.specific_draws),

@@ -164,7 +164,8 @@ class Trainer:
         with self.watchdog.watch(f"DGA probes before iteration {self.iteration + 1}"):
             draws = self._domain_draws()
             cut = self.mixing.probe_micro_batch_size(self.iteration)
-            measured = self.report.measure_dga_update(lambda: self.alignment.measure(draws, cut))
+            specific = self.mixing.specific_probe_micro_batch_size(self.iteration)
+            measured = self.report.measure_dga_update(lambda: self.alignment.measure(draws, cut, specific))
         lr = self.config.optimizer.lr
         lr_scale = self.engine.learning_rate / lr if lr > 0 else 1.0
         changed = self.mixing.update(self.iteration, measured.scores, measured.stderr, lr_scale,
