@@ -173,6 +173,33 @@ def test_the_early_phase_runs_and_resumes_exactly(tmp_path, data):
         assert y["alignment"] == pytest.approx(x["alignment"], rel=1e-6, nan_ok=True), x["iteration"]
 
 
+def test_the_one_sequence_phase_probes_the_specific_set_whole_and_resumes_exactly(tmp_path, data):
+    """At --dga-probe-budget 0.04, 4 probes against 2 training micro batches of 4 allow whole probes every
+    50 iterations, and 4 x 10 / 50 is no whole sequence: the sources probe one sequence each beside the
+    specific set's 4, every 30 iterations ((3 + 4) / (4 x 4) of whole probes' cost), to the end of the run.
+    Stopped between its two updates and resumed, the run is the uninterrupted one."""
+    common = ["--mixing", "dga", "--dga-probe-budget", "0.04", "--log-interval", "1", "--eval-interval", "100",
+              "--hidden-dropout", "0", "--attention-dropout", "0"]
+    straight, resumed = str(tmp_path / "straight"), str(tmp_path / "resumed")
+    checkpoints = os.path.join(resumed, "checkpoints")
+    result = pretrain(args_for(data, straight, 61, common))
+    assert ("updates the weights every 30 iterations on probes of 1 of training's 4 sequences (the specific set's "
+            "of all 4), to the end of the run") in result.stdout, result.stdout
+    pretrain(args_for(data, resumed, 61, [*common, "--save", checkpoints, "--save-interval", "45",
+                                          "--exit-interval", "45"]))
+    assert read_tracker(checkpoints) == 45
+    pretrain(args_for(data, resumed, 61, [*common, "--save", checkpoints, "--load", checkpoints]))
+    a = read_metrics(os.path.join(straight, "metrics.jsonl"))
+    b = read_metrics(os.path.join(resumed, "metrics.jsonl"))
+    assert [r["dga_updates"]["done"] for r in a] == [sum(u < r["iteration"] for u in (30, 60)) for r in a]
+    assert a[-1]["data_mixture"]["dom0"] != pytest.approx(1 / 3)  # the weights moved
+    assert [r["iteration"] for r in b] == list(range(1, 62))
+    for x, y in zip(a, b):
+        assert y["lm_loss"] == pytest.approx(x["lm_loss"], rel=1e-6), x["iteration"]
+        assert y["data_mixture"] == pytest.approx(x["data_mixture"], rel=1e-9), x["iteration"]
+        assert y["alignment"] == pytest.approx(x["alignment"], rel=1e-6, nan_ok=True), x["iteration"]
+
+
 def test_a_resume_on_another_schedule_says_so(tmp_path, data):
     """Saved while updating every 10 iterations (--dga-probe-budget 0.2), resumed at the default budget
     (every 20, the step scaled by sqrt 2): the resumed run names both schedules."""
