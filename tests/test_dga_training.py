@@ -146,31 +146,39 @@ def test_a_probe_batch_below_one_micro_batch_is_the_same_in_every_layout(tmp_pat
         assert y["data_mixture"] == pytest.approx(x["data_mixture"], rel=1e-4), x["iteration"]
 
 
+def straight_and_resumed(tmp_path, data, extra, stop, iters=61):
+    """The same DGA run uninterrupted and stopped at iteration `stop` then resumed: (the first's stdout,
+    its train records, the resumed run's), after checking that the resumed run is the uninterrupted one:
+    losses, weights and scores at every iteration."""
+    common = ["--mixing", "dga", *extra, "--log-interval", "1", "--eval-interval", "100", "--hidden-dropout", "0",
+              "--attention-dropout", "0"]
+    straight, resumed = str(tmp_path / "straight"), str(tmp_path / "resumed")
+    checkpoints = os.path.join(resumed, "checkpoints")
+    result = pretrain(args_for(data, straight, iters, common))
+    pretrain(args_for(data, resumed, iters, [*common, "--save", checkpoints, "--save-interval", str(stop),
+                                             "--exit-interval", str(stop)]))
+    assert read_tracker(checkpoints) == stop
+    pretrain(args_for(data, resumed, iters, [*common, "--save", checkpoints, "--load", checkpoints]))
+    a = read_metrics(os.path.join(straight, "metrics.jsonl"))
+    b = read_metrics(os.path.join(resumed, "metrics.jsonl"))
+    assert [r["iteration"] for r in b] == list(range(1, iters + 1))
+    for x, y in zip(a, b):
+        assert y["lm_loss"] == pytest.approx(x["lm_loss"], rel=1e-6), x["iteration"]
+        assert y["data_mixture"] == pytest.approx(x["data_mixture"], rel=1e-9), x["iteration"]
+        assert y["alignment"] == pytest.approx(x["alignment"], rel=1e-6, nan_ok=True), x["iteration"]
+    return result.stdout, a, b
+
+
 def test_the_early_phase_runs_and_resumes_exactly(tmp_path, data):
     """The default schedule of 3 sources against 2 training micro batches of 4 sequences: every 20
     iterations, and for the first third of 61 iterations every 10 on probes of 2 sequences. Stopped in
     the early phase and resumed, the run is the uninterrupted one: weights, scores and losses at every
     iteration, across the switch."""
-    common = ["--mixing", "dga", "--log-interval", "1", "--eval-interval", "100", "--hidden-dropout", "0",
-              "--attention-dropout", "0"]
-    straight, resumed = str(tmp_path / "straight"), str(tmp_path / "resumed")
-    checkpoints = os.path.join(resumed, "checkpoints")
-    result = pretrain(args_for(data, straight, 61, common))
+    stdout, a, _ = straight_and_resumed(tmp_path, data, [], stop=15)
     assert ("updates the weights every 10 iterations until iteration 20 (--dga-early-fraction 0.333), on probes of "
-            "2 of training's 4 sequences, then every 20 iterations") in result.stdout, result.stdout
-    pretrain(args_for(data, resumed, 61, [*common, "--save", checkpoints, "--save-interval", "15",
-                                          "--exit-interval", "15"]))
-    assert read_tracker(checkpoints) == 15
-    pretrain(args_for(data, resumed, 61, [*common, "--save", checkpoints, "--load", checkpoints]))
-    a = read_metrics(os.path.join(straight, "metrics.jsonl"))
-    b = read_metrics(os.path.join(resumed, "metrics.jsonl"))
+            "2 of training's 4 sequences, then every 20 iterations") in stdout, stdout
     # Updates before iterations 11 (early), 21, 41 and 61.
     assert [r["dga_updates"]["done"] for r in a] == [sum(u < r["iteration"] for u in (10, 20, 40, 60)) for r in a]
-    assert [r["iteration"] for r in b] == list(range(1, 62))
-    for x, y in zip(a, b):
-        assert y["lm_loss"] == pytest.approx(x["lm_loss"], rel=1e-6), x["iteration"]
-        assert y["data_mixture"] == pytest.approx(x["data_mixture"], rel=1e-9), x["iteration"]
-        assert y["alignment"] == pytest.approx(x["alignment"], rel=1e-6, nan_ok=True), x["iteration"]
 
 
 def test_the_one_sequence_phase_probes_the_specific_set_whole_and_resumes_exactly(tmp_path, data):
@@ -178,26 +186,11 @@ def test_the_one_sequence_phase_probes_the_specific_set_whole_and_resumes_exactl
     50 iterations, and 4 x 10 / 50 is no whole sequence: the sources probe one sequence each beside the
     specific set's 4, every 30 iterations ((3 + 4) / (4 x 4) of whole probes' cost), to the end of the run.
     Stopped between its two updates and resumed, the run is the uninterrupted one."""
-    common = ["--mixing", "dga", "--dga-probe-budget", "0.04", "--log-interval", "1", "--eval-interval", "100",
-              "--hidden-dropout", "0", "--attention-dropout", "0"]
-    straight, resumed = str(tmp_path / "straight"), str(tmp_path / "resumed")
-    checkpoints = os.path.join(resumed, "checkpoints")
-    result = pretrain(args_for(data, straight, 61, common))
+    stdout, a, _ = straight_and_resumed(tmp_path, data, ["--dga-probe-budget", "0.04"], stop=45)
     assert ("updates the weights every 30 iterations on probes of 1 of training's 4 sequences (the specific set's "
-            "of all 4), to the end of the run") in result.stdout, result.stdout
-    pretrain(args_for(data, resumed, 61, [*common, "--save", checkpoints, "--save-interval", "45",
-                                          "--exit-interval", "45"]))
-    assert read_tracker(checkpoints) == 45
-    pretrain(args_for(data, resumed, 61, [*common, "--save", checkpoints, "--load", checkpoints]))
-    a = read_metrics(os.path.join(straight, "metrics.jsonl"))
-    b = read_metrics(os.path.join(resumed, "metrics.jsonl"))
+            "of all 4), to the end of the run") in stdout, stdout
     assert [r["dga_updates"]["done"] for r in a] == [sum(u < r["iteration"] for u in (30, 60)) for r in a]
     assert a[-1]["data_mixture"]["dom0"] != pytest.approx(1 / 3)  # the weights moved
-    assert [r["iteration"] for r in b] == list(range(1, 62))
-    for x, y in zip(a, b):
-        assert y["lm_loss"] == pytest.approx(x["lm_loss"], rel=1e-6), x["iteration"]
-        assert y["data_mixture"] == pytest.approx(x["data_mixture"], rel=1e-9), x["iteration"]
-        assert y["alignment"] == pytest.approx(x["alignment"], rel=1e-6, nan_ok=True), x["iteration"]
 
 
 def test_a_resume_on_another_schedule_says_so(tmp_path, data):
