@@ -674,6 +674,13 @@ def test_a_resume_says_when_the_update_schedule_changed():
     fresh = dga_default(update_interval=20)
     fresh.load_state_dict(older)
     assert fresh.schedule_change is None
+    # Schedules that differ only in the specific set's probe name it.
+    early = dict(update_interval=90, early_iters=200, early_interval=20, early_micro_batch_size=1)
+    cut = dga_default(**early).state_dict()
+    whole = dga_default(**early, early_specific_micro_batch_size=8)
+    whole.load_state_dict(cut)
+    assert "on probes of 1 sequences per rank, then" in whole.schedule_change
+    assert "on probes of 1 sequences per rank (the specific set's of 8), then" in whole.schedule_change
 
 
 # ---- --dga-max-epochs: a bound on repetition ----------------------------------------------------

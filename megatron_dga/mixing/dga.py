@@ -281,8 +281,8 @@ class DGAMixing(MixingAlgorithm):
         return self.hyper.early_micro_batch_size if self.in_early_phase(iteration) else None
 
     def specific_probe_micro_batch_size(self, iteration: int) -> Optional[int]:
-        """Sequences per rank of this update's specific probe micro batches: None where they are the
-        sources' size."""
+        """Sequences per rank of this update's specific probe micro batches in the early phase (the
+        sources' unless it sets the specific set's apart), else None."""
         if not self.in_early_phase(iteration):
             return None
         h = self.hyper
@@ -431,8 +431,11 @@ class DGAMixing(MixingAlgorithm):
             # A derived interval and step follow the micro batches per rank, which a new layout changes.
             def described(schedule):
                 early = schedule.get("early")
+                specific = "" if "specific_micro_batch_size" not in (early or {}) else \
+                    f" (the specific set's of {early['specific_micro_batch_size']})"
                 start = "" if not early else (f"every {early['interval']} iterations until iteration {early['iters']} "
-                                              f"on probes of {early['micro_batch_size']} sequences per rank, then ")
+                                              f"on probes of {early['micro_batch_size']} sequences per rank{specific}, "
+                                              "then ")
                 return (f"{start}every {schedule['update_interval']} iterations, step {schedule['lr']:.3g} and clip "
                         f"{schedule['step_clip']:.3g}")
             self.schedule_change = (f"the checkpoint's DGA updated {described(saved)}; this run updates "

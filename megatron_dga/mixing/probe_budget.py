@@ -21,8 +21,8 @@ and 0.76 with the specific set's probe kept whole (docs/results-at-scale.md, lar
 most what whole probes would (16 + 8 sequences every 20 iterations is 0.79 of 17 x 8 every 90), so
 running them to the end keeps within the budget despite a small probe's higher cost per sequence.
 Probes cut to 10 / T_r of a micro batch, one sequence or more (the specific set's alike), cost as
-many sequences as whole ones, at 1.4x per sequence on these CPUs (docs/dga.md, Cost), and give way to whole probes after the early
-phase, as measured.
+many sequences as whole ones, at 1.4x per sequence on these CPUs (docs/dga.md, Cost), and give way
+to whole probes after the early phase, as measured.
 
 Fewer updates move the weights less: the update's step (--dga-lr and --dga-step-clip, read as the
 step at 10 iterations) is multiplied by sqrt(T_r / 10) at a derived interval T_r, so that the

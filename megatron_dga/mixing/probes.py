@@ -78,7 +78,11 @@ class ProbeData:
     @property
     def block(self) -> int:
         """Sequences per source in this update, over all data-parallel ranks."""
-        return self.probe_microbatches * self.layout.dp * self._update_size
+        return self._over_ranks(self._update_size)
+
+    def _over_ranks(self, micro_batch_size: int) -> int:
+        """Sequences in this update's probe micro batches of `micro_batch_size`, over all ranks."""
+        return self.probe_microbatches * self.layout.dp * micro_batch_size
 
     def _rank_slices(self, mbs: int):
         for m in range(self.probe_microbatches):
@@ -122,7 +126,7 @@ class ProbeData:
     def end_update(self) -> None:
         """Advance the probe streams past this update's sequences."""
         self.domain_draws = self._plan[2]
-        self.specific_draws += self.probe_microbatches * self.layout.dp * self._specific_size
+        self.specific_draws += self._over_ranks(self._specific_size)
         self._plan = None
         self._update_size = self._specific_size = self.micro_batch_size
 
