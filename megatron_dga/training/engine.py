@@ -21,6 +21,7 @@ import torch.distributed as dist
 from megatron_dga.config import OptimizerConfig
 from megatron_dga.data.batches import MicroBatch
 from megatron_dga.model.sequence_parallel import SequenceParallelGradients
+from megatron_dga.training.metrics import print_line
 from megatron_dga.parallel.initialize import ParallelContext
 from megatron_dga.parallel.mpu import MegatronCoreMPU
 from megatron_dga.parallel.reductions import global_grad_norm
@@ -183,8 +184,8 @@ class TrainingEngine:
         if self.ctx.rank == 0:
             how = (f"in one all-reduce per {point}, before DeepSpeed reads them" if point else
                    "each as autograd computes it (DeepSpeed takes gradients during the backward pass)")
-            print(f"--sequence-parallel: the gradients of {len(gradients.params)} parameters replicated over TP "
-                  f"are summed {how}", flush=True)
+            print_line(f"--sequence-parallel: the gradients of {len(gradients.params)} parameters replicated over TP "
+                       f"are summed {how}")
         if point is None:
             return None
         _sum_sequence_parallel_gradients_at(self.engine, gradients, point)

@@ -40,6 +40,13 @@ def _truncate_after(path: str, iteration: int) -> None:
     write_text(path, "".join(kept))
 
 
+
+def print_line(message: str) -> None:
+    """`message` and its newline in one write: ranks share one stdout, and print() writes the two apart
+    when unbuffered (PYTHONUNBUFFERED), which lets another rank's line land inside this one."""
+    sys.stdout.write(message + "\n")
+    sys.stdout.flush()
+
 class MetricsLogger:
     def __init__(self, enabled: bool, tensorboard_dir: Optional[str], metrics_file: Optional[str],
                  resumed_iteration: int = 0, queue_size: int = 100, wandb_settings: Optional[dict] = None,
@@ -74,7 +81,7 @@ class MetricsLogger:
 
     def print(self, message: str) -> None:
         if self.enabled:
-            print(message, flush=True)
+            print_line(message)
 
     def scalars(self, iteration: int, values: Dict[str, float], samples: Optional[int] = None) -> None:
         """Scalars at `iteration`; with `samples` (consumed samples), Megatron's 'vs samples'
