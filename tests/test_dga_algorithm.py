@@ -129,7 +129,7 @@ def test_weights_stay_finite_on_the_simplex(initial, steps, lr, lr_scale, ema, m
                                             scale, window, clip, score_ema, cap):
     """Whatever the alignments (NaN, infinities, 1e300), the weights stay finite, on the
     simplex, above both floors and below the caps; and they are not frozen: after the extremes,
-    ordinary scores still move them."""
+    ordinary scores move them again within (W + 1) / 2 updates."""
     n = len(initial)
     k = n + 2 if with_bases else n
     bases = None
@@ -158,8 +158,11 @@ def test_weights_stay_finite_on_the_simplex(initial, steps, lr, lr_scale, ema, m
         check()
     assert m.updates + m.skipped == len(steps)
     ordinary = np.linspace(1.0, -1.0, n)
-    for t in range(len(steps) + 1, len(steps) + window + 2):
-        assert m.update(t * 10, ordinary, lr_scale=1.0)
+    for i, t in enumerate(range(len(steps) + 1, len(steps) + window + 2)):
+        moved = m.update(t * 10, ordinary, lr_scale=1.0)
+        # after scores spread by 1e-300, the running scale follows ordinary ones in (W + 1) / 2
+        # updates; the steps before that may overflow and be skipped
+        assert moved or i < (window - 1) // 2
         check()
     if lr >= 1e-3:
         assert np.abs(m.last_step).max() > 1e-6 * min(lr, clip or np.inf), m.last_step
@@ -171,6 +174,20 @@ def test_an_overflowing_step_is_skipped(caplog):
     assert m.update(10, [1e300, 0.0, 0.0]) is False  # 1e310 is not a double
     np.testing.assert_array_equal(m.weights(), before)
     assert m.skipped == 1 and "overflows" in caplog.text
+
+
+def test_the_running_scale_follows_a_change_of_scale_even_when_steps_overflow_meanwhile():
+    """Scores spread by 1e-300 set a running scale of 1e-300; the first ordinary scores after
+    them then overflow (1e10 / 1e-300). Their spread must still enter the running scale, which
+    then follows it within (W + 1) / 2 updates, as for any lasting change of scale: before, the
+    overflowing update was skipped with its spread, the scale never moved and DGA froze."""
+    m = dga(lr=1e10, step_scale="spread", scale_window=3)
+    for t in (1, 2):
+        assert m.update(10 * t, [0.0, 1e-300, 0.0])
+    assert not m.update(30, [1.0, -1.0, 0.0])  # eta x 1 / 1e-300 is not a double: skipped
+    before = m.weights()
+    assert m.update(40, [1.0, -1.0, 0.0])  # two of the last three spreads are now ordinary
+    assert m.weights()[0] > before[0]
 
 
 @pytest.mark.parametrize("mode", ["state", "sampling"])

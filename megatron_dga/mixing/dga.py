@@ -339,12 +339,14 @@ class DGAMixing(MixingAlgorithm):
         self.last_stderr = np.full(self.num_sources, np.nan) if stderr is None else np.asarray(stderr, np.float64)
         if a.shape != (self.num_sources,) or not np.all(np.isfinite(a)):
             return self._skip(iteration, f"alignment is not finite: {a}")
-        saved = (self.score_average.copy(), list(self.log_spreads), self.score_updates)
+        # An overflowing step is skipped, but its spread stays in the running scale: it was
+        # measured, and without it a scale set by tiny scores could never follow them back up.
+        saved = (self.score_average.copy(), self.score_updates)
         with np.errstate(over="ignore", invalid="ignore"):
             multiplier = self.hyper.early_step if self.in_early_phase(iteration) else 1.0
             step = self.controlled_step(a, lr_scale, in_running_scale, self.last_stderr, multiplier)
         if not np.all(np.isfinite(step)):
-            self.score_average, self.log_spreads, self.score_updates = saved
+            self.score_average, self.score_updates = saved
             return self._skip(iteration, f"the step overflows (eta x alignment): {step}")
         self.last_step = step
         if self.hyper.ema_mode == "state":
