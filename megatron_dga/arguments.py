@@ -175,6 +175,12 @@ def check_flags(config: PretrainConfig) -> None:
         if sized:
             raise ValueError(f"--dga-early-fraction shapes the schedule --dga-probe-budget derives; {sized[0]} "
                              "sets it by hand")
+    if mix.dga_probe_prefixes is not None:
+        sized = probe_schedule_set_by_hand(mix)
+        if sized:
+            flag = "--dga-probe-prefixes" if mix.dga_probe_prefixes else "--no-dga-probe-prefixes"
+            raise ValueError(f"{flag} shapes the probes of the schedule --dga-probe-budget derives; {sized[0]} "
+                             "sets it by hand")
     if not (math.isfinite(mix.dga_max_epochs) and mix.dga_max_epochs >= 0):
         raise ValueError(f"--dga-max-epochs {mix.dga_max_epochs} must be a number >= 0 (0: no bound)")
     if mix.dga_probe_microbatches is not None and mix.dga_probe_microbatches <= 0:

@@ -345,6 +345,12 @@ class MixingConfig:
         "this fraction. Not under pipeline parallelism, nor with --dga-update-interval, "
         "--dga-probe-batch-size or --dga-probe-microbatches.",
     )
+    dga_probe_prefixes: Optional[bool] = arg(
+        None, "DGA: where the early phase's probes hold one sequence's tokens for each source (--dga-early-fraction), "
+        "read them as the first seq-length / micro-batch-size tokens of a micro batch of sequences: 8 prefixes "
+        "of 16 tokens at 128 and 8, as many documents as whole probes read for the cost of one sequence "
+        "(default on; --no-dga-probe-prefixes probes one whole sequence).",
+    )
     dga_max_epochs: float = arg(
         16.0, "DGA: no domain is sampled at a weight that would read its training split more than this many "
         "times over the run (weight <= E x its sequences / the run's sequences). Where the weights align, "

@@ -644,6 +644,38 @@ def test_a_probe_too_small_to_cut_holds_one_sequence_and_runs_to_the_end_when_fe
     assert six.specific_probe_micro_batch_size(80) is None
 
 
+def test_the_one_sequence_phase_reads_one_sequences_tokens_as_prefixes_of_a_micro_batch():
+    """Given training's sequence length, a source's probe of one sequence's tokens reads them as the
+    prefixes of a micro batch of sequences: 8 prefixes of 16 tokens at 128 tokens and 8 sequences, at the
+    same interval and cost as one whole sequence. Under sequence parallelism a prefix is a multiple of TP;
+    where no prefix is that long, or a micro batch holds one sequence, the probe is one whole sequence.
+    Probes cut to a sequence or more are not cut to prefixes. --no-dga-probe-prefixes probes whole ones."""
+    from megatron_dga.config import MixingConfig
+    from megatron_dga.mixing.factory import build_mixing
+    from megatron_dga.mixing.probe_budget import EarlyPhase, ProbeCost, early_phase, prefix_tokens
+
+    assert early_phase(90, 16, 8, 200, 1 / 3, seq_length=128) == EarlyPhase(200, 20, 8, 8, sequence_tokens=16)
+    assert early_phase(290, 57, 8, 200, 1 / 3, seq_length=128) == EarlyPhase(200, 50, 8, 8, sequence_tokens=16)
+    assert early_phase(90, 16, 8, 200, 1 / 3, seq_length=20, token_multiple=2) == EarlyPhase(200, 20, 8, 8, 2)
+    assert early_phase(90, 16, 8, 200, 1 / 3, seq_length=12, token_multiple=2) == EarlyPhase(200, 20, 1, 8)
+    assert early_phase(40, 6, 8, 600, 1 / 3, seq_length=128) == EarlyPhase(200, 10, 2)  # 2 of 8: whole sequences
+    assert prefix_tokens(128, 1) is None and prefix_tokens(None, 8) is None and prefix_tokens(4, 8) is None
+    names, tokens = [f"b{i}" for i in range(16)], [10] * 16
+    notes = []
+    m = build_mixing(MixingConfig(mixing="dga"), names, tokens, notes=notes, microbatches=ProbeCost(2, 1, 8, 200, 128))
+    assert [i for i in range(1, 201) if m.wants_update(i)] == list(range(20, 200, 20))  # as often as before
+    assert (m.probe_micro_batch_size(180), m.specific_probe_micro_batch_size(180), m.probe_sequence_tokens(180)) \
+        == (8, 8, 16)
+    assert any("every 20 iterations on probes of training's 8 sequences cut to their first 16 of 128 tokens, one "
+               "sequence's tokens (the specific set's of all 8), to the end of the run" in n and
+               "The probes add 8% to training's 2" in n for n in notes), notes
+    assert m.state_dict()["schedule"]["early"]["sequence_tokens"] == 16
+    whole = build_mixing(MixingConfig(mixing="dga", dga_probe_prefixes=False), names, tokens,
+                         microbatches=ProbeCost(2, 1, 8, 200, 128))
+    assert (whole.probe_micro_batch_size(180), whole.probe_sequence_tokens(180)) == (1, None)
+    assert "sequence_tokens" not in whole.state_dict()["schedule"]["early"]
+
+
 def test_noise_shrink_by_hand():
     """Each centred score times tau^2 / (tau^2 + se_i^2), tau^2 = spread^2 - mean(se^2)."""
     scores, stderr = np.array([3.0, 0.0, -3.0]), np.array([1.0, 1.0, 3.0])

@@ -181,16 +181,28 @@ def test_the_early_phase_runs_and_resumes_exactly(tmp_path, data):
     assert [r["dga_updates"]["done"] for r in a] == [sum(u < r["iteration"] for u in (10, 20, 40, 60)) for r in a]
 
 
-def test_the_one_sequence_phase_probes_the_specific_set_whole_and_resumes_exactly(tmp_path, data):
+def test_the_one_sequence_phase_probes_prefixes_beside_the_whole_specific_set_and_resumes_exactly(tmp_path, data):
     """At --dga-probe-budget 0.04, 4 probes against 2 training micro batches of 4 allow whole probes every
-    50 iterations, and 4 x 10 / 50 is no whole sequence: the sources probe one sequence each beside the
-    specific set's 4, every 30 iterations ((3 + 4) / (4 x 4) of whole probes' cost), to the end of the run.
-    Stopped between its two updates and resumed, the run is the uninterrupted one."""
-    stdout, a, _ = straight_and_resumed(tmp_path, data, ["--dga-probe-budget", "0.04"], stop=45)
-    assert ("updates the weights every 30 iterations on probes of 1 of training's 4 sequences (the specific set's "
-            "of all 4), to the end of the run") in stdout, stdout
+    50 iterations, and 4 x 10 / 50 is no whole sequence: each source's probe reads one sequence's tokens,
+    as the first 8 of 32 tokens of 4 sequences, beside the specific set's 4 whole sequences, every 30
+    iterations ((3 + 4) / (4 x 4) of whole probes' cost), to the end of the run: 3 x 4 x 8 + 4 x 32 probe
+    tokens per update. Stopped between its two updates and resumed, the run is the uninterrupted one."""
+    stdout, a, b = straight_and_resumed(tmp_path, data, ["--dga-probe-budget", "0.04"], stop=45)
+    assert ("updates the weights every 30 iterations on probes of training's 4 sequences cut to their first 8 of 32 "
+            "tokens, one sequence's tokens (the specific set's of all 4), to the end of the run") in stdout, stdout
     assert [r["dga_updates"]["done"] for r in a] == [sum(u < r["iteration"] for u in (30, 60)) for r in a]
+    assert a[-1]["mixing_time"]["probe-tokens"] == 2 * (3 * 4 * 8 + 4 * 32)
+    assert b[-1]["mixing_time"]["probe-tokens"] == 3 * 4 * 8 + 4 * 32  # the resumed process's own update
     assert a[-1]["data_mixture"]["dom0"] != pytest.approx(1 / 3)  # the weights moved
+
+
+def test_without_prefixes_the_one_sequence_phase_probes_one_whole_sequence(tmp_path, data):
+    """--no-dga-probe-prefixes: each source's probe is one whole sequence, 3 x 32 + 4 x 32 tokens per update."""
+    run_dir = str(tmp_path / "whole")
+    result = pretrain(args_for(data, run_dir, 31, ["--mixing", "dga", "--dga-probe-budget", "0.04",
+                                                   "--no-dga-probe-prefixes", "--log-interval", "1"]))
+    assert "on probes of 1 of training's 4 sequences (the specific set's of all 4)" in result.stdout, result.stdout
+    assert read_metrics(os.path.join(run_dir, "metrics.jsonl"))[-1]["mixing_time"]["probe-tokens"] == 3 * 32 + 4 * 32
 
 
 def test_a_resume_on_another_schedule_says_so(tmp_path, data):

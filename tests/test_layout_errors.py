@@ -162,6 +162,17 @@ def test_the_early_fraction_is_refused_where_it_cannot_act(capsys):
     assert layout(2, "--dga-early-fraction", "0", "--pipeline-model-parallel-size", "2", "--num-layers", "2").pp == 2
 
 
+def test_probe_prefixes_are_refused_where_they_cannot_act(capsys):
+    for given in ("--dga-probe-prefixes", "--no-dga-probe-prefixes"):
+        with pytest.raises(SystemExit):
+            parse_args([*TOY_MODEL, "--data-path", "x", "--train-iters", "10", given, "--dga-update-interval", "10"])
+        assert f"{given} shapes the probes of the schedule --dga-probe-budget derives; --dga-update-interval" \
+            in capsys.readouterr().err
+    with pytest.raises(LayoutError, match="--dga-probe-prefixes cuts DGA's probe sequences, which pipeline"):
+        layout(2, "--dga-probe-prefixes", "--pipeline-model-parallel-size", "2", "--num-layers", "2")
+    assert layout(2, "--no-dga-probe-prefixes", "--pipeline-model-parallel-size", "2", "--num-layers", "2").pp == 2
+
+
 def test_noise_shrink_needs_two_probe_micro_batches():
     with pytest.raises(LayoutError, match="--dga-noise-shrink needs a standard error"):
         layout(1, "--mixing", "dga", "--specific-data-path", "s", "--dga-noise-shrink")

@@ -105,3 +105,27 @@ def test_an_update_may_probe_the_specific_set_whole_beside_one_sequence_sources(
     assert [mb.tokens[:, 0].tolist() for mb in probes.specific_microbatches()] == [[4]]
     probes.end_update()
     assert probes.state_dict()["specific_draws"] == 5
+
+
+class Counted:
+    """A stream whose k-th draw is [k, k + 1, ..., k + 8]: 8 tokens and their labels."""
+
+    def sample(self, k):
+        return np.arange(k, k + 9, dtype=np.int64)
+
+
+def test_an_update_may_probe_the_sources_on_prefixes_of_a_micro_batch():
+    """In the one-sequence phase, with prefixes, each source's probe reads training's micro batch of
+    sequences cut to their first tokens (4 sequences of 2 tokens: one 8-token sequence's tokens), its
+    labels shifted by one; the specific set's stays whole; the next update is whole again, from where
+    the cursors stopped."""
+    probes = ProbeData([Counted(), Counted()], Counted(), np.eye(2), Layout(1, 1, 1, 1, 4, 4), 0, 1, None, False)
+    probes.begin_update(np.asarray([0, 10]), micro_batch_size=4, specific_micro_batch_size=4, sequence_tokens=2)
+    first = probes.source_microbatches(1)
+    assert len(first) == 1 and first[0].tokens.tolist() == [[10, 11], [11, 12], [12, 13], [13, 14]]
+    assert first[0].labels.tolist() == [[11, 12], [12, 13], [13, 14], [14, 15]]
+    assert probes.specific_microbatches()[0].tokens.shape == (4, 8)
+    probes.end_update()
+    assert probes.state_dict()["domain_draws"] == [4, 14] and probes.state_dict()["specific_draws"] == 4
+    probes.begin_update(np.asarray([0, 10]))
+    assert [mb.tokens.shape for j in range(2) for mb in probes.source_microbatches(j)] == [(4, 8), (4, 8)]

@@ -69,6 +69,7 @@ class AlignmentMeasurement:
 @dataclass
 class AlignmentTimes:
     probe_seconds: float = 0.0
+    probe_tokens: int = 0  # input tokens of this rank's probe micro batches, the specific set's included
     measurements: int = 0
     last_seconds: float = field(default=0.0)
 
@@ -109,7 +110,7 @@ class AlignmentMeter:
         """G (preconditioned by P with adam), averaged over data-parallel ranks, tied parts
         summed, tensor-parallel duplicates zeroed: ready to be dotted into. The flag is False
         where adam had no preconditioner yet and G is the raw gradient."""
-        spe = self._dp_mean_(self.gradients.mean(self.probes.specific_microbatches()))
+        spe = self._dp_mean_(self.gradients.mean(self._counted(self.probes.specific_microbatches())))
         for index, dotted in enumerate(self.dotted):
             if not dotted:
                 self.layout.view(spe, index).zero_()
@@ -117,16 +118,22 @@ class AlignmentMeter:
             return spe, self.preconditioner.apply_(spe) is not None
         return spe, True
 
+    def _counted(self, micro_batches: List[MicroBatch]) -> List[MicroBatch]:
+        self.times.probe_tokens += sum(mb.tokens.numel() for mb in micro_batches)
+        return micro_batches
+
     def _micro_batches(self, sources: List[int]) -> List[MicroBatch]:
-        return [mb for j in sources for mb in self.probes.source_microbatches(j)]
+        return self._counted([mb for j in sources for mb in self.probes.source_microbatches(j)])
 
     def measure(self, training_draws: Optional[np.ndarray] = None, micro_batch_size: Optional[int] = None,
-                specific_micro_batch_size: Optional[int] = None) -> AlignmentMeasurement:
+                specific_micro_batch_size: Optional[int] = None,
+                sequence_tokens: Optional[int] = None) -> AlignmentMeasurement:
         """The scores; `training_draws`: each domain's training draws so far, where its probes
         start reading (`probes.py`); `micro_batch_size`: the probe micro batch's, when cut;
-        `specific_micro_batch_size`: the specific set's, where it differs from the sources'."""
+        `specific_micro_batch_size`: the specific set's, where it differs from the sources';
+        `sequence_tokens`: the sources' probe sequences' prefix, where cut to one."""
         start = time.time()
-        self.probes.begin_update(training_draws, micro_batch_size, specific_micro_batch_size)
+        self.probes.begin_update(training_draws, micro_batch_size, specific_micro_batch_size, sequence_tokens)
         spe, in_kind_units = self.specific_gradient()
         n, m = self.probes.num_sources, self.probes.probe_microbatches
         dots = torch.zeros((n, self._dp, m), dtype=spe.dtype, device=spe.device)
@@ -148,7 +155,7 @@ class AlignmentMeter:
                 def consume(micro, index, grad, unscale, buffer=buffer, into_dots=into_dots):
                     into_dots(micro, index, grad, unscale)
                     self.layout.add_(buffer, index, grad, unscale / m)
-                self.gradients.run(self.probes.source_microbatches(j), consume)
+                self.gradients.run(self._micro_batches([j]), consume)
                 self.gradients.reduce_tied(buffer)
                 norms[j] = self.norm(self._dp_mean_(buffer))
                 del buffer

@@ -83,11 +83,13 @@ class DGAHyperparameters:
     noise_shrink: bool = False
     # The early phase (--dga-early-fraction): before iteration early_iters, updates every early_interval
     # iterations, probes of early_micro_batch_size sequences per rank (the specific set's of
-    # early_specific_micro_batch_size, where given), lr and step_clip times early_step.
+    # early_specific_micro_batch_size, where given; the sources' cut to their first
+    # early_sequence_tokens, where given), lr and step_clip times early_step.
     early_iters: int = 0
     early_interval: int = 10
     early_micro_batch_size: Optional[int] = None
     early_specific_micro_batch_size: Optional[int] = None
+    early_sequence_tokens: Optional[int] = None
     early_step: float = 1.0
 
     def check(self, num_sources: int, num_domains: int) -> None:
@@ -289,6 +291,10 @@ class DGAMixing(MixingAlgorithm):
         return h.early_micro_batch_size if h.early_specific_micro_batch_size is None \
             else h.early_specific_micro_batch_size
 
+    def probe_sequence_tokens(self, iteration: int) -> Optional[int]:
+        """Tokens of each source probe sequence's prefix in this update, where cut to one, else None."""
+        return self.hyper.early_sequence_tokens if self.in_early_phase(iteration) else None
+
     def running_scale(self) -> Optional[float]:
         """The median spread of the last --dga-scale-window updates (None before the first)."""
         return float(np.exp(np.median(self.log_spreads))) if self.log_spreads else None
@@ -410,6 +416,8 @@ class DGAMixing(MixingAlgorithm):
                                  "micro_batch_size": h.early_micro_batch_size, "step": h.early_step}
             if h.early_specific_micro_batch_size is not None:
                 schedule["early"]["specific_micro_batch_size"] = h.early_specific_micro_batch_size
+            if h.early_sequence_tokens is not None:
+                schedule["early"]["sequence_tokens"] = h.early_sequence_tokens
         return schedule
 
     def load_state_dict(self, state: Dict) -> None:
@@ -435,9 +443,11 @@ class DGAMixing(MixingAlgorithm):
                 early = schedule.get("early")
                 specific = "" if "specific_micro_batch_size" not in (early or {}) else \
                     f" (the specific set's of {early['specific_micro_batch_size']})"
+                prefixes = "" if "sequence_tokens" not in (early or {}) else \
+                    f" cut to their first {early['sequence_tokens']} tokens"
                 start = "" if not early else (f"every {early['interval']} iterations until iteration {early['iters']} "
-                                              f"on probes of {early['micro_batch_size']} sequences per rank{specific}, "
-                                              "then ")
+                                              f"on probes of {early['micro_batch_size']} sequences per rank{prefixes}"
+                                              f"{specific}, then ")
                 return (f"{start}every {schedule['update_interval']} iterations, step {schedule['lr']:.3g} and clip "
                         f"{schedule['step_clip']:.3g}")
             self.schedule_change = (f"the checkpoint's DGA updated {described(saved)}; this run updates "

@@ -53,7 +53,8 @@ def dga_schedule(config: MixingConfig, num_sources: int, microbatches, notes: Li
     interval = auto_update_interval(num_sources, probe, train, budget)
     factor = step_factor(interval)
     fraction = DEFAULT_EARLY_FRACTION if config.dga_early_fraction is None else config.dga_early_fraction
-    early = early_phase(interval, num_sources, cost.cuttable_micro_batch_size, cost.train_iters, fraction)
+    early = early_phase(interval, num_sources, cost.cuttable_micro_batch_size, cost.train_iters, fraction,
+                        cost.seq_length if config.dga_probe_prefixes is not False else None, cost.token_multiple)
     if early is None and cost.train_iters is not None and interval >= cost.train_iters:
         # Weights that never move are uniform sampling under another name: say so rather than run it.
         two_updates = UPDATE_INTERVAL_STEP * max(1, (cost.train_iters - 1) // 2 // UPDATE_INTERVAL_STEP)
@@ -78,13 +79,22 @@ def schedule_note(num_sources: int, cost: ProbeCost, budget: float, interval: in
     def steps_at(every: int) -> str:
         return f"with steps of {step_factor(every):g}x --dga-lr and --dga-step-clip"
 
+    def cut_probes() -> str:
+        size = cost.cuttable_micro_batch_size
+        if early.sequence_tokens is not None:
+            return (f"training's {size} sequences cut to their first {early.sequence_tokens} of {cost.seq_length} "
+                    "tokens, one sequence's tokens")
+        return f"{early.micro_batch_size} of training's {size} sequences"
+
     if early is not None and early.iters >= cost.train_iters:
         size = cost.cuttable_micro_batch_size
         specific = early.specific_micro_batch_size or early.micro_batch_size
-        passes = probe * (num_sources * early.micro_batch_size + specific) / size  # per update, in micro batches
+        sources = early.micro_batch_size if early.sequence_tokens is None else \
+            early.micro_batch_size * early.sequence_tokens / cost.seq_length  # in whole sequences
+        passes = probe * (num_sources * sources + specific) / size  # per update, in micro batches
         late = whole_updates_after(interval, cost.train_iters, fraction)
         return (f"--mixing dga updates the weights every {early.interval} iterations on probes of "
-                f"{early.micro_batch_size} of training's {size} sequences (the specific set's of "
+                f"{cut_probes()} (the specific set's of "
                 f"{f'all {size}' if specific == size else f'{specific} of {size}'}), to the end of "
                 f"the run, {steps_at(early.interval)}: whole probes "
                 f"({whole}) every {interval} iterations would leave {late} update{'' if late == 1 else 's'} after "
@@ -94,7 +104,7 @@ def schedule_note(num_sources: int, cost: ProbeCost, budget: float, interval: in
     step = "" if interval == UPDATE_INTERVAL_STEP else f", {steps_at(interval)}"
     start = "" if early is None else (
         f"every {early.interval} iterations until iteration {early.iters} (--dga-early-fraction {fraction:.3g}), "
-        f"on probes of {early.micro_batch_size} of training's {cost.cuttable_micro_batch_size} sequences, then ")
+        f"on probes of {cut_probes()}, then ")
     return (f"--mixing dga updates the weights {start}every {interval} iterations{step}: the probes ({whole}) add "
             f"{probe_share(num_sources, probe, train, interval):.0%} to training's {train} per iteration {tail}")
 
@@ -126,7 +136,7 @@ def dga_hyperparameters(config: MixingConfig, update_interval: int, step_multipl
     early_fields = dict(early_iters=0, early_interval=UPDATE_INTERVAL_STEP, early_micro_batch_size=None,
                         early_step=1.0 / step_multiplier) if early is None else dict(
         early_iters=early.iters, early_interval=early.interval, early_micro_batch_size=early.micro_batch_size,
-        early_specific_micro_batch_size=early.specific_micro_batch_size,
+        early_specific_micro_batch_size=early.specific_micro_batch_size, early_sequence_tokens=early.sequence_tokens,
         early_step=step_factor(early.interval) / step_multiplier)
     return DGAHyperparameters(
         update_interval=update_interval, lr=config.dga_lr * step_multiplier, ema=config.dga_ema,

@@ -69,11 +69,15 @@ def step_factor(update_interval: int) -> float:
 class ProbeCost:
     """What DGA's derived schedule follows, per rank: training's micro batches per iteration, the
     probe passes per source (in training micro batches), training's micro batch size where an early
-    phase may cut the probes below it (else None), and the run's length in iterations."""
+    phase may cut the probes below it (else None), the run's length in iterations, and the tokens of
+    training's sequences where a probe may hold their prefixes (else None), in multiples of
+    `token_multiple`."""
     train_microbatches: int
     probe_passes: float
     cuttable_micro_batch_size: Optional[int] = None
     train_iters: Optional[int] = None
+    seq_length: Optional[int] = None
+    token_multiple: int = 1
 
 
 def early_iters_of(train_iters: int, fraction: float) -> int:
@@ -90,32 +94,47 @@ def whole_updates_after(interval: int, train_iters: int, fraction: float) -> int
 class EarlyPhase:
     """DGA's updates before iteration `iters`: every `interval` iterations, on probes of
     `micro_batch_size` sequences per rank for each source, and `specific_micro_batch_size` for the
-    specific set (None: the sources' size)."""
+    specific set (None: the sources' size); the sources' sequences cut to their first
+    `sequence_tokens` tokens (None: whole)."""
     iters: int
     interval: int
     micro_batch_size: int
     specific_micro_batch_size: Optional[int] = None
+    sequence_tokens: Optional[int] = None
+
+
+def prefix_tokens(seq_length: Optional[int], micro_batch_size: int, token_multiple: int = 1) -> Optional[int]:
+    """Tokens of each of `micro_batch_size` prefixes that together hold one sequence's tokens, a multiple
+    of `token_multiple` (sequence parallelism splits the sequence over TP ranks); None where there is
+    no such prefix shorter than a sequence."""
+    if not seq_length or micro_batch_size <= 1:
+        return None
+    tokens = seq_length // micro_batch_size // token_multiple * token_multiple
+    return tokens if tokens >= 1 else None
 
 
 def early_phase(interval: int, num_sources: int, micro_batch_size: Optional[int], train_iters: Optional[int],
-                fraction: float) -> Optional[EarlyPhase]:
+                fraction: float, seq_length: Optional[int] = None, token_multiple: int = 1) -> Optional[EarlyPhase]:
     """The early phase at a derived `interval`, over `fraction` of the run: probes cut to
     UPDATE_INTERVAL_STEP / interval of a micro batch every UPDATE_INTERVAL_STEP iterations, or, below
-    one sequence, one-sequence probes of the sources beside a whole one of the specific set, at the
-    interval that costs no more, over all of the run where whole probes would leave fewer than
-    MIN_LATE_UPDATES updates after `fraction`. None where there is none to have."""
+    one sequence, probes of one sequence's tokens for the sources beside a whole one of the specific
+    set, at the interval that costs no more, over all of the run where whole probes would leave fewer
+    than MIN_LATE_UPDATES updates after `fraction`. The sources' one sequence's tokens are the
+    prefixes of a micro batch of `seq_length`-token sequences where `seq_length` is given
+    (`prefix_tokens`), else one whole sequence. None where there is none to have."""
     if interval <= UPDATE_INTERVAL_STEP or not micro_batch_size or not train_iters or fraction <= 0:
         return None
     sequences = micro_batch_size * UPDATE_INTERVAL_STEP // interval
-    every, specific = UPDATE_INTERVAL_STEP, None
+    every, specific, tokens = UPDATE_INTERVAL_STEP, None, None
     iters = early_iters_of(train_iters, fraction)
-    if sequences < 1:  # a probe holds a sequence at least: it comes less often, at the same cost or less
-        sequences, specific = 1, micro_batch_size
-        per_update = num_sources + specific  # sequences, against (num_sources + 1) x micro_batch_size per interval
+    if sequences < 1:  # a probe holds a sequence's tokens at least: it comes less often, at the same cost or less
+        specific, tokens = micro_batch_size, prefix_tokens(seq_length, micro_batch_size, token_multiple)
+        sequences = 1 if tokens is None else micro_batch_size
+        per_update = num_sources + specific  # in sequences' tokens, against (num_sources + 1) x micro_batch_size
         every_steps = interval * per_update / ((num_sources + 1) * micro_batch_size) / UPDATE_INTERVAL_STEP
         every = math.ceil(every_steps - 1e-9) * UPDATE_INTERVAL_STEP
         if whole_updates_after(interval, train_iters, fraction) < MIN_LATE_UPDATES:
             iters = train_iters
     if every >= interval or iters <= every:
         return None
-    return EarlyPhase(iters, every, sequences, specific)
+    return EarlyPhase(iters, every, sequences, specific, tokens)

@@ -66,6 +66,7 @@ class ProbeData:
         self.eod, self.eod_mask_loss = eod, eod_mask_loss
         self._update_size = self.micro_batch_size  # this update's: an early phase may cut it
         self._specific_size = self.micro_batch_size  # the specific set's in this update
+        self._tokens = None  # the sources' probe sequences' prefix in this update (None: whole)
         self.domain_draws = np.zeros(len(training_streams), dtype=np.int64)  # each domain's probe cursor
         self.specific_draws = 0
         self.samplers = [BaseSampler(row) for row in bases]
@@ -90,12 +91,14 @@ class ProbeData:
             yield slice(start, start + mbs)
 
     def begin_update(self, training_draws: Optional[np.ndarray] = None, micro_batch_size: Optional[int] = None,
-                     specific_micro_batch_size: Optional[int] = None) -> None:
+                     specific_micro_batch_size: Optional[int] = None, sequence_tokens: Optional[int] = None) -> None:
         """Plan this update's probe sequences: for every source, `block` (domain, draw) pairs,
         each domain's draws from max(its training draws so far, its probe cursor) on.
         `micro_batch_size`: this update's probe micro batches, when cut below the usual;
-        `specific_micro_batch_size`: the specific set's, where not the same."""
+        `specific_micro_batch_size`: the specific set's, where not the same;
+        `sequence_tokens`: the sources' sequences are cut to their first that many tokens."""
         self._update_size = self.micro_batch_size if micro_batch_size is None else micro_batch_size
+        self._tokens = sequence_tokens
         self._specific_size = self._update_size if specific_micro_batch_size is None else specific_micro_batch_size
         domains = np.stack([sampler.next_block(self.block) for sampler in self.samplers])
         flat = domains.reshape(-1)
@@ -110,8 +113,10 @@ class ProbeData:
 
     def source_microbatches(self, source: int) -> List[MicroBatch]:
         domains, draws, _ = self._plan
+        end = None if self._tokens is None else self._tokens + 1  # inputs and their shifted labels
         return [
-            make_microbatch(np.stack([self.streams[d].sample(k) for d, k in zip(domains[source, s], draws[source, s])]),
+            make_microbatch(np.stack([self.streams[d].sample(k)[:end]
+                                      for d, k in zip(domains[source, s], draws[source, s])]),
                             self.eod, self.eod_mask_loss)
             for s in self._rank_slices(self._update_size)
         ]
@@ -129,6 +134,7 @@ class ProbeData:
         self.specific_draws += self._over_ranks(self._specific_size)
         self._plan = None
         self._update_size = self._specific_size = self.micro_batch_size
+        self._tokens = None
 
     def state_dict(self) -> Dict:
         return {"domain_draws": self.domain_draws.tolist(), "specific_draws": int(self.specific_draws),

@@ -103,6 +103,9 @@ def resolve_layout(config: PretrainConfig, world_size: int) -> Layout:
     if config.mixing.dga_early_fraction and pp > 1:
         raise LayoutError("--dga-early-fraction cuts DGA's probe micro batches, which pipeline parallelism cannot "
                           "take (its stages exchange activations of training's shape)")
+    if config.mixing.dga_probe_prefixes and pp > 1:
+        raise LayoutError("--dga-probe-prefixes cuts DGA's probe sequences, which pipeline parallelism cannot take "
+                          "(its stages exchange activations of training's shape)")
     if config.mixing.mixing == "dga" and config.mixing.dga_noise_shrink and per_rank * layout.dp < 2:
         raise LayoutError(f"--dga-noise-shrink needs a standard error for each score: 2 or more probe micro batches "
                           f"per source over all data-parallel ranks (here {per_rank} x DP {layout.dp}); raise "

@@ -62,7 +62,8 @@ class Trainer:
         cuttable = mbs if probes_may_be_cut(config.mixing, self.layout) else None
         microbatches = ProbeCost(self.layout.grad_accumulation_steps,
                                  probe_batching(config.mixing, self.layout).passes(mbs), cuttable,
-                                 config.training.train_iters)
+                                 config.training.train_iters, config.model.seq_length,
+                                 self.layout.tp if self.layout.sequence_parallel else 1)
         self.mixing = build_mixing(config.mixing, self.domain_names, [d.train_tokens for d in self.domains],
                                    self.data.data_path_weights, histogram, notes, microbatches,
                                    domain_sequences=[d.train.samples_per_epoch for d in self.domains],
@@ -139,7 +140,8 @@ class Trainer:
         series.update(self.mixing.log_values())
         if self.alignment is not None:
             series["mixing-time"] = {"probe-seconds": self.alignment.times.probe_seconds,
-                                     "replan-seconds": self.replan_seconds}
+                                     "replan-seconds": self.replan_seconds,
+                                     "probe-tokens": self.alignment.times.probe_tokens}
         return series
 
     def save(self) -> None:
@@ -165,7 +167,8 @@ class Trainer:
             draws = self._domain_draws()
             cut = self.mixing.probe_micro_batch_size(self.iteration)
             specific = self.mixing.specific_probe_micro_batch_size(self.iteration)
-            measured = self.report.measure_dga_update(lambda: self.alignment.measure(draws, cut, specific))
+            tokens = self.mixing.probe_sequence_tokens(self.iteration)
+            measured = self.report.measure_dga_update(lambda: self.alignment.measure(draws, cut, specific, tokens))
         lr = self.config.optimizer.lr
         lr_scale = self.engine.learning_rate / lr if lr > 0 else 1.0
         changed = self.mixing.update(self.iteration, measured.scores, measured.stderr, lr_scale,
