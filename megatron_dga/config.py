@@ -340,7 +340,8 @@ class MixingConfig:
         None, "DGA: where the update interval derived from --dga-probe-budget exceeds 10 iterations, the first "
         "fraction of the run updates every 10 iterations instead, on probe micro batches cut to the same cost "
         "(10 / T_r of training's sequences), with the step as at 10 (default 1/3; 0 turns it off). Below one "
-        "sequence, the cut probes hold one and come as often as the same cost allows (every 20 iterations at "
+        "sequence, the sources' cut probes hold one sequence's tokens (--dga-probe-prefixes), the specific set's "
+        "a whole micro batch, and they come as often as the same cost allows (every 20 iterations at "
         "T_r = 90 and 8 sequences), and run to the end where whole probes would leave fewer than 3 updates after "
         "this fraction. Not under pipeline parallelism, nor with --dga-update-interval, "
         "--dga-probe-batch-size or --dga-probe-microbatches.",

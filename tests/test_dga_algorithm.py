@@ -730,6 +730,13 @@ def test_a_resume_says_when_the_update_schedule_changed():
     whole.load_state_dict(cut)
     assert "on probes of 1 sequences per rank, then" in whole.schedule_change
     assert "on probes of 1 sequences per rank (the specific set's of 8), then" in whole.schedule_change
+    # A checkpoint of one whole sequence per source, resumed with prefixes, names both.
+    prefixes = dga_default(**{**early, "early_micro_batch_size": 8}, early_specific_micro_batch_size=8,
+                           early_sequence_tokens=16)
+    prefixes.load_state_dict(whole.state_dict())
+    assert "on probes of 1 sequences per rank (the specific set's of 8), then" in prefixes.schedule_change
+    assert "on probes of 8 sequences per rank cut to their first 16 tokens (the specific set's of 8), then" \
+        in prefixes.schedule_change
 
 
 # ---- --dga-max-epochs: a bound on repetition ----------------------------------------------------

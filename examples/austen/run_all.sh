@@ -138,8 +138,8 @@ if has_phase large-k; then
             run "$AUSTEN" $experiment plenty dga-bases $seed --method dga --variant adam-control \
                 --base-distributions "${common[@]}"
             # The default on pretrain's derived schedule (over 16 bases at these batches: probes of
-            # one sequence per source, and a whole one of the specific set, every 20 iterations,
-            # where whole ones would come every 90).
+            # one sequence's tokens per source, the first 16 of 128 tokens of 8 sequences, and a
+            # whole one of the specific set, every 20 iterations, where whole ones would come every 90).
             run "$AUSTEN" $experiment plenty dga-bases-default $seed --method dga --variant adam-control \
                 --base-distributions --domains clusters --clusters-k $k "${DEFAULT_RUN_ARGS[@]}"
         done

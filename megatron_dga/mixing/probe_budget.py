@@ -12,14 +12,17 @@ iterations instead, on probe micro batches cut to 10 / T_r of training's sequenc
 cost. Small frequent probes move the weights to the target's domains sooner; whole probes at the
 longer interval wander less once they are there (docs/dga.md, "Against the best fixed mixture").
 Where 10 / T_r of a micro batch is less than one sequence (many sources, small batches), the
-sources' probes hold one sequence, the specific set's keeps training's micro batch (every score is a
-dot product with its gradient, so its noise enters all of them), and they come as often as that cost
-allows. Where whole probes would then leave fewer than MIN_LATE_UPDATES updates after the early
-phase, these probes run to the end of the run: over 16 bases of 57 clusters, two updates on whole
-probes kept 0.47 of the gain of whole probes every 10, one-sequence probes every 20 iterations 0.68,
-and 0.76 with the specific set's probe kept whole (docs/results-at-scale.md, large k). They cost at
-most what whole probes would (16 + 8 sequences every 20 iterations is 0.79 of 17 x 8 every 90), so
-running them to the end keeps within the budget despite a small probe's higher cost per sequence.
+sources' probes hold one sequence's tokens, the specific set's keeps training's micro batch (every
+score is a dot product with its gradient, so its noise enters all of them), and they come as often
+as that cost allows. A source's tokens are the prefixes of a micro batch of its sequences where they
+fit (`prefix_tokens`, --dga-probe-prefixes): as many sequences as a whole probe, for one's tokens.
+Where whole probes would then leave fewer than MIN_LATE_UPDATES updates after the early phase, these
+probes run to the end of the run: over 16 bases of 57 clusters, two updates on whole probes kept
+0.47 of the gain of whole probes every 10, one-sequence probes every 20 iterations 0.68, 0.76 with
+the specific set's probe kept whole, and 0.89 with prefixes (docs/results-at-scale.md, large k).
+They cost at most what whole probes would (16 + 8 sequences' tokens every 20 iterations is 0.79 of
+17 x 8 sequences every 90), so running them to the end keeps within the budget despite a small
+probe's higher cost per sequence.
 Probes cut to 10 / T_r of a micro batch, one sequence or more (the specific set's alike), cost as
 many sequences as whole ones, at 1.4x per sequence on these CPUs (docs/dga.md, Cost), and give way
 to whole probes after the early phase, as measured.

@@ -13,7 +13,8 @@ distribution over domains) gets `probe_microbatches x DP` micro batches, one sha
 data-parallel rank, exactly as a training batch is split (micro batches of training's size, or
 fewer sequences when --dga-probe-batch-size asks for less than one micro batch per rank, or in the
 early phase of a derived schedule, --dga-early-fraction, where the specific set's may keep
-training's size beside sources of one sequence).
+training's size beside sources of one sequence's tokens: one sequence, or, with
+--dga-probe-prefixes, the first seq-length / micro-batch-size tokens of a micro batch of sequences).
 
 A base distribution P_j spreads its sequences over its domains by the same low-discrepancy
 rule as the training blend, with a state that persists from one update to the next: over
