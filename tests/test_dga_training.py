@@ -205,6 +205,26 @@ def test_without_prefixes_the_one_sequence_phase_probes_one_whole_sequence(tmp_p
     assert read_metrics(os.path.join(run_dir, "metrics.jsonl"))[-1]["mixing_time"]["probe-tokens"] == 3 * 32 + 4 * 32
 
 
+def test_prefix_probes_score_alike_under_sequence_parallelism(tmp_path, data):
+    """Under sequence parallelism a prefix is a multiple of TP: at TP = 2 the sources' probes are the
+    first 8 of 32 tokens, as in one process, and the run is the single process's (losses, the update's
+    scores and weights) to within float reduction order."""
+    common = ["--mixing", "dga", "--dga-probe-budget", "0.04", "--log-interval", "1", "--eval-interval", "100",
+              "--hidden-dropout", "0", "--attention-dropout", "0"]
+    single, split = str(tmp_path / "single"), str(tmp_path / "tp2-sp")
+    pretrain(args_for(data, single, 31, common))
+    result = pretrain(args_for(data, split, 31, [*common, "--tensor-model-parallel-size", "2", "--sequence-parallel"]),
+                      nproc=2)
+    assert "cut to their first 8 of 32 tokens" in result.stdout, result.stdout
+    a, b = (read_metrics(os.path.join(d, "metrics.jsonl")) for d in (single, split))
+    assert a[-1]["dga_updates"]["done"] == b[-1]["dga_updates"]["done"] == 1
+    for x, y in zip(a, b):
+        assert y["lm_loss"] == pytest.approx(x["lm_loss"], rel=1e-4), x["iteration"]
+    assert b[-1]["alignment"] == pytest.approx(a[-1]["alignment"], rel=1e-3)
+    assert b[-1]["data_mixture"] == pytest.approx(a[-1]["data_mixture"], rel=1e-3)
+    assert a[-1]["data_mixture"]["dom0"] != pytest.approx(1 / 3)  # the update moved the weights
+
+
 def test_a_resume_on_another_schedule_says_so(tmp_path, data):
     """Saved while updating every 10 iterations (--dga-probe-budget 0.2), resumed at the default budget
     (every 20, the step scaled by sqrt 2): the resumed run names both schedules."""
