@@ -13,6 +13,7 @@ import warnings
 from typing import Optional, Sequence
 
 from megatron_dga.arguments import parse_args_with_notes
+from megatron_dga.training.metrics import print_line
 
 
 def _quiet_known_warnings() -> None:
@@ -46,9 +47,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     _quiet_known_warnings()
     config, notes = parse_args_with_notes(argv)
     if int(os.environ.get("RANK", "0")) == 0:
-        print(what_runs(), flush=True)
+        print_line(what_runs())
         for note in notes:
-            print(f"note: {note}", flush=True)
+            print_line(f"note: {note}")
 
     from megatron_dga.data.domains import DataError
     from megatron_dga.parallel.initialize import destroy_parallel, initialize_parallel
@@ -66,7 +67,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         for warning in apply_user_config(config, load_user_config(config.training.deepspeed_config)):
             if int(os.environ.get("RANK", "0")) == 0:
-                print(f"warning: {warning}", flush=True)
+                print_line(f"warning: {warning}")
         resolve_layout(config, world_size_from_env())  # refuse impossible layouts before any work
         ctx = initialize_parallel(config)
         trainer = Trainer(config, ctx, watchdog)

@@ -47,6 +47,7 @@ def print_line(message: str) -> None:
     sys.stdout.write(message + "\n")
     sys.stdout.flush()
 
+
 class MetricsLogger:
     def __init__(self, enabled: bool, tensorboard_dir: Optional[str], metrics_file: Optional[str],
                  resumed_iteration: int = 0, queue_size: int = 100, wandb_settings: Optional[dict] = None,

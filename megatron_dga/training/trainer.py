@@ -28,7 +28,7 @@ from megatron_dga.training.checkpointing import read_tracker
 from megatron_dga.training.evaluation import Evaluator, overall_loss
 from megatron_dga.training.hf_checkpoint import load_hf_weights
 from megatron_dga.training.housekeeping import Housekeeping
-from megatron_dga.training.metrics import MetricsLogger
+from megatron_dga.training.metrics import MetricsLogger, print_line
 from megatron_dga.training.reporting import TrainingReport, domain_series
 from megatron_dga.training.run_checkpoints import RunCheckpoints
 from megatron_dga.training.startup import (batch_source, build_alignment_meter, build_engine, importance_histogram,
@@ -70,7 +70,7 @@ class Trainer:
                                    run_sequences=config.training.train_iters * self.layout.global_batch_size)
         if ctx.rank == 0:
             for note in notes:
-                print(f"note: {note}", flush=True)
+                print_line(f"note: {note}")
         self.alignment = None
         if isinstance(self.mixing, DGAMixing):
             self.alignment = build_alignment_meter(config.mixing, self.data, self.mixing.bases, self.engine, ctx,
@@ -105,7 +105,7 @@ class Trainer:
                                      60.0 * config.parallel.checkpoint_load_timeout_minutes):
                 self.iteration = self.checkpoints.resume(ck.load) or 0
             if ctx.rank == 0 and getattr(self.mixing, "schedule_change", None):
-                print(f"note: {self.mixing.schedule_change}", flush=True)
+                print_line(f"note: {self.mixing.schedule_change}")
 
         log = config.logging
         wandb_settings = {"project": log.wandb_project, "name": log.wandb_exp_name, "save_dir": log.wandb_save_dir,
@@ -125,7 +125,7 @@ class Trainer:
             load_hf_weights(model, path, self.config.model, self.padded_vocab, self.vocab_size, self.layout.tp,
                             self.ctx.tp_rank)
         if self.ctx.rank == 0:
-            print(f"initialised from {path}", flush=True)
+            print_line(f"initialised from {path}")
 
     @property
     def consumed_samples(self) -> int:
@@ -210,8 +210,8 @@ class Trainer:
         if self.config.parallel.sequence_parallel and not layout.sequence_parallel:
             self.logger.print("--sequence-parallel is ignored with --tensor-model-parallel-size 1")
         if self.ctx.rank == 0:  # the first stage's first tensor-parallel shard, as Megatron reports
-            print(f"number of parameters on (tensor, pipeline) model parallel rank (0, 0): {self.parameters_on_rank}",
-                  flush=True)
+            print_line(f"number of parameters on (tensor, pipeline) model parallel rank (0, 0): "
+                       f"{self.parameters_on_rank}")
 
     def train(self) -> None:
         cfg = self.config
