@@ -176,11 +176,13 @@ def check_flags(config: PretrainConfig) -> None:
             raise ValueError(f"--dga-early-fraction shapes the schedule --dga-probe-budget derives; {sized[0]} "
                              "sets it by hand")
     if mix.dga_probe_prefixes is not None:
+        flag = "--dga-probe-prefixes" if mix.dga_probe_prefixes else "--no-dga-probe-prefixes"
         sized = probe_schedule_set_by_hand(mix)
         if sized:
-            flag = "--dga-probe-prefixes" if mix.dga_probe_prefixes else "--no-dga-probe-prefixes"
             raise ValueError(f"{flag} shapes the probes of the schedule --dga-probe-budget derives; {sized[0]} "
                              "sets it by hand")
+        if mix.dga_early_fraction == 0:
+            raise ValueError(f"{flag} shapes the early phase's probes; --dga-early-fraction 0 turns it off")
     if not (math.isfinite(mix.dga_max_epochs) and mix.dga_max_epochs >= 0):
         raise ValueError(f"--dga-max-epochs {mix.dga_max_epochs} must be a number >= 0 (0: no bound)")
     if mix.dga_probe_microbatches is not None and mix.dga_probe_microbatches <= 0:

@@ -168,6 +168,11 @@ def test_probe_prefixes_are_refused_where_they_cannot_act(capsys):
             parse_args([*TOY_MODEL, "--data-path", "x", "--train-iters", "10", given, "--dga-update-interval", "10"])
         assert f"{given} shapes the probes of the schedule --dga-probe-budget derives; --dga-update-interval" \
             in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # no early phase: nothing for the prefixes to shape
+        parse_args([*TOY_MODEL, "--data-path", "x", "--train-iters", "10", "--dga-probe-prefixes",
+                    "--dga-early-fraction", "0"])
+    assert "--dga-probe-prefixes shapes the early phase's probes; --dga-early-fraction 0 turns it off" \
+        in capsys.readouterr().err
     with pytest.raises(LayoutError, match="--dga-probe-prefixes cuts DGA's probe sequences, which pipeline"):
         layout(2, "--dga-probe-prefixes", "--pipeline-model-parallel-size", "2", "--num-layers", "2")
     assert layout(2, "--no-dga-probe-prefixes", "--pipeline-model-parallel-size", "2", "--num-layers", "2").pp == 2
